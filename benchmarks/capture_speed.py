@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd
 import torch
 
-import lensprobe.capture as lpc
+from lensprobe.capture import capture as lp_capture
 from lensprobe.capture.batching import collate, length_batches, tokenize
 from lensprobe.models import load_model
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tok = hf.tokenizer
 
     def capture(model, chunk):
-        return lpc.capture(
+        return lp_capture(
             model,
             chunk,
             hook,
