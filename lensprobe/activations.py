@@ -136,6 +136,19 @@ class CaptureStats:
         """Valid tokens captured per second of forward time (NaN when nothing ran)."""
         return self.n_tokens_run / self.seconds if self.seconds > 0 else float("nan")
 
+    def __str__(self) -> str:
+        resumed = self.n_tokens - self.n_tokens_run
+        parts = [
+            f"{self.n_sequences:,} sequences, {self.n_tokens:,} tokens",
+            f"{self.padding_waste:.1%} padding",
+            f"{self.n_truncated:,} truncated",
+        ]
+        if self.n_tokens_run:
+            parts.append(f"{self.seconds:.1f} s ({self.tokens_per_second:,.0f} tokens/s)")
+        if resumed:
+            parts.append(f"{resumed:,} tokens resumed from disk")
+        return ", ".join(parts)
+
 
 def _as_index(idx: Index, n: int) -> Tensor:
     """Normalise any sequence selector to an int64 tensor of positions in ``[0, n)``."""

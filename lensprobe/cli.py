@@ -276,7 +276,7 @@ def _capture(model: Any, ds: Any, hooks: list[str], options: Any, out: str | Non
     )
     stats = getattr(result, "stats", None)
     if stats is not None:
-        _say(f"  captured {len(ds)} texts at {len(hooks)} hook(s): {stats}")
+        _say(f"  captured at {len(hooks)} hook(s): {stats}")
     return result
 
 

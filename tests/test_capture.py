@@ -255,6 +255,26 @@ def test_stats_report_padding_and_throughput(tiny_gemma3, tiny_texts):
     assert s.n_tokens == s.n_tokens_run == res["blocks.0.hook_resid_post"].n_tokens
     assert s.n_padded_tokens >= s.n_tokens
     assert 0 <= s.padding_waste < 0.5 and s.tokens_per_second > 0
+    text = str(s)
+    assert f"{s.n_tokens:,} tokens" in text and f"{s.padding_waste:.1%} padding" in text
+    assert "resumed" not in text
+
+
+def test_stats_text_counts_resumed_tokens():
+    from lensprobe.activations import CaptureStats
+
+    s = CaptureStats(
+        n_sequences=3,
+        n_tokens=1200,
+        n_tokens_run=200,
+        n_padded_tokens=250,
+        n_truncated=1,
+        seconds=2.0,
+    )
+    assert str(s) == (
+        "3 sequences, 1,200 tokens, 20.0% padding, 1 truncated, 2.0 s (100 tokens/s), "
+        "1,000 tokens resumed from disk"
+    )
 
 
 # -- what capture does to the model and the inputs -----------------------------------------------

@@ -222,7 +222,7 @@ def test_load_reports_shape_mismatch(tmp_path):
 
 
 def test_load_missing_files_and_unknown_keys(tmp_path):
-    with pytest.raises(FileNotFoundError, match="probe.save"):
+    with pytest.raises(FileNotFoundError, match=r"probe\.save"):
         load_probe(tmp_path)
     MeanProbe(4).save(tmp_path / "p")
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())

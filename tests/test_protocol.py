@@ -78,7 +78,7 @@ def test_protocol_errors_name_the_fix():
     x, mask, y = needle_task(n=60, k=2)
     with pytest.raises(ValueError, match="at least two classes"):
         lp.run_protocol(x, torch.zeros(60, dtype=torch.long), mask=mask, probe="mean")
-    with pytest.raises(ValueError, match="59 labels for 60 sequences|one each"):
+    with pytest.raises(ValueError, match=r"59 labels for 60 sequences|one each"):
         lp.run_protocol(x, y[:59], mask=mask, probe="mean")
     rare = torch.zeros(60, dtype=torch.long)
     rare[:4] = 1
