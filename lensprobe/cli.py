@@ -305,6 +305,7 @@ def _train_and_report(
         dataset=dataset,
         protocol=_protocol(options.seeds, options.max_steps),
         on_row=show,
+        progress=True,
     )
     add_entropy(rows, activations)
     path = write_report(

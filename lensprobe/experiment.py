@@ -114,6 +114,7 @@ def run_grid(
     dataset: str = "data",
     protocol: ProtocolConfig | None = None,
     on_row: Callable[[GridRow], None] | None = None,
+    progress: bool = False,
 ) -> list[GridRow]:
     """Run the protocol for every hook and probe.
 
@@ -124,6 +125,7 @@ def run_grid(
         dataset: Name recorded in every row.
         protocol: Base protocol settings; each spec sets probe kind, heads and optimizer.
         on_row: Called with each finished row (progress display, incremental saving).
+        progress: Show a progress bar over each fit's optimisation steps.
 
     Returns:
         One :class:`GridRow` per (hook, probe), hooks in the given order.
@@ -133,7 +135,8 @@ def run_grid(
     rows = []
     for hook, acts in activations.items():
         for spec in specs:
-            result = run_protocol(acts, config=spec.protocol(base))
+            label = f"{hook} {spec.label}" if progress else False
+            result = run_protocol(acts, config=spec.protocol(base), progress=label)
             row = GridRow(dataset=dataset, hook=hook, probe=spec.label, result=result)
             logger.info(
                 "%s %s %s: accuracy %.4f", dataset, hook, spec.label, result.metrics["accuracy"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -144,3 +145,18 @@ def test_bos_is_dropped_when_the_capture_prepended_it():
     kept = lp.run_protocol(FakeActivations(), probe="mean", bos="keep")
     assert not kept.probe.config.exclude_bos
     assert res.input_scale < kept.input_scale
+
+
+def test_progress_bar_counts_the_steps_and_leaves_the_result_alone(capsys):
+    x, mask, y = needle_task(n=100, k=2)
+    kw = dict(mask=mask, probe="attention", n_heads=1, train=FAST, seeds=(0, 1))
+    quiet = lp.run_protocol(x, y, **kw)
+    assert capsys.readouterr().err == ""
+    shown = lp.run_protocol(x, y, progress="needle attention-1", **kw)
+    err = capsys.readouterr().err
+    budget = 2 * FAST.max_steps  # two seeds, one batched fit each
+    counts = [int(c) for c in re.findall(rf"(\d+)/{budget} ", err)]
+    assert "needle attention-1" in err and counts[0] == 0
+    assert counts == sorted(counts) and counts[-1] > budget // 2
+    torch.testing.assert_close(quiet.test_logits, shown.test_logits)
+    assert quiet.cv_table == shown.cv_table

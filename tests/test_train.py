@@ -197,3 +197,23 @@ def test_lbfgs_batched_members_match_lone_members():
         torch.testing.assert_close(
             batched.params["weight"][i], alone.params["weight"][0], rtol=1e-4, atol=1e-4
         )
+
+
+def test_on_step_reports_every_step_of_a_fit():
+    x, mask, y = needle_data(n=120)
+    members = Members(
+        weight_decay=torch.tensor([0.0, 0.1]),
+        seeds=(0, 1),
+        train=(torch.arange(120) % 5 != 0)[None].repeat(2, 1),
+        stop=(torch.arange(120) % 5 == 0)[None].repeat(2, 1),
+    )
+    config = AttentionProbe(16, 2, 1).config
+    seen: list[int] = []
+    tc = TrainConfig(max_steps=400, eval_every=3, patience=2, batch_size=32)
+    r = fit_members(config, x, mask, y, members, tc, on_step=seen.append)
+    assert seen == list(range(1, int(r.steps.max()) + 1))
+    seen.clear()
+    lbfgs = TrainConfig(optimizer="lbfgs", lbfgs_max_iter=30)
+    r = fit_members(MeanProbe(16, 2).config, x, mask, y, members, lbfgs, on_step=seen.append)
+    assert seen == sorted(seen) and seen[0] == 0 and 0 < max(seen) <= 30
+    assert int(r.steps[0]) in (max(seen), max(seen) + 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +139,7 @@ def fit_members(
     init: dict[str, Tensor] | None = None,
     input_scale: float = 1.0,
     eval_batch_size: int = 256,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train every member of a sweep at once.
 
@@ -155,6 +157,8 @@ def fit_members(
         input_scale: Train on ``x / input_scale`` (the returned parameters read the scaled
             input; :func:`unscale_params` converts them to read raw activations).
         eval_batch_size: Rows per forward when computing early-stopping losses.
+        on_step: Called with the number of steps taken so far (AdamW optimizer steps, L-BFGS
+            iterations) as the fit goes, e.g. to move a progress bar.
 
     Returns:
         The parameters (best early-stopping step per member for AdamW) and per-member counts.
@@ -175,7 +179,7 @@ def fit_members(
     wd = members.weight_decay.to(device=device, dtype=dtype)
     train_w = members.train.to(device=device, dtype=dtype)
     if train.optimizer == "lbfgs":
-        return _fit_lbfgs(cls, data, params, labels, train_w, wd, train)
+        return _fit_lbfgs(cls, data, params, labels, train_w, wd, train, on_step)
     stop_w = members.stop.to(device=device, dtype=dtype)
     if order_rows is None:
         order_rows = members.train.any(dim=0).nonzero().flatten()
@@ -190,6 +194,7 @@ def fit_members(
         train,
         order_rows.to(device),
         eval_batch_size,
+        on_step,
     )
 
 
@@ -201,6 +206,7 @@ def _fit_lbfgs(
     train_w: Tensor,
     wd: Tensor,
     train: TrainConfig,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Full-batch L-BFGS on the sum of the members' objectives.
 
@@ -220,6 +226,8 @@ def _fit_lbfgs(
     )
 
     def closure() -> Tensor:
+        if on_step is not None:
+            on_step(int(opt.state[opt._params[0]].get("n_iter", 0)))
         opt.zero_grad()
         loss = per_example_loss(data.logits(params, rows), labels[rows])
         objective = (_member_mean(loss, w) + _decay_penalty(cls, params, wd)).sum()
@@ -262,6 +270,7 @@ def _fit_adamw(
     train: TrainConfig,
     order_rows: Tensor,
     eval_batch_size: int,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Minibatch AdamW with per-member early stopping on each member's held-out rows.
 
@@ -310,6 +319,8 @@ def _fit_adamw(
                     p.mul_((1 - train.lr * wd).reshape(-1, *([1] * (p.ndim - 1))))
             opt.step()
             step += 1
+            if on_step is not None:
+                on_step(step)
         steps = torch.where(active, step, steps)
         if not early_stop or (step - last_eval < train.eval_every and step < train.max_steps):
             continue

@@ -268,12 +268,22 @@ def _fit(
     order_rows: Tensor,
     execution: str,
     scale: float,
+    bar: _StepBar,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Fit all members batched, or one at a time; returns params, steps and best steps."""
     if execution == "batched":
         r = fit_members(
-            config, x, mask, labels, members, train, order_rows=order_rows, input_scale=scale
+            config,
+            x,
+            mask,
+            labels,
+            members,
+            train,
+            order_rows=order_rows,
+            input_scale=scale,
+            on_step=bar.step,
         )
+        bar.fit_done()
         return r.params, r.steps, r.best_step
     parts = []
     for i in range(len(members)):
@@ -285,15 +295,53 @@ def _fit(
         )
         parts.append(
             fit_members(
-                config, x, mask, labels, one, train, order_rows=order_rows, input_scale=scale
+                config,
+                x,
+                mask,
+                labels,
+                one,
+                train,
+                order_rows=order_rows,
+                input_scale=scale,
+                on_step=bar.step,
             )
         )
+        bar.fit_done()
     params = {k: torch.cat([p.params[k] for p in parts]) for k in parts[0].params}
     return (
         params,
         torch.cat([p.steps for p in parts]),
         torch.cat([p.best_step for p in parts]),
     )
+
+
+class _StepBar:
+    """A progress bar over the optimisation steps of a protocol run's fits (or nothing).
+
+    Each fit has a budget (``max_steps`` or ``lbfgs_max_iter``); one that stops early moves the
+    bar to the end of its budget.
+    """
+
+    def __init__(self, label: str | None, n_fits: int, budget: int) -> None:
+        self.budget = budget
+        self.offset = 0
+        self.bar = None
+        if label is not None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=n_fits * budget, desc=label, unit="step", leave=False)
+
+    def step(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, self.offset + min(done, self.budget) - self.bar.n))
+
+    def fit_done(self) -> None:
+        self.offset += self.budget
+        self.step(0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _select(summary: list[dict[str, float]], select_by: str) -> float:
@@ -314,6 +362,7 @@ def run_protocol(
     *,
     mask: Bool[Tensor, "batch pos"] | None = None,
     config: ProtocolConfig | None = None,
+    progress: bool | str = False,
     **overrides: Any,
 ) -> ProtocolResult:
     """Train and evaluate one probe kind on one hook's activations, as the study does.
@@ -324,6 +373,7 @@ def run_protocol(
         labels: Class ids ``0..k-1`` (default: the labels stored in ``data``).
         mask: Valid tokens of a padded tensor (default: all valid).
         config: Protocol settings (default: the study's).
+        progress: Show a progress bar over the optimisation steps (a string labels it).
         **overrides: Fields of :class:`ProtocolConfig` to replace, e.g.
             ``run_protocol(acts, probe="attention", n_heads=8)``.
 
@@ -369,40 +419,49 @@ def run_protocol(
         token_scale(x[train_rows], mask[train_rows]) if config.normalize == "token_norm" else 1.0
     )
 
+    budget = train.max_steps if train.optimizer == "adamw" else train.lbfgs_max_iter
+    n_fits = len(config.seeds) * (
+        1 if config.execution == "batched" else len(config.weight_decays) * (config.n_folds + 1)
+    )
+    label = progress if isinstance(progress, str) else (config.probe if progress else None)
+    bar = _StepBar(label, n_fits, budget)
     cv_table: list[dict[str, Any]] = []
     refits: list[tuple[int, float, dict[str, Tensor], int]] = []
     test_logits_by_seed: dict[tuple[int, float], Tensor] = {}
-    for seed in config.seeds:
-        members, keys = _members_for_seed(
-            seed, config.weight_decays, fold, config.n_folds, train_rows, stop_rows, n
-        )
-        seed_train = replace(train, seed=train.seed + seed)
-        params, steps, best_step = _fit(
-            probe_config,
-            x,
-            mask,
-            device_labels,
-            members,
-            seed_train,
-            train_rows,
-            config.execution,
-            scale,
-        )
-        logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
-        params = unscale_params(probe_config, params, scale)
-        fold_of = torch.full((n,), -1, dtype=torch.long)
-        fold_of[train_rows] = fold
-        for i, (wd, f) in enumerate(keys):
-            if f < 0:
-                refits.append((seed, wd, {k: v[i : i + 1] for k, v in params.items()}, i))
-                test_logits_by_seed[(seed, wd)] = logits[i, test_rows]
-                continue
-            rows = (fold_of == f).nonzero().flatten()
-            row = {"weight_decay": wd, "seed": seed, "fold": f}
-            row.update(classification_metrics(logits[i, rows], labels[rows]))
-            row.update(steps=int(steps[i]), best_step=int(best_step[i]))
-            cv_table.append(row)
-
+    try:
+        for seed in config.seeds:
+            members, keys = _members_for_seed(
+                seed, config.weight_decays, fold, config.n_folds, train_rows, stop_rows, n
+            )
+            seed_train = replace(train, seed=train.seed + seed)
+            params, steps, best_step = _fit(
+                probe_config,
+                x,
+                mask,
+                device_labels,
+                members,
+                seed_train,
+                train_rows,
+                config.execution,
+                scale,
+                bar,
+            )
+            logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
+            params = unscale_params(probe_config, params, scale)
+            fold_of = torch.full((n,), -1, dtype=torch.long)
+            fold_of[train_rows] = fold
+            for i, (wd, f) in enumerate(keys):
+                if f < 0:
+                    refits.append((seed, wd, {k: v[i : i + 1] for k, v in params.items()}, i))
+                    test_logits_by_seed[(seed, wd)] = logits[i, test_rows]
+                    continue
+                rows = (fold_of == f).nonzero().flatten()
+                row = {"weight_decay": wd, "seed": seed, "fold": f}
+                row.update(classification_metrics(logits[i, rows], labels[rows]))
+                row.update(steps=int(steps[i]), best_step=int(best_step[i]))
+                cv_table.append(row)
+    finally:
+        bar.close()
     cv_summary = []
     for wd in config.weight_decays:
         rows = [r for r in cv_table if r["weight_decay"] == wd]
