@@ -383,11 +383,26 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--hooks", default=",".join(DEMO_HOOKS), help="hook names (default: layers 4, 9, 13)"
     )
     parser.add_argument(
-        "--backend", default="transformer_lens", choices=["transformer_lens", "nnsight", "hf"]
+        "--backend",
+        default="transformer_lens",
+        choices=["transformer_lens", "nnsight", "hf"],
+        help="how the bundled model is run for capture (default: transformer_lens)",
     )
     _add_train_arguments(parser, "attention-1,attention-2,attention-8,mean,last")
-    parser.add_argument("--max-length", dest="max_length", type=int, default=160)
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    parser.add_argument(
+        "--max-length",
+        dest="max_length",
+        type=int,
+        default=160,
+        help="tokens kept per text, BOS included (default: 160)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=16,
+        help="texts per forward pass during capture (default: 16)",
+    )
 
 
 def run_demo(options: DemoOptions) -> int:

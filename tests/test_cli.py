@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -111,3 +112,11 @@ def test_python_dash_m_runs_the_cli():
     )
     assert result.returncode == 0, result.stderr
     assert "needle" in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_explains_every_option(name):
+    parser = argparse.ArgumentParser()
+    COMMANDS[name].add_arguments(parser)
+    silent = [a.option_strings for a in parser._actions if not a.help]
+    assert not silent, f"lensprobe {name}: options without help: {silent}"
