@@ -29,7 +29,8 @@ def test_metrics_match_scikit_learn(k):
     # quantise to create ties, which AUROC must average
     probs = (probs * 20).round() / 20
     probs = 0.9 * probs / probs.sum(-1, keepdim=True) + 0.1 / k  # no zero probabilities
-    y, p = labels.numpy(), probs.double().numpy()
+    probs = probs.double() / probs.double().sum(-1, keepdim=True)  # rows sum to 1 in float64
+    y, p = labels.numpy(), probs.numpy()
     pred = p.argmax(1)
     assert accuracy(probs, labels) == pytest.approx(skm.accuracy_score(y, pred))
     assert balanced_accuracy(probs, labels) == pytest.approx(skm.balanced_accuracy_score(y, pred))
