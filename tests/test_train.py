@@ -217,3 +217,28 @@ def test_on_step_reports_every_step_of_a_fit():
     r = fit_members(MeanProbe(16, 2).config, x, mask, y, members, lbfgs, on_step=seen.append)
     assert seen == sorted(seen) and seen[0] == 0 and 0 < max(seen) <= 30
     assert int(r.steps[0]) in (max(seen), max(seen) + 1)
+
+
+def test_lbfgs_reaches_the_optimum_when_features_share_a_large_offset():
+    # Pooled residual streams share a large common direction; the joint L-BFGS must still reach
+    # each member's optimum (scikit-learn's, at matched regularisation) within its default budget.
+    x, mask, y = needle_data(n=300, d=32, k=2, seed=3)
+    offset = 25.0 * torch.randn(32, generator=torch.Generator().manual_seed(1))
+    x = (x + offset) * mask[..., None]
+    wds = [0.0, 1e-3, 1e-2, 1e-1]
+    rows = torch.arange(300) < 240
+    members = Members(
+        weight_decay=torch.tensor(wds),
+        seeds=(0,) * 4,
+        train=rows[None].repeat(4, 1),
+        stop=torch.zeros(4, 300, dtype=torch.bool),
+    )
+    cfg = ProbeConfig(kind="mean", d_model=32, n_outputs=1)
+    r = fit_members(cfg, x, mask, y, members, TrainConfig(optimizer="lbfgs"))
+    feats = MeanProbe.pool(x, mask).double()
+    for i, wd in enumerate(wds[1:], start=1):
+        sk = LogisticRegression(C=1.0 / (240 * wd), tol=1e-12, max_iter=100_000)
+        sk.fit(feats[:240].numpy(), y[:240].numpy())
+        ours = torch.sigmoid(feats @ r.params["weight"][i, :, 0] + r.params["bias"][i, 0])
+        theirs = sk.predict_proba(feats.numpy())[:, 1]
+        assert np.abs(ours.numpy() - theirs).max() < 1e-3, f"weight decay {wd}"
