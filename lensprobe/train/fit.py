@@ -212,7 +212,8 @@ def _fit_lbfgs(
     """Full-batch L-BFGS on the sum of the members' objectives.
 
     The members' objectives are independent, so their sum is minimised exactly where each one is
-    (the objective is strictly convex for pooled probes with weight decay > 0).
+    (the objective is strictly convex for pooled probes with weight decay > 0). Pooled features
+    are centred for the solve and the bias converted back, which leaves the optimum unchanged.
     """
     rows = train_w.bool().any(dim=0).nonzero().flatten()
     w = train_w[:, rows]
