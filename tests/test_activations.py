@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
+import lensprobe as lp
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult
 from lensprobe.store import (
     StoreWriter,
@@ -396,3 +397,22 @@ def test_write_store_requires_same_sequences(tmp_path: Path):
     a, b = make_acts((3, 1)), make_acts((2, 2), hook="other")
     with pytest.raises(ValueError, match="same sequences"):
         write_store(tmp_path / "s", {"a": a, "b": b})
+
+
+@pytest.mark.parametrize("probe", ["attention", "mean"])
+def test_protocol_on_bf16_activations_equals_the_float32_padded_tensor(probe):
+    # Fits read bf16 captures a minibatch at a time; the result must be what converting the
+    # whole capture to float32 up front gives.
+    from lensprobe.train import TrainConfig
+
+    lengths = [3 + (7 * i) % 11 for i in range(60)]
+    acts = make_acts(lengths, dtype=torch.bfloat16, prepend_bos=False)
+    acts = acts.with_labels(torch.arange(60) % 2)
+    x, mask = acts.pad(dtype=torch.float32)
+    kw = dict(probe=probe, seeds=(0,), weight_decays=(0.0, 0.1))
+    if probe == "attention":
+        kw["train"] = TrainConfig(max_steps=40, eval_every=10)
+    from_store = lp.run_protocol(acts, **kw)
+    from_tensor = lp.run_protocol(x, acts.labels, mask=mask, **kw)
+    assert torch.equal(from_store.test_logits, from_tensor.test_logits)
+    assert from_store.cv_table == from_tensor.cv_table

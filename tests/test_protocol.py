@@ -133,10 +133,10 @@ def test_bos_is_dropped_when_the_capture_prepended_it():
         backend, dtype, padding_side, max_length, prepend_bos = "hf", "float32", "right", 16, True
 
     class FakeActivations:  # the attributes run_protocol reads
-        meta, labels = Meta(), y
+        meta, labels, dtype = Meta(), y, torch.float32
 
-        def pad(self):
-            return x.clone(), mask.clone()
+        def pad(self, dtype=torch.float32):
+            return x.clone().to(dtype), mask.clone()
 
     x[:, 0] = 1e4  # a huge, uninformative first token, like Gemma's BOS
     res = lp.run_protocol(FakeActivations(), probe="mean")

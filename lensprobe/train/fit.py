@@ -89,7 +89,15 @@ def _member_mean(loss: Tensor, weight: Tensor) -> Tensor:
 
 
 class _Data:
-    """The rows a fit reads, prepared once: zeroed padding, or pooled features."""
+    """The rows a fit reads: pooled features (computed once), or the padded activations.
+
+    The padded activations are kept as given (e.g. bfloat16 from a capture) and each minibatch
+    is converted, zeroed at padding and scaled when it is read, so a fit never holds a float32
+    copy of the whole capture. The values are the same as converting everything up front.
+    """
+
+    chunk = 256
+    """Rows converted at a time when pooling."""
 
     def __init__(
         self, config: ProbeConfig, x: Tensor, mask: Tensor, dtype: torch.dtype, scale: float
@@ -97,14 +105,25 @@ class _Data:
         self.cls = probe_class(config.kind)
         self.config = config
         self.pooled = issubclass(self.cls, PooledProbe)
-        # Pooled probes pool once in float32 and keep only (row, d_model) features in ``dtype``.
-        x = x.to(torch.float32 if self.pooled else dtype).masked_fill(~mask[..., None], 0.0)
-        if scale != 1.0:
-            x.div_(scale)
+        self.x, self.mask, self.dtype, self.scale = x, mask, dtype, scale
         if self.pooled:
-            self.features = self.cls.pool(x, mask).to(dtype)  # type: ignore[attr-defined]
-        else:
-            self.x, self.mask = x, mask
+            # Pool in float32, a chunk of rows at a time; keep only (row, d_model) features.
+            self.features = torch.cat(
+                [
+                    self.cls.pool(  # type: ignore[attr-defined]
+                        self._read(slice(i, i + self.chunk), None, torch.float32),
+                        mask[i : i + self.chunk],
+                    ).to(dtype)
+                    for i in range(0, x.shape[0], self.chunk)
+                ]
+            )
+
+    def _read(self, rows: Tensor | slice, cols: slice | None, dtype: torch.dtype) -> Tensor:
+        """Rows (and columns) of ``x`` in ``dtype``, zero at padding, divided by the scale."""
+        x = self.x[rows] if cols is None else self.x[rows, cols]
+        mask = self.mask[rows] if cols is None else self.mask[rows, cols]
+        x = x.to(dtype, copy=True).masked_fill_(~mask[..., None], 0.0)
+        return x.div_(self.scale) if self.scale != 1.0 else x
 
     def logits(self, params: dict[str, Tensor], rows: Tensor) -> Tensor:
         """Logits ``(member, row, n_outputs)`` of some rows."""
@@ -115,7 +134,7 @@ class _Data:
         cols = mask.any(dim=0).nonzero().flatten()
         lo, hi = int(cols[0]), int(cols[-1]) + 1
         logits, _ = self.cls.forward_members(
-            self.config, params, self.x[rows, lo:hi], mask[:, lo:hi]
+            self.config, params, self._read(rows, slice(lo, hi), self.dtype), mask[:, lo:hi]
         )
         return logits
 

@@ -180,7 +180,8 @@ def _resolve_data(
     """Padded x, mask, labels and probe metadata from Activations or tensors."""
     meta: dict[str, Any] = {}
     if hasattr(data, "pad") and hasattr(data, "meta"):  # an Activations container
-        x, mask = data.pad()
+        # Keep the stored dtype (bf16 by default): fits convert a minibatch at a time.
+        x, mask = data.pad(dtype=data.dtype)
         if labels is None:
             labels = data.labels
         m = data.meta
