@@ -356,13 +356,15 @@ def token_contributions(
         mask: True at valid tokens.
     """
     check_inputs(x, mask, probe.config.d_model)
-    mask = probe.effective_mask(mask)
     _, dtype = _probe_device_dtype(probe)
     with _evaluating(probe):
-        x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
         if isinstance(probe, AttentionProbe):
+            # The probe applies its own effective mask (BOS excluded) to the mask as given.
+            x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
             _, _, per_head = _head_contributions(probe, x, mask)
             return per_head.sum(dim=2)
+        mask = probe.effective_mask(mask)
+        x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
         if isinstance(probe, MeanProbe):
             n_valid = mask.sum(dim=1).to(dtype)
             out = einsum(x, probe.weight, "b p d, d c -> b p c") / n_valid[:, None, None]

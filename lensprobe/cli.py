@@ -608,13 +608,23 @@ class ReportOptions:
     acts: str | None = None
     """Activation store the probes were trained on (default: the one recorded in results)."""
     out: str | None = None
-    """HTML file to write (default: RESULTS/report.html)."""
+    """HTML file to write (default: RESULTS/report.html; one file per dataset when there are several)."""
+    dataset: str | None = None
+    """Report only this dataset of a results folder that holds several (as ``demo`` writes)."""
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, help="directory of lensprobe train/run")
     parser.add_argument("--acts", default=None, help="activation store (default: recorded)")
-    parser.add_argument("--out", default=None, help="HTML file (default: RESULTS/report.html)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="HTML file (default: RESULTS/report.html, or RESULTS/report-DATASET.html for each "
+        "dataset of a folder that holds several)",
+    )
+    parser.add_argument(
+        "--dataset", default=None, help="report only this dataset of the results (default: all)"
+    )
 
 
 def run_report(options: ReportOptions) -> int:
@@ -635,33 +645,58 @@ def run_report(options: ReportOptions) -> int:
             store = recorded.read_text().strip()
         elif (results_dir / "activations").is_dir():
             store = str(results_dir / "activations")
-    acts = _open_store(store, None) if store else {}
-    entries = []
-    for res in payload["results"]:
-        probe_dir = results_dir / "probes" / res["dataset"] / res["hook"] / res["probe"]
-        entries.append(
-            ReportEntry(
-                label=res["probe"],
-                probe=load_probe(probe_dir),
-                metrics=res["metrics"],
-                acts=acts.get(res["hook"]),
-                rows=torch.tensor(res["test_rows"]) if res["hook"] in acts else None,
-                hook=res["hook"],
-                weight_decay=res["weight_decay"],
-                cv_summary=tuple(res["cv_summary"]),
-                n_train=res["n_train"],
-                n_test=res["n_test"],
+    results = payload["results"]
+    datasets = sorted({r["dataset"] for r in results})
+    if options.dataset is not None:
+        if options.dataset not in datasets:
+            raise ValueError(
+                f"no results for dataset {options.dataset!r} in {results_dir}; it holds "
+                f"{', '.join(datasets)}"
             )
+        datasets = [options.dataset]
+    if len(datasets) > 1 and options.out:
+        raise ValueError(
+            f"{results_dir} holds {len(datasets)} datasets ({', '.join(datasets)}); pass "
+            "--dataset NAME with --out, or leave --out out for one report per dataset"
         )
-    out = Path(options.out) if options.out else results_dir / "report.html"
-    datasets = sorted({r["dataset"] for r in payload["results"]})
-    report(
-        entries,
-        out,
-        title=f"lensprobe: {', '.join(datasets)}",
-        description=None if acts else "metrics only: no activation store found (--acts)",
-    )
-    _say(f"report: {out}")
+    if len(datasets) > 1 and options.acts:
+        raise ValueError(
+            "an activation store holds one dataset; pass --dataset NAME with --acts "
+            f"(the results hold {', '.join(datasets)})"
+        )
+    # A store belongs to one dataset: attach it only when the report covers one.
+    acts = _open_store(store, None) if store and len(datasets) == 1 else {}
+    for dataset in datasets:
+        entries = []
+        for res in (r for r in results if r["dataset"] == dataset):
+            probe_dir = results_dir / "probes" / res["dataset"] / res["hook"] / res["probe"]
+            entries.append(
+                ReportEntry(
+                    label=res["probe"],
+                    probe=load_probe(probe_dir),
+                    metrics=res["metrics"],
+                    acts=acts.get(res["hook"]),
+                    rows=torch.tensor(res["test_rows"]) if res["hook"] in acts else None,
+                    hook=res["hook"],
+                    weight_decay=res["weight_decay"],
+                    cv_summary=tuple(res["cv_summary"]),
+                    n_train=res["n_train"],
+                    n_test=res["n_test"],
+                )
+            )
+        if options.out:
+            out = Path(options.out)
+        elif len(datasets) == 1 and options.dataset is None:
+            out = results_dir / "report.html"
+        else:
+            out = results_dir / f"report-{_slug(dataset)}.html"
+        report(
+            entries,
+            out,
+            title=f"lensprobe: {dataset}",
+            description=None if acts else "metrics only: no activation store found (--acts)",
+        )
+        _say(f"report: {out}")
     return 0
 
 

@@ -50,6 +50,8 @@ class ProbeSpec:
         kind, heads, opt = m.groups()
         if heads is not None and kind != "attention":
             raise ValueError(f"{text!r}: only attention probes have heads (e.g. attention-{heads})")
+        if heads is not None and int(heads) < 1:
+            raise ValueError(f"{text!r}: an attention probe needs at least one head (attention-1)")
         return cls(kind=kind, n_heads=int(heads or 1), optimizer=opt or "auto")  # type: ignore[arg-type]
 
     @property

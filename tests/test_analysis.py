@@ -50,9 +50,13 @@ def make_acts(n=30, d=D, max_len=12, min_len=1, seed=0, vocab=25, n_classes=2):
     )
 
 
-def randomised(kind, d=D, n_outputs=1, n_heads=3, seed=0, scale=1.0):
+def randomised(kind, d=D, n_outputs=1, n_heads=3, seed=0, scale=1.0, exclude_bos=False):
     cfg = ProbeConfig(
-        kind=kind, d_model=d, n_outputs=n_outputs, n_heads=n_heads if kind == "attention" else 1
+        kind=kind,
+        d_model=d,
+        n_outputs=n_outputs,
+        n_heads=n_heads if kind == "attention" else 1,
+        exclude_bos=exclude_bos,
     )
     probe = build_probe(cfg)
     gen = torch.Generator().manual_seed(seed)
@@ -174,15 +178,20 @@ def test_entropy_of_a_pooled_probe_names_the_alternative():
 
 @pytest.mark.parametrize("kind", ["attention", "mean", "last", "max"])
 @pytest.mark.parametrize("n_outputs", [1, 3])
-def test_contributions_sum_to_the_logits_and_ignore_padding(kind, n_outputs):
+@pytest.mark.parametrize("exclude_bos", [False, True])
+def test_contributions_sum_to_the_logits_and_ignore_padding(kind, n_outputs, exclude_bos):
     acts = make_acts(n=12, seed=1)
-    probe = randomised(kind, n_outputs=n_outputs, seed=2, scale=0.5)
+    if exclude_bos:  # every row needs a token after BOS
+        acts = acts[[i for i in range(len(acts)) if int(acts.lengths[i]) > 1]]
+    probe = randomised(kind, n_outputs=n_outputs, seed=2, scale=0.5, exclude_bos=exclude_bos)
     x, mask = acts.pad()
     contrib = token_contributions(probe, x, mask)
     with torch.no_grad():
         logits = probe(x, mask)
     torch.testing.assert_close(contrib.sum(dim=1) + probe.bias, logits, rtol=1e-4, atol=1e-4)
     assert bool((contrib[~mask] == 0).all())
+    if exclude_bos:
+        assert bool((contrib[:, 0] == 0).all()) and bool((contrib[:, 1] != 0).any())
     xl, ml = left_padded_with_garbage(acts)
     other = token_contributions(probe, xl, ml)
     torch.testing.assert_close(other[ml], contrib[mask], rtol=1e-4, atol=1e-5)

@@ -120,3 +120,46 @@ def test_help_explains_every_option(name):
     COMMANDS[name].add_arguments(parser)
     silent = [a.option_strings for a in parser._actions if not a.help]
     assert not silent, f"lensprobe {name}: options without help: {silent}"
+
+
+def test_report_writes_one_page_per_dataset(tmp_path, capsys):
+    import torch
+
+    import lensprobe as lp
+    from lensprobe.experiment import GridRow, save_rows
+
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for dataset in ("facts", "needle"):
+        x, y = torch.randn(40, 5, 8, generator=gen), torch.arange(40) % 2
+        res = lp.run_protocol(x, y, probe="mean")
+        rows.append(
+            GridRow(dataset=dataset, hook="blocks.1.hook_resid_post", probe="mean", result=res)
+        )
+    save_rows(rows, tmp_path)
+    assert main(["report", "--results", str(tmp_path)]) == 0
+    pages = {name: (tmp_path / f"report-{name}.html").read_text() for name in ("facts", "needle")}
+    for name, page in pages.items():
+        other = "needle" if name == "facts" else "facts"
+        assert f"lensprobe: {name}" in page and f"lensprobe: {other}" not in page
+    assert not (tmp_path / "report.html").exists()
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(tmp_path),
+                "--dataset",
+                "needle",
+                "--out",
+                str(tmp_path / "n.html"),
+            ]
+        )
+        == 0
+    )
+    assert "lensprobe: needle" in (tmp_path / "n.html").read_text()
+    assert main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 1
+    assert "pass --dataset NAME with --out" in capsys.readouterr().err
+    assert main(["report", "--results", str(tmp_path), "--dataset", "sst2"]) == 1
+    assert "it holds facts, needle" in capsys.readouterr().err

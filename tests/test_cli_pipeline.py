@@ -90,6 +90,9 @@ def test_pipeline_errors_name_the_fix(tmp_path, capsys):
     assert main(["run", "--dataset", "topics", "--probes", "attention-x", "--out", str(out)]) == 1
     assert "KIND[-HEADS][-OPTIMIZER]" in capsys.readouterr().err
     assert not out.exists(), "nothing may be computed or written before the options are checked"
+    assert main(["run", "--dataset", "topics", "--probes", "attention-0", "--out", str(out)]) == 1
+    assert "at least one head (attention-1)" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_every_command_has_help(capsys):

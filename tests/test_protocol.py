@@ -89,6 +89,8 @@ def test_protocol_errors_name_the_fix():
         lp.run_protocol(x, mask=mask, probe="mean")
     with pytest.raises(TypeError, match="Activations"):
         lp.run_protocol([[1.0]], y)
+    with pytest.raises(ValueError, match="at least one head"):
+        ProtocolConfig(probe="attention", n_heads=0)
 
 
 def test_protocol_config_round_trips_through_json():

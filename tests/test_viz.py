@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -219,3 +220,14 @@ def test_report_entry_checks_width_and_names_labels(results):
         ReportEntry(label="x", probe=lp.MeanProbe(D + 1), metrics={}, acts=acts)
     with pytest.raises(ValueError, match="at least one entry"):
         render_report([])
+
+
+def test_top_examples_tag_escapes_class_names():
+    acts = make_acts(n=12, seed=3)
+    probe = randomised("mean", n_outputs=1)
+    top = top_examples(probe, acts, k=2)
+    top = dataclasses.replace(top, class_names=("<neg>", "a & <b>"))
+    props = viz.top_examples_props(top, "class")
+    tags = [sample[0] for lists in props["tokens"] for samples in lists for sample in samples]
+    assert tags and all("<" not in t for t in tags)
+    assert any("&lt;neg&gt;" in t for t in tags) and any("a &amp; &lt;b&gt;" in t for t in tags)

@@ -84,6 +84,10 @@ class ProtocolConfig:
         probe_class(self.probe)  # validates the kind
         if self.probe != "attention" and self.n_heads != 1:
             raise ValueError(f"a {self.probe} probe has no heads; leave n_heads at 1")
+        if self.n_heads < 1:
+            raise ValueError(
+                f"an attention probe needs at least one head, got n_heads={self.n_heads}"
+            )
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be at least 2, got {self.n_folds}")
         if not 0.0 < self.test_fraction < 1.0:

@@ -254,7 +254,8 @@ def _class_values(example: Example, c: int, n_outputs: int) -> Tensor:
 
 def _tag(example: Example, class_names: Sequence[str], score_name: str) -> str:
     label = "?" if example.label is None else class_names[example.label]
-    return f"#{example.row} {label} {score_name}={example.score:.3g} \u2192 "
+    text = f"#{example.row} {label} {score_name}={example.score:.3g} \u2192 "
+    return html.escape(text, quote=False)  # circuitsvis renders tokens as HTML
 
 
 def top_examples_props(
