@@ -162,9 +162,13 @@ def _as_index(idx: Index, n: int) -> Tensor:
     if isinstance(idx, slice):
         return torch.arange(n, dtype=torch.long)[idx]
     if isinstance(idx, np.ndarray):
-        idx = torch.from_numpy(idx)
+        idx = torch.from_numpy(np.ascontiguousarray(idx))  # e.g. argsort(...)[::-1]
     elif not isinstance(idx, Tensor):
-        idx = torch.as_tensor(list(idx), dtype=torch.long)
+        items = list(idx)
+        if items and all(isinstance(i, (bool, np.bool_)) for i in items):
+            idx = torch.tensor([bool(i) for i in items], dtype=torch.bool)  # a mask
+        else:
+            idx = torch.as_tensor(items, dtype=torch.long)
     if idx.dtype == torch.bool:
         if idx.shape != (n,):
             raise IndexError(f"a bool mask must have shape ({n},), got {tuple(idx.shape)}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap as _mmap
 import os
 import re
 import struct
@@ -139,7 +138,10 @@ def read_safetensors(path: str | os.PathLike[str], *, mmap: bool = True) -> dict
         if n > size - 8:
             raise ValueError(f"{path} is not a safetensors file (bad header length)")
         header = json.loads(f.read(n))
-        buffer = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_COPY)
+    # A private (copy-on-write) mapping that holds no file descriptor once made, so a store of
+    # many shards never runs into the open-files limit (``mmap.mmap`` keeps one per file).
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
     base = 8 + n
     out: dict[str, Tensor] = {}
     for name, info in header.items():
@@ -159,8 +161,10 @@ def read_safetensors(path: str | os.PathLike[str], *, mmap: bool = True) -> dict
         if count == 0:
             out[name] = torch.empty(shape, dtype=dtype)
         else:
-            flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + begin)
-            out[name] = flat.reshape(shape)
+            raw = buffer[base + begin : base + end]
+            if (base + begin) % itemsize:  # unaligned (not written by safetensors): copy it
+                raw = raw.clone()
+            out[name] = raw.view(dtype).reshape(shape)
     return out
 
 
@@ -460,11 +464,19 @@ def write_store(
         raise ValueError("nothing to write: pass at least one hook's activations")
     parts = list(members.values())
     first = parts[0]
-    for a in parts[1:]:
+    for hook, a in members.items():
         if not torch.equal(a.lengths, first.lengths) or not torch.equal(
             a.token_ids, first.token_ids
         ):
             raise ValueError("every hook written to one store must hold the same sequences")
+        same_labels = (a.labels is None) == (first.labels is None) and (
+            a.labels is None or torch.equal(a.labels, first.labels)
+        )
+        if not same_labels:
+            raise ValueError(
+                f"the labels of {hook!r} differ from those of {next(iter(members))!r}; one store "
+                "holds one set of labels: give every hook the same (Activations.with_labels)"
+            )
     token_strs = None
     if first.token_strs is not None:
         token_strs = token_strs_table(first.token_ids, first.token_strs)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -416,3 +417,38 @@ def test_protocol_on_bf16_activations_equals_the_float32_padded_tensor(probe):
     from_tensor = lp.run_protocol(x, acts.labels, mask=mask, **kw)
     assert torch.equal(from_store.test_logits, from_tensor.test_logits)
     assert from_store.cv_table == from_tensor.cv_table
+
+
+def test_selectors_lists_of_bools_and_reversed_numpy_orders():
+    acts = make_acts((3, 1, 4, 2))
+    picked = acts[[False, True, False, True]]
+    assert len(picked) == 2 and picked.lengths.tolist() == [1, 2]
+    assert acts[np.array([False, True, False, True])].lengths.tolist() == [1, 2]
+    order = np.argsort(np.array([0.3, 0.9, 0.1, 0.5]))[::-1]  # negative strides
+    assert acts[order].lengths.tolist() == [1, 2, 3, 4]
+    x, _ = acts.pad(order)
+    torch.testing.assert_close(x[0, 0], acts.sequence(1)[0])
+    assert acts[[1, 0]].lengths.tolist() == [1, 3]  # plain ints stay positions
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_a_loaded_store_holds_no_file_per_shard(tmp_path):
+    acts = make_acts(tuple(range(1, 41)))
+    acts.save(tmp_path / "s", shard_tokens=8)
+    n_shards = len(list((tmp_path / "s").rglob("*.safetensors")))
+    before = len(os.listdir("/proc/self/fd"))
+    back = Activations.load(tmp_path / "s")
+    assert n_shards > 30 and len(os.listdir("/proc/self/fd")) - before < 5
+    torch.testing.assert_close(back.values, acts.values)
+    back.values.add_(1.0)  # copy-on-write: the files keep the captured values
+    torch.testing.assert_close(Activations.load(tmp_path / "s").values, acts.values)
+
+
+def test_a_store_refuses_hooks_with_different_labels(tmp_path):
+    a = make_acts((3, 1, 2))
+    b = Activations(a.meta, a.values + 1, a.offsets, a.token_ids, torch.tensor([1, 1, 0]))
+    with pytest.raises(ValueError, match="labels of 'b' differ"):
+        write_store(tmp_path / "s1", {"a": a, "b": b})
+    with pytest.raises(ValueError, match="labels of 'a' differ"):
+        write_store(tmp_path / "s2", {"c": a.with_labels(None), "a": a})
+    write_store(tmp_path / "s3", {"a": a, "b": b.with_labels(a.labels)})
