@@ -110,8 +110,8 @@ def load_model(
 
     Args:
         name_or_path: A bundled name (``"gemma-3-270m"``), a local directory, or a hub id.
-        backend: ``"transformer_lens"`` (a ``TransformerBridge``), ``"nnsight"`` (an nnsight
-            wrapper of the Hugging Face model) or ``"hf"`` (the plain Hugging Face model).
+        backend: ``"transformer_lens"`` (a ``TransformerBridge``), ``"nnsight"`` (nnsight's
+            ``TransformersModel`` around the Hugging Face model) or ``"hf"`` (the plain Hugging Face model).
         device: Where to put the model; default CPU.
         dtype: Torch dtype of the weights; default float32.
 
@@ -134,9 +134,13 @@ def load_model(
         hf.tokenizer = tok
         return hf
     if backend == "nnsight":
-        from nnsight import NNsight
+        import nnsight
 
-        wrapped = NNsight(hf)
+        # nnsight's language-model wrapper: traces take strings (tokenised and padded by it) as
+        # well as tokenised inputs. Older nnsight has only the generic wrapper.
+        if hasattr(nnsight, "TransformersModel"):
+            return nnsight.TransformersModel(hf, tokenizer=tok)
+        wrapped = nnsight.NNsight(hf)
         wrapped.tokenizer = tok
         return wrapped
     from transformer_lens.model_bridge import TransformerBridge

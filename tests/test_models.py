@@ -63,3 +63,14 @@ def test_bundled_gemma_loads(gemma_hf):
     assert display_name(config.name_or_path) == "gemma-3-270m"
     ids = gemma_hf.tokenizer("Hello world")["input_ids"]
     assert ids[0] == gemma_hf.tokenizer.bos_token_id == 2
+
+
+def test_the_nnsight_model_traces_plain_strings(tiny_gemma3_dir: Path, tiny_texts: list[str]):
+    model = load_model(str(tiny_gemma3_dir), backend="nnsight")
+    with model.trace(tiny_texts[:2]):
+        hidden = model.model.layers[0].output.save()
+    enc = model.tokenizer(tiny_texts[:2], return_tensors="pt", padding=True)
+    with model.trace(**enc):
+        same = model.model.layers[0].output.save()
+    assert hidden.shape[:2] == enc["input_ids"].shape
+    torch.testing.assert_close(hidden, same)
