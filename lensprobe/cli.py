@@ -608,7 +608,8 @@ class ReportOptions:
     acts: str | None = None
     """Activation store the probes were trained on (default: the one recorded in results)."""
     out: str | None = None
-    """HTML file to write (default: RESULTS/report.html; one file per dataset when there are several)."""
+    """HTML file to write (default: RESULTS/report.html, or one RESULTS/report-DATASET.html per
+    dataset when the results hold several)."""
     dataset: str | None = None
     """Report only this dataset of a results folder that holds several (as ``demo`` writes)."""
 

@@ -111,7 +111,8 @@ def load_model(
     Args:
         name_or_path: A bundled name (``"gemma-3-270m"``), a local directory, or a hub id.
         backend: ``"transformer_lens"`` (a ``TransformerBridge``), ``"nnsight"`` (nnsight's
-            ``TransformersModel`` around the Hugging Face model) or ``"hf"`` (the plain Hugging Face model).
+            ``TransformersModel`` around the Hugging Face model) or ``"hf"`` (the plain Hugging
+            Face model).
         device: Where to put the model; default CPU.
         dtype: Torch dtype of the weights; default float32.
 
