@@ -9,7 +9,7 @@ The same AG News texts are captured at one middle layer's residual stream four w
     unembedding, no hooks, nothing stored) over the same length-grouped batches lensprobe builds;
     this is the practical limit for any capture tool;
 (c) lensprobe through TransformerLens (``TransformerBridge``), the whole ``capture()`` call timed;
-(d) lensprobe through nnsight (``NNsight`` wrapper), the whole ``capture()`` call timed.
+(d) lensprobe through nnsight (``TransformersModel``), the whole ``capture()`` call timed.
 
 Throughput is valid (non-padding) tokens per second. Each method makes a pass over all the texts,
 by default in the order b, c, d, b, a: the limit is measured before and after the two lensprobe
