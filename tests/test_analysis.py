@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
+from probe_helpers import random_probe
 
 import lensprobe as lp
 from lensprobe.activations import Activations, ActivationsMeta
@@ -17,7 +19,6 @@ from lensprobe.analysis import (
     token_contributions,
     top_examples,
 )
-from lensprobe.probes import ProbeConfig, build_probe
 
 D = 8
 
@@ -50,20 +51,7 @@ def make_acts(n=30, d=D, max_len=12, min_len=1, seed=0, vocab=25, n_classes=2):
     )
 
 
-def randomised(kind, d=D, n_outputs=1, n_heads=3, seed=0, scale=1.0, exclude_bos=False):
-    cfg = ProbeConfig(
-        kind=kind,
-        d_model=d,
-        n_outputs=n_outputs,
-        n_heads=n_heads if kind == "attention" else 1,
-        exclude_bos=exclude_bos,
-    )
-    probe = build_probe(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return probe
+randomised = functools.partial(random_probe, d_model=D)
 
 
 def left_padded_with_garbage(acts: Activations, extra=3):

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from probe_helpers import random_probe as _random_probe
 
 from lensprobe.capture import capture
 from lensprobe.capture.names import UnknownHookError
 from lensprobe.hooks import Readout, attach, edit_activations, resolve_hook
-from lensprobe.probes import AttentionProbe, MeanProbe, ProbeConfig, build_probe
+from lensprobe.probes import AttentionProbe, MeanProbe
 
 HOOK = "blocks.1.hook_resid_post"
 BACKENDS = ["hf", "nnsight", "transformer_lens"]
 
 
-def random_probe(kind: str, d_model: int = 32, n_outputs: int = 2, seed: int = 0, hook=HOOK):
-    """A probe with every parameter random (query and position slope included)."""
-    cfg = ProbeConfig(
-        kind=kind,
-        d_model=d_model,
-        n_outputs=n_outputs,
-        n_heads=3 if kind == "attention" else 1,
-        hook=hook,
-    )
-    probe = build_probe(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-    return probe
+random_probe = functools.partial(_random_probe, d_model=32, n_outputs=2, hook=HOOK)
 
 
 def forward(

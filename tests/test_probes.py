@@ -8,6 +8,7 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given, settings
+from probe_helpers import random_probe
 
 from lensprobe.probes import (
     AttentionProbe,
@@ -15,7 +16,6 @@ from lensprobe.probes import (
     MaxProbe,
     MeanProbe,
     ProbeConfig,
-    build_probe,
     load_probe,
     probe_class,
 )
@@ -23,23 +23,7 @@ from lensprobe.probes import (
 KINDS = ["attention", "mean", "last", "max"]
 
 
-def randomised(
-    kind: str, d: int, n_outputs: int, n_heads: int = 3, seed: int = 0, position: str = "last"
-):
-    """A probe with every parameter random (query and position slope included)."""
-    cfg = ProbeConfig(
-        kind=kind,
-        d_model=d,
-        n_outputs=n_outputs,
-        n_heads=n_heads if kind == "attention" else 1,
-        position=position,
-    )
-    probe = build_probe(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-    return probe
+randomised = random_probe  # (kind, d_model, n_outputs, n_heads=3, seed=0, ...)
 
 
 def pad(seqs: list[torch.Tensor], side: str, extra: int) -> tuple[torch.Tensor, torch.Tensor]:

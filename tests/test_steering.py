@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given, settings
+from probe_helpers import random_probe as _random_probe
 
 from lensprobe.hooks import attach
 from lensprobe.patching import patch_positions
-from lensprobe.probes import MeanProbe, ProbeConfig, build_probe
+from lensprobe.probes import MeanProbe
 from lensprobe.steering import (
     ablate,
     add_direction,
@@ -29,20 +31,7 @@ KINDS = ["attention", "mean", "last", "max"]
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def random_probe(kind: str, d_model: int = 32, n_outputs: int = 1, seed: int = 0, hook=HOOK):
-    cfg = ProbeConfig(
-        kind=kind,
-        d_model=d_model,
-        n_outputs=n_outputs,
-        n_heads=3 if kind == "attention" else 1,
-        hook=hook,
-    )
-    probe = build_probe(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-    return probe
+random_probe = functools.partial(_random_probe, d_model=32, n_outputs=1, hook=HOOK)
 
 
 def padded(lengths: list[int], d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,37 @@
+"""A probe with random parameters, shared by the test modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lensprobe.probes import ProbeConfig, build_probe
+
+
+def random_probe(
+    kind: str,
+    d_model: int,
+    n_outputs: int = 1,
+    n_heads: int = 3,
+    seed: int = 0,
+    scale: float = 1.0,
+    **config: Any,
+) -> Any:
+    """A probe with every parameter (query and position slope included) drawn from N(0, scale²).
+
+    ``config`` holds further :class:`ProbeConfig` fields (``hook``, ``position``, ``exclude_bos``).
+    """
+    cfg = ProbeConfig(
+        kind=kind,
+        d_model=d_model,
+        n_outputs=n_outputs,
+        n_heads=n_heads if kind == "attention" else 1,
+        **config,
+    )
+    probe = build_probe(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return probe
