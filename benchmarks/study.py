@@ -442,18 +442,25 @@ def _order(records: list[dict[str, Any]], key: str, preferred: Sequence[Any]) ->
     return [p for p in preferred if p in seen] + sorted(p for p in seen if p not in preferred)
 
 
-def markdown(
-    records: list[dict[str, Any]],
-    captures: dict[str, Any],
-    settings: dict[str, Any],
-) -> str:
-    """The results page: sizes, per-dataset best-layer accuracy, summaries, head-to-heads."""
+def _grid(records: list[dict[str, Any]]) -> tuple[dict, dict, list, list, list, list]:
+    """Accuracy and entropy ratio by (dataset, layer, probe); datasets, layers and probes in
+    display order; the datasets with every cell."""
     acc = {(r["dataset"], r["layer"], r["probe"]): r["accuracy"] for r in records}
     ent = {(r["dataset"], r["layer"], r["probe"]): r.get("entropy_ratio") for r in records}
     datasets = _order(records, "dataset", [t.name for t in TASKS])
     layers = sorted({r["layer"] for r in records})
     probes = _order(records, "probe", PROBES)
     complete = [d for d in datasets if all((d, la, p) in acc for la in layers for p in probes)]
+    return acc, ent, datasets, layers, probes, complete
+
+
+def markdown(
+    records: list[dict[str, Any]],
+    captures: dict[str, Any],
+    settings: dict[str, Any],
+) -> str:
+    """The results page: sizes, per-dataset best-layer accuracy, summaries, head-to-heads."""
+    acc, ent, datasets, layers, probes, complete = _grid(records)
     lines = [
         "# The attention-probes study on Gemma 3 270M",
         "",
@@ -590,12 +597,7 @@ def plot(records: list[dict[str, Any]], captures: dict[str, Any], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc = {(r["dataset"], r["layer"], r["probe"]): r["accuracy"] for r in records}
-    ent = {(r["dataset"], r["layer"], r["probe"]): r.get("entropy_ratio") for r in records}
-    datasets = _order(records, "dataset", [t.name for t in TASKS])
-    layers = sorted({r["layer"] for r in records})
-    probes = _order(records, "probe", PROBES)
-    complete = [d for d in datasets if all((d, la, p) in acc for la in layers for p in probes)]
+    acc, ent, datasets, layers, probes, complete = _grid(records)
     base = [p for p in probes if not p.endswith("-adamw")]
     colors = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(base)}
     for i, p in enumerate(p for p in probes if p.endswith("-adamw")):  # same hue, hatched

@@ -637,24 +637,8 @@ def top_examples(
 
     def example(pos: int, rank: int, score: float, head: int | None = None) -> Example:
         row = int(sel[pos])
-        d = detail[row]
-        n_valid = d["contributions"].shape[0]
-        peak = None
-        if head is not None:
-            peak = int(d["attention"][:, head].argmax())
-        return Example(
-            row=row,
-            rank=rank,
-            score=score,
-            tokens=_sequence_tokens(acts, row, n_valid, token_strs),
-            logits=d["logits"],
-            contributions=d["contributions"],
-            attention=d["attention"],
-            head_contributions=d["head_contributions"],
-            label=None if label_t is None else int(label_t[row]),
-            text=None if texts is None else texts[row],
-            head=head,
-            peak=peak,
+        return _example(
+            detail[row], acts, row, token_strs, label_t, texts, rank=rank, score=score, head=head
         )
 
     by_class = tuple(
@@ -748,11 +732,27 @@ def explain(
     row = index % n
     label_t, texts = _labels_texts(acts, labels, n)
     d = _details(probe, acts, torch.tensor([row]), 1)[row]
-    scores = class_scores(d["logits"][None])[0]
+    score = float(class_scores(d["logits"][None])[0].max())
+    return _example(d, acts, row, token_strs, label_t, texts, rank=0, score=score)
+
+
+def _example(
+    d: dict[str, Any],
+    acts: Any,
+    row: int,
+    token_strs: Sequence[Sequence[str]] | None,
+    label_t: Tensor | None,
+    texts: Sequence[str] | None,
+    *,
+    rank: int,
+    score: float,
+    head: int | None = None,
+) -> Example:
+    """An :class:`Example` from one row's details (``head``: the head whose list it is in)."""
     return Example(
         row=row,
-        rank=0,
-        score=float(scores.max()),
+        rank=rank,
+        score=score,
         tokens=_sequence_tokens(acts, row, d["contributions"].shape[0], token_strs),
         logits=d["logits"],
         contributions=d["contributions"],
@@ -760,6 +760,8 @@ def explain(
         head_contributions=d["head_contributions"],
         label=None if label_t is None else int(label_t[row]),
         text=None if texts is None else texts[row],
+        head=head,
+        peak=None if head is None else int(d["attention"][:, head].argmax()),
     )
 
 

@@ -206,12 +206,16 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> N
         default=None,
         help="label column of a hub id or file not in the registry",
     )
+    _add_capture_arguments(parser, max_length=256)
+
+
+def _add_capture_arguments(parser: argparse.ArgumentParser, *, max_length: int) -> None:
     parser.add_argument(
         "--max-length",
         dest="max_length",
         type=int,
-        default=256,
-        help="tokens kept per text, BOS included (default: 256)",
+        default=max_length,
+        help=f"tokens kept per text, BOS included (default: {max_length})",
     )
     parser.add_argument(
         "--batch-size",
@@ -389,20 +393,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="how the bundled model is run for capture (default: transformer_lens)",
     )
     _add_train_arguments(parser, "attention-1,attention-2,attention-8,mean,last")
-    parser.add_argument(
-        "--max-length",
-        dest="max_length",
-        type=int,
-        default=160,
-        help="tokens kept per text, BOS included (default: 160)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        dest="batch_size",
-        type=int,
-        default=16,
-        help="texts per forward pass during capture (default: 16)",
-    )
+    _add_capture_arguments(parser, max_length=160)
 
 
 def run_demo(options: DemoOptions) -> int:

@@ -228,6 +228,18 @@ _GEOMETRY_OF_TRUTH: dict[str, str] = {
     "counterfact_true_false": "counterfact facts",
 }
 
+_MASSIVE_FILES = (
+    LocalFiles(
+        "json",
+        splits={
+            "train": ("train.jsonl",),
+            "validation": ("validation.jsonl",),
+            "test": ("test.jsonl",),
+        },
+    ),
+)
+"""The local copy of MASSIVE (en-US), which both MASSIVE tasks read."""
+
 _ENTRIES: list[DatasetSpec] = [
     DatasetSpec(
         "election_questions",
@@ -270,16 +282,7 @@ _ENTRIES: list[DatasetSpec] = [
         hub=HubSource("willcb/massive-intent", Columns(("input",), "label")),
         local=LocalSource(
             "massive_intent_en",
-            (
-                LocalFiles(
-                    "json",
-                    splits={
-                        "train": ("train.jsonl",),
-                        "validation": ("validation.jsonl",),
-                        "test": ("test.jsonl",),
-                    },
-                ),
-            ),
+            _MASSIVE_FILES,
             Columns(("text",), "label_text"),
         ),
     ),
@@ -290,16 +293,7 @@ _ENTRIES: list[DatasetSpec] = [
         hub=HubSource("willcb/massive-scenario", Columns(("input",), "label")),
         local=LocalSource(
             "massive_intent_en",
-            (
-                LocalFiles(
-                    "json",
-                    splits={
-                        "train": ("train.jsonl",),
-                        "validation": ("validation.jsonl",),
-                        "test": ("test.jsonl",),
-                    },
-                ),
-            ),
+            _MASSIVE_FILES,
             Columns(("text",), "label_text", label_transform=scenario_of_intent),
         ),
     ),
