@@ -68,6 +68,17 @@ def tiny_vocab_size() -> int:
 
 
 @pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The offline data collection (``$LENSPROBE_DATA_DIR``, default ``<repo>/../shared/data``);
+    tests that read it are skipped where it is missing."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = Path(os.environ.get("LENSPROBE_DATA_DIR", default))
+    if not (path / "CATALOG.md").is_file():
+        pytest.skip(f"offline data collection not found at {path} (set LENSPROBE_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 

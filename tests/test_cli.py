@@ -20,14 +20,6 @@ from lensprobe.data import DatasetInfo
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    path = Path(os.environ.get("LENSPROBE_DATA_DIR", REPO.parent / "shared" / "data"))
-    if not (path / "CATALOG.md").is_file():
-        pytest.skip(f"offline data collection not found at {path} (set LENSPROBE_DATA_DIR)")
-    return path
-
-
 def _rows(out: str) -> dict[str, list[str]]:
     """Table rows by dataset name, cells split on runs of two or more spaces."""
     rows = {}

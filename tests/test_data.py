@@ -39,14 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    path = Path(os.environ.get("LENSPROBE_DATA_DIR", REPO.parent / "shared" / "data"))
-    if not (path / "CATALOG.md").is_file():
-        pytest.skip(f"offline data collection not found at {path} (set LENSPROBE_DATA_DIR)")
-    return path
-
-
-@pytest.fixture(scope="session")
 def hf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private cache for the ``datasets`` library, so tests leave the user's cache alone."""
     return tmp_path_factory.mktemp("hf_cache")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,17 +10,6 @@ from sklearn.linear_model import LogisticRegression
 
 from lensprobe.probes import AttentionProbe, LastTokenProbe, MeanProbe, ProbeConfig
 from lensprobe.train import Members, TrainConfig, fit, fit_members, stratified_split
-
-
-def data_dir() -> Path:
-    path = Path(
-        os.environ.get(
-            "LENSPROBE_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-        )
-    )
-    if not path.is_dir():
-        pytest.fail(f"shared data not found at {path}; set LENSPROBE_DATA_DIR")
-    return path
 
 
 def needle_data(n=160, pos=12, d=16, k=2, seed=0):
@@ -142,8 +128,10 @@ def test_weight_decay_shrinks_weights_not_biases():
 
 @pytest.mark.parametrize("probe_cls", [MeanProbe, LastTokenProbe])
 @pytest.mark.parametrize("weight_decay", [1e-3, 1e-1])
-def test_lbfgs_matches_scikit_learn_logistic_regression_on_real_text(probe_cls, weight_decay):
-    df = pd.read_csv(data_dir() / "sst2" / "92_glue_sst2.csv").head(1200)
+def test_lbfgs_matches_scikit_learn_logistic_regression_on_real_text(
+    probe_cls, weight_decay, data_dir
+):
+    df = pd.read_csv(data_dir / "sst2" / "92_glue_sst2.csv").head(1200)
     y = torch.tensor(df["target"].to_numpy(), dtype=torch.long)
     x, mask = words_as_token_embeddings(df["prompt"].tolist())
     train_rows, test_rows = stratified_split(y, 0.25, seed=0)
