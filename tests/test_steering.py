@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from contextlib import ExitStack
-from pathlib import Path
 
 import hypothesis.strategies as st
 import pytest
@@ -28,7 +27,6 @@ from lensprobe.steering import (
 HOOK = "blocks.1.hook_resid_post"
 BACKENDS = ["hf", "nnsight", "transformer_lens"]
 KINDS = ["attention", "mean", "last", "max"]
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 random_probe = functools.partial(_random_probe, d_model=32, n_outputs=1, hook=HOOK)
@@ -349,8 +347,7 @@ def test_patching_errors_name_the_fix(tiny_gemma3):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason="needs the shared sst2 data")
-def test_real_gemma_steering_and_ablation_on_sst2(gemma_nnsight):
+def test_real_gemma_steering_and_ablation_on_sst2(gemma_nnsight, data_dir):
     import pandas as pd
 
     from lensprobe.capture import capture
@@ -358,7 +355,7 @@ def test_real_gemma_steering_and_ablation_on_sst2(gemma_nnsight):
     from lensprobe.train import run_protocol
 
     model = gemma_nnsight
-    frame = pd.read_csv(next((DATA / "sst2").glob("*.csv"))).sample(n=160, random_state=0)
+    frame = pd.read_csv(next((data_dir / "sst2").glob("*.csv"))).sample(n=160, random_state=0)
     texts, labels = frame["prompt"].tolist(), frame["target"].astype(int).tolist()
     hook = "blocks.6.hook_resid_post"
     acts = capture(
