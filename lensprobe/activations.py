@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +29,10 @@ __all__ = ["Activations", "ActivationsMeta", "CaptureResult", "CaptureStats"]
 
 Index = int | slice | Sequence[int] | Tensor | np.ndarray
 """What selects sequences: a position, a slice, a list of positions, an index or bool tensor."""
+
+SegmentCheck = Callable[[], None]
+"""Called before a segment's rows are first read; raises if the segment is damaged (the store
+passes one per memory-mapped shard, which hashes the file once). Shared by subsets and concats."""
 
 
 @dataclass(frozen=True)
@@ -283,8 +287,11 @@ class Activations:
         labels: Tensor | None,
         token_strs: list[list[str]] | None,
         texts: list[str] | None,
+        checks: tuple[SegmentCheck | None, ...] | None = None,
     ) -> None:
         n = lengths.numel()
+        if checks is not None and len(checks) != len(segments):
+            raise ValueError("checks must hold one entry (or None) per segment")
         if token_ids.shape != (int(lengths.sum()),):
             raise ValueError(f"token_ids must hold one id per token ({int(lengths.sum())})")
         if labels is not None:
@@ -303,6 +310,7 @@ class Activations:
         if texts is not None and len(texts) != n:
             raise ValueError(f"texts must hold one text per sequence ({n})")
         self._segments = segments
+        self._checks = checks if checks is not None and any(checks) else None
         self._seg = seg
         self._starts = starts
         self._lengths = lengths
@@ -325,8 +333,13 @@ class Activations:
         labels: Tensor | None = None,
         token_strs: list[list[str]] | None = None,
         texts: list[str] | None = None,
+        *,
+        checks: tuple[SegmentCheck | None, ...] | None = None,
     ) -> Activations:
-        """Build from segment tensors; sequence i is ``segments[seg[i]][starts[i]:+lengths[i]]``."""
+        """Build from segment tensors; sequence i is ``segments[seg[i]][starts[i]:+lengths[i]]``.
+
+        ``checks`` (one per segment, or None) run before a segment's rows are first read.
+        """
         self = cls.__new__(cls)
         self.meta = meta
         for s in segments:
@@ -342,8 +355,17 @@ class Activations:
             labels=labels,
             token_strs=token_strs,
             texts=texts,
+            checks=checks,
         )
         return self
+
+    def _ensure(self, segment_ids: Sequence[int]) -> None:
+        """Run the integrity check of every listed segment not yet checked."""
+        if self._checks is not None:
+            for s in segment_ids:
+                check = self._checks[s]
+                if check is not None:
+                    check()
 
     # -- shape ---------------------------------------------------------------------------------
 
@@ -412,17 +434,22 @@ class Activations:
             and self._is_identity()
             and bool(torch.equal(idx, torch.arange(len(self))))
         ):
+            self._ensure([0])
             return self._segments[0]
         lengths = self._lengths[idx]
         rows, seq = _row_index(self._starts[idx], lengths)
         if not self._segments:
             return torch.empty(0, self.d_model, dtype=self.dtype)
         if len(self._segments) == 1:
+            if idx.numel():
+                self._ensure([0])
             return self._segments[0].index_select(0, rows)
         first = self._segments[0]
         out = torch.empty(rows.numel(), self.d_model, dtype=first.dtype, device=first.device)
         seg_of_row = self._seg[idx][seq]
-        for s in torch.unique(seg_of_row).tolist():
+        used = torch.unique(seg_of_row).tolist()
+        self._ensure(used)
+        for s in used:
             sel = (seg_of_row == s).nonzero().flatten()
             out[sel] = self._segments[s].index_select(0, rows[sel]).to(out.device)
         return out
@@ -436,6 +463,7 @@ class Activations:
             raise IndexError(f"sequence index {i} out of range for {n} sequences")
         i %= n
         start = int(self._starts[i])
+        self._ensure([int(self._seg[i])])
         return self._segments[int(self._seg[i])][start : start + int(self._lengths[i])]
 
     def __getitem__(self, idx: Index) -> Activations:
@@ -452,6 +480,7 @@ class Activations:
             None if self.labels is None else self.labels[sel],
             None if self.token_strs is None else [self.token_strs[i] for i in sel.tolist()],
             None if self.texts is None else [self.texts[i] for i in sel.tolist()],
+            checks=self._checks,
         )
 
     def with_labels(
@@ -478,6 +507,7 @@ class Activations:
             labels,
             self.token_strs,
             self.texts,
+            checks=self._checks,
         )
 
     @classmethod
@@ -511,13 +541,15 @@ class Activations:
         if len(has_labels) > 1:
             raise ValueError("cannot concat labelled and unlabelled activations; label all parts")
         segments: list[Tensor] = []
+        checks: list[SegmentCheck | None] = []
         segs = []
         for p in parts:
             mapping = []
-            for s in p._segments:
+            for j, s in enumerate(p._segments):
                 pos = next((k for k, t in enumerate(segments) if t is s), None)
                 if pos is None:
                     segments.append(s)
+                    checks.append(None if p._checks is None else p._checks[j])
                     pos = len(segments) - 1
                 mapping.append(pos)
             segs.append(torch.as_tensor(mapping, dtype=torch.long)[p._seg] if len(p) else p._seg)
@@ -543,6 +575,7 @@ class Activations:
             None if parts[0].labels is None else torch.cat([p.labels for p in parts]),  # type: ignore[misc]
             strs,
             texts,
+            checks=tuple(checks),
         )
 
     # -- padding -------------------------------------------------------------------------------
@@ -624,12 +657,12 @@ class Activations:
 
     # -- disk ----------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str], *, shard_tokens: int = 65536) -> None:
+    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
         """Write a store directory (safetensors shards + ``manifest.json`` with checksums).
 
         Args:
             path: Directory to create (must not hold another store).
-            shard_tokens: Tokens per shard file.
+            shard_tokens: Tokens per shard file (default: ``lensprobe.store.auto_shard_tokens``).
         """
         from lensprobe.store import write_store
 
@@ -642,7 +675,7 @@ class Activations:
         *,
         mmap: bool = True,
         hook: str | None = None,
-        verify: bool = False,
+        verify: Literal["lazy", "full", "off"] | bool = "lazy",
     ) -> Activations:
         """Read a store written by :meth:`save` or by ``capture(..., out=path)``.
 
@@ -650,7 +683,12 @@ class Activations:
             path: The store directory.
             mmap: Memory-map the shards (default) instead of reading them into memory.
             hook: Which hook to read when the store holds several.
-            verify: Check every shard's SHA-256 against the manifest first.
+            verify: ``"lazy"`` (default) hashes each shard the first time it is read, ``"full"``
+                (or True) every file now, ``"off"`` only checks sizes and headers (see
+                ``lensprobe.store.load_store``).
+
+        Raises:
+            lensprobe.errors.StoreCorruptError: A damaged file (named, with the fix).
         """
         from lensprobe.store import load_store
 
@@ -708,7 +746,7 @@ class CaptureResult(Mapping[str, Activations]):
             f"tokens={first.n_tokens})"
         )
 
-    def save(self, path: str | os.PathLike[str], *, shard_tokens: int = 65536) -> None:
+    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
         """Write every hook to one store directory (see :meth:`Activations.save`)."""
         from lensprobe.store import write_store
 
@@ -716,7 +754,11 @@ class CaptureResult(Mapping[str, Activations]):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], *, mmap: bool = True, verify: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        mmap: bool = True,
+        verify: Literal["lazy", "full", "off"] | bool = "lazy",
     ) -> CaptureResult:
         """Read a store directory (see :meth:`Activations.load`)."""
         from lensprobe.store import load_store

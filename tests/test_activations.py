@@ -272,11 +272,15 @@ def test_store_manifest_has_checksums_and_verify_detects_damage(tmp_path: Path):
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF  # same size, different content
     target.write_bytes(bytes(data))
-    Activations.load(tmp_path / "s")  # size checks pass without verify
-    with pytest.raises(ValueError, match="SHA-256"):
+    lazy = Activations.load(tmp_path / "s")  # an activation shard is hashed when first read
+    lazy.sequence(0)  # shard 0 is intact
+    with pytest.raises(ValueError, match="fails its checksum"):
+        lazy.values
+    with pytest.raises(ValueError, match="fails its checksum"):
         Activations.load(tmp_path / "s", verify=True)
+    Activations.load(tmp_path / "s", verify="off").values  # sizes and headers only
     target.write_bytes(bytes(data[:-3]))
-    with pytest.raises(ValueError, match="wrong size"):
+    with pytest.raises(ValueError, match="truncated or overwritten"):
         Activations.load(tmp_path / "s")
 
 
