@@ -407,7 +407,7 @@ def test_input_errors_name_the_fix(tiny_gemma3, tiny_texts):
         capture(model, "one text", "blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match="hooks is empty"):
         capture(model, tiny_texts, [])
-    with pytest.raises(ValueError, match="prepend_bos"):
+    with pytest.raises(ValueError, match="empty"):
         capture(model, ["", "cat"], "blocks.0.hook_resid_post", prepend_bos=False, progress=False)
     with pytest.raises(TypeError, match="load_model"):
         capture(torch.nn.Linear(3, 3), tiny_texts, "blocks.0.hook_resid_post")

@@ -31,12 +31,20 @@ from lensprobe.capture import transformer_lens as tl_backend
 from lensprobe.capture.batching import Tokenized, collate, length_batches, token_strings, tokenize
 from lensprobe.capture.hf import Runner
 from lensprobe.capture.names import UnknownHookError, resolve_sites
+from lensprobe.errors import InputError
 from lensprobe.models import display_name
-from lensprobe.store import StoreWriter, load_store, plan_shards, token_strs_table
+from lensprobe.store import (
+    StoreWriter,
+    auto_shard_tokens,
+    check_store_target,
+    load_store,
+    plan_shards,
+    token_strs_table,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnknownHookError", "capture", "detect_backend"]
+__all__ = ["UnknownHookError", "capture", "check_capture_out", "check_texts", "detect_backend"]
 
 BackendName = Literal["transformer_lens", "nnsight", "hf"]
 
@@ -124,6 +132,74 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """The texts as a list, checked: strings, at least one, none empty or only whitespace.
+
+    Raises:
+        InputError: No texts, or an empty one (the message gives its position).
+        TypeError: One string instead of a list, or a non-string entry.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string; wrap it: [text]")
+    text_list = list(texts)
+    if not text_list:
+        raise InputError("texts is empty; pass at least one text")
+    for i, t in enumerate(text_list):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a string")
+    empty = [i for i, t in enumerate(text_list) if not t.strip()]
+    if empty:
+        raise InputError(
+            f"texts {empty[:10]} are empty or only whitespace ({len(empty)} of {len(text_list)}); "
+            "remove them: an empty text has no tokens to probe"
+        )
+    return text_list
+
+
+def _source_fingerprint(
+    texts: list[str],
+    hooks: list[str],
+    labels: Tensor | None,
+    names: tuple[str, ...] | None,
+    max_length: int | None,
+) -> dict[str, Any]:
+    """The part of a store's fingerprint that is known before the model is loaded."""
+    return {
+        "hooks": hooks,
+        "n_sequences": len(texts),
+        "max_length": max_length,
+        "class_names": None if names is None else list(names),
+        "texts_sha256": _digest(texts),
+        "labels_sha256": None if labels is None else _digest(labels.tolist()),
+    }
+
+
+def check_capture_out(
+    out: str | os.PathLike[str],
+    texts: Sequence[str],
+    hooks: str | Sequence[str],
+    labels: Any = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    max_length: int | None = 512,
+) -> None:
+    """Check, before loading a model, that ``capture(..., out=out)`` with these inputs may run.
+
+    ``out`` may be absent, empty, or a store of this same capture (to resume or reuse it).
+
+    Raises:
+        OutputPathError: ``out`` is a file, or a non-empty folder that is no store.
+        StoreError: ``out`` holds a store of another capture (other texts, hooks or labels).
+        InputError: Empty texts.
+    """
+    text_list = check_texts(texts)
+    hook_list = list(dict.fromkeys([hooks] if isinstance(hooks, str) else hooks))
+    label_tensor, names = _labels(labels, len(text_list), class_names)
+    check_store_target(
+        out, _source_fingerprint(text_list, hook_list, label_tensor, names, max_length)
+    )
+
+
 def capture(
     model: Any,
     texts: Sequence[str],
@@ -139,7 +215,7 @@ def capture(
     prepend_bos: bool | None = None,
     class_names: Sequence[str] | None = None,
     model_id: str | None = None,
-    shard_tokens: int = 65536,
+    shard_tokens: int | None = None,
     keep_texts: bool = True,
     progress: bool = True,
 ) -> CaptureResult:
@@ -171,7 +247,9 @@ def capture(
             choice is recorded in the metadata.
         class_names: Names of the label ids.
         model_id: Identifier to record; default from the model's config.
-        shard_tokens: Tokens per shard of an on-disk store.
+        shard_tokens: Tokens per shard of an on-disk store; default
+            :func:`lensprobe.store.auto_shard_tokens` (4096 to 65536 tokens, about a thousandth
+            of the capture), so a killed capture keeps all but the shard in progress.
         keep_texts: Keep the texts (and per-token strings) with the activations, for widgets.
         progress: Show a progress bar (sequences, tokens/s).
 
@@ -181,8 +259,10 @@ def capture(
 
     Raises:
         UnknownHookError: A hook name the model does not have (nearest names listed).
-        ValueError: Empty texts, labels of the wrong length, an ``out`` directory holding another
-            capture.
+        InputError: No texts, or an empty text (a ``ValueError``).
+        ValueError: Labels of the wrong length.
+        StoreError: An ``out`` directory holding another capture (a ``ValueError``).
+        OutputPathError: ``out`` is a file or a non-empty folder that is no store.
         TypeError: A model no backend understands.
     """
     if isinstance(hooks, str):
@@ -192,14 +272,7 @@ def capture(
         raise ValueError(
             "hooks is empty; pass at least one hook name, e.g. 'blocks.9.hook_resid_post'"
         )
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not one string; wrap it: [text]")
-    text_list = list(texts)
-    if not text_list:
-        raise ValueError("texts is empty; pass at least one text")
-    for i, t in enumerate(text_list):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a string")
+    text_list = check_texts(texts)
     n = len(text_list)
     label_tensor, names = _labels(labels, n, class_names)
     if batch_size <= 0:
@@ -210,6 +283,12 @@ def capture(
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    if shard_tokens is not None and shard_tokens <= 0:
+        raise ValueError(f"shard_tokens must be positive or None, got {shard_tokens}")
+    if out is not None:  # a file or a folder of other things: refused before any work
+        check_store_target(
+            out, _source_fingerprint(text_list, hook_list, label_tensor, names, max_length)
+        )
 
     backend = detect_backend(model)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
@@ -243,19 +322,16 @@ def capture(
         "prepend_bos": tokenized.prepend_bos,
         "class_names": names,
     }
+    shard_tokens = shard_tokens or auto_shard_tokens(n_tokens)
     plan = plan_shards(lengths, shard_tokens) if out is not None else [(0, n)]
     writer = None
     if out is not None:
         fingerprint = {
             **{k: v for k, v in base_meta.items() if k != "class_names"},
-            "class_names": None if names is None else list(names),
-            "hooks": hook_list,
-            "n_sequences": n,
+            **_source_fingerprint(text_list, hook_list, label_tensor, names, max_length),
             "n_tokens": n_tokens,
             "shard_tokens": shard_tokens,
-            "texts_sha256": _digest(text_list),
             "token_ids_sha256": _digest(tokenized.ids),
-            "labels_sha256": None if label_tensor is None else _digest(label_tensor.tolist()),
         }
         writer = StoreWriter.open(
             out,
