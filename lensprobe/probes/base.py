@@ -24,6 +24,8 @@ PROBE_KINDS: tuple[str, ...] = ("attention", "mean", "last", "max")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+DIGEST_KEY = "digest"
+"""Key of ``config.json`` holding :func:`probe_digest` of the config and the weights saved with it."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,17 @@ def without_first_token(mask: Bool[Tensor, "batch pos"]) -> Bool[Tensor, "batch 
     first = mask & (mask.cumsum(dim=-1) == 1)
     keep_first = mask.sum(dim=-1, keepdim=True) < 2
     return mask & (~first | keep_first)
+
+
+def tokens_read(config: ProbeConfig, mask: Bool[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
+    """The tokens a probe reads, given the valid-token ``mask`` of its input.
+
+    The one rule for which tokens count, shared by training (``fit``, ``fit_members``,
+    ``run_protocol``), ``forward``, the analyses and ``attach``: every valid token, less each
+    sequence's first when ``config.exclude_bos`` (a sequence of one token keeps it). Always pass
+    the mask of the input as captured; applying the rule twice would drop two tokens.
+    """
+    return without_first_token(mask) if config.exclude_bos else mask
 
 
 def check_inputs(x: Tensor, mask: Tensor, d_model: int) -> None:
@@ -187,8 +200,11 @@ class Probe(nn.Module):
         return probe
 
     def effective_mask(self, mask: Mask) -> Mask:
-        """The tokens the probe reads: ``mask``, less BOS when the config excludes it."""
-        return without_first_token(mask) if self.config.exclude_bos else mask
+        """The tokens the probe reads: ``mask``, less BOS when the config excludes it.
+
+        See :func:`tokens_read`, the rule training applies too.
+        """
+        return tokens_read(self.config, mask)
 
     def _prepare(self, x: Acts, mask: Mask) -> tuple[Tensor, Tensor]:
         check_inputs(x, mask, self.config.d_model)
@@ -233,5 +249,31 @@ class Probe(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
-        (path / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        config = json.loads(json.dumps(self.config.to_dict()))  # exactly what loading reads
+        config[DIGEST_KEY] = probe_digest(config, tensors)
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         return path
+
+
+def probe_digest(config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 that ties a probe's weights to its config (saved in ``config.json``).
+
+    Any change to a config field (``position``, ``exclude_bos``, ...) or to any weight byte, or
+    weights taken from another probe of the same shapes, gives another digest.
+
+    Args:
+        config: :meth:`ProbeConfig.to_dict` output (a ``digest`` key in it is ignored).
+        tensors: The state dict as saved.
+
+    Returns:
+        The hex digest.
+    """
+    import hashlib
+
+    body = {k: v for k, v in config.items() if k != DIGEST_KEY}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\n{name}:{str(t.dtype).removeprefix('torch.')}:{list(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
