@@ -31,6 +31,7 @@ from lensprobe.data.registry import (
     LocalSource,
     find_spec,
 )
+from lensprobe.errors import DataFileError
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,33 @@ def _resolve_files(folder: Path, patterns: Sequence[str], name: str) -> list[str
     return files
 
 
+def _load_files(
+    datasets: Any, builder: str, files: list[str], cache_dir: str | None, **options: Any
+) -> Any:
+    """``datasets.load_dataset`` over local files; unreadable or empty files are a DataFileError."""
+    for f in files:
+        if os.path.getsize(f) == 0:
+            raise DataFileError(f"{f} is empty (0 bytes); fill it or pass another file")
+    generation_error = getattr(
+        getattr(datasets, "exceptions", None), "DatasetGenerationError", ValueError
+    )
+    try:
+        return datasets.load_dataset(
+            builder, data_files=files, split="train", cache_dir=cache_dir, **options
+        )
+    except (generation_error, ValueError) as err:
+        named = ", ".join(files)
+        if "corresponds to no data" in str(err):
+            raise DataFileError(
+                f"{named} has no rows (only a header?); add rows or pass another file"
+            ) from err
+        cause = err.__cause__ or err
+        raise DataFileError(
+            f"{named} cannot be read as {builder} ({type(cause).__name__}: {cause}); check the "
+            "file's format"
+        ) from err
+
+
 def _read_group(
     group: LocalFiles, folder: Path, split: str, columns: Columns, cache_dir: str | None
 ) -> _Rows:
@@ -321,15 +349,11 @@ def _read_group(
     datasets = _datasets()
     needed = _needed(columns)
     files = _resolve_files(folder, group.splits[split], folder.name)
-    ds = datasets.load_dataset(
-        group.builder, data_files=files, split="train", cache_dir=cache_dir, **group.options
-    )
+    ds = _load_files(datasets, group.builder, files, cache_dir, **group.options)
     rows = _take_columns(ds, needed, columns.label)
     if group.label_files:
         label_files = _resolve_files(folder, group.label_files[split], folder.name)
-        lines = datasets.load_dataset(
-            "text", data_files=label_files, split="train", cache_dir=cache_dir
-        )["text"]
+        lines = _load_files(datasets, "text", label_files, cache_dir)["text"]
         if len(lines) != rows.n_rows:
             raise ValueError(
                 f"{folder.name}: {split} has {rows.n_rows} texts but {len(lines)} labels in "
