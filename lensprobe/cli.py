@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lensprobe.errors import InputError, LensprobeError
+
 __all__ = ["COMMANDS", "Command", "DatasetsOptions", "format_datasets_table", "main"]
 
 DATA_DIR_ENV = "LENSPROBE_DATA_DIR"
@@ -252,6 +254,115 @@ def _protocol(seeds: int, max_steps: int | None) -> Any:
     return ProtocolConfig(seeds=tuple(range(seeds)), train=train)
 
 
+def _hooks(text: str | None) -> list[str]:
+    hooks = _csv(text)
+    if not hooks:
+        raise InputError("--hooks is empty; pass hook names, e.g. blocks.9.hook_resid_post")
+    return hooks
+
+
+def _out_folder(path: str, flag: str = "--out") -> Path:
+    """Create the output folder now, so a bad ``--out`` fails before any work."""
+    from lensprobe.errors import OutputPathError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder; pass a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(
+            f"{flag} {path} cannot be created (a part of the path is a file); pass a folder"
+        ) from None
+    return out
+
+
+def _check_model(name: str) -> None:
+    """Fail before any work when ``--model`` names nothing loadable (offline hub ids included)."""
+    from lensprobe.errors import ModelNotFoundError
+    from lensprobe.models import BUNDLED_MODELS
+
+    path = Path(name).expanduser()
+    if name in BUNDLED_MODELS or path.is_dir():
+        return
+    fix = (
+        f"pass a bundled name ({', '.join(BUNDLED_MODELS)}), a local model folder, or a hub id "
+        "(downloaded unless HF_HUB_OFFLINE=1)"
+    )
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"--model {name}: no such model folder; {fix}")
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers brings huggingface_hub
+        return
+    if constants.HF_HUB_OFFLINE and not isinstance(
+        try_to_load_from_cache(name, "config.json"), str
+    ):
+        raise ModelNotFoundError(
+            f"--model {name} is not bundled, not a local folder, and not in the Hugging Face "
+            f"cache, and HF_HUB_OFFLINE=1 forbids downloading it; {fix}"
+        )
+
+
+def _load_model(name: str, backend: str) -> Any:
+    import lensprobe as lp
+    from lensprobe.errors import ModelNotFoundError
+
+    try:
+        return lp.load_model(name, backend=backend)  # type: ignore[arg-type]
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"--model {name} cannot be loaded ({' '.join(str(err).split())[:300]}); pass a "
+            "bundled name, a local model folder, or a hub id"
+        ) from err
+
+
+def _min_rows_per_class(protocol: Any) -> int:
+    """Fewest rows of a class the protocol can split: test rows, then one per CV fold."""
+    c = 1
+    while True:
+        held = min(max(round(protocol.test_fraction * c), 1), c - 1) if c >= 2 else 0
+        if c - held >= protocol.n_folds:
+            return c
+        c += 1
+
+
+def _check_classes(labels: Any, class_names: Any, protocol: Any, where: str, fix: str) -> None:
+    """Refuse, before any model loads, labels the protocol cannot split (``fix`` says what to do)."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    present = np.flatnonzero(counts)
+
+    def name(c: int) -> str:
+        return repr(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+
+    if len(present) < 2:
+        only = name(int(present[0])) if len(present) else "none"
+        raise InputError(
+            f"{where}: all {int(counts.sum())} texts are of one class ({only}); a probe needs at "
+            f"least two classes: {fix}"
+        )
+    need = _min_rows_per_class(protocol)
+    rare = [int(c) for c in present if counts[c] < need]
+    if rare:
+        c = min(rare, key=lambda k: counts[k])
+        raise InputError(
+            f"{where}: class {name(c)} has {int(counts[c])} text(s); every class needs at least "
+            f"{need} (a {protocol.test_fraction:.0%} test split, then {protocol.n_folds}-fold "
+            f"cross-validation on the rest): {fix}"
+        )
+
+
+def _n_fix(options: Any, n_classes: int, protocol: Any) -> str:
+    if getattr(options, "n", None):
+        return (
+            f"pass a larger --n (at least {_min_rows_per_class(protocol) * n_classes} for "
+            f"balanced classes) or leave --n out"
+        )
+    return "use a dataset with more texts of every class"
+
+
 def _load_text_dataset(options: Any, n: int | None = None) -> Any:
     from lensprobe.data import load_dataset
 
@@ -262,6 +373,19 @@ def _load_text_dataset(options: Any, n: int | None = None) -> Any:
         n=n if n is not None else options.n,
         text_column=options.text_column,
         label_column=options.label_column,
+    )
+
+
+def _check_capture_out(ds: Any, hooks: list[str], options: Any, out: str) -> None:
+    from lensprobe.capture import check_capture_out
+
+    check_capture_out(
+        out,
+        list(ds.texts),
+        hooks,
+        ds.label_tensor(),
+        class_names=ds.class_names,
+        max_length=options.max_length,
     )
 
 
@@ -401,24 +525,30 @@ def run_demo(options: DemoOptions) -> int:
     from lensprobe.experiment import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
-    import lensprobe as lp
     from lensprobe.data import load_dataset
 
     quick = options.quick
     n = options.n or (80 if quick else 240)
-    hooks = _csv(options.hooks)
+    hooks = _hooks(options.hooks)
     if quick and options.hooks == ",".join(DEMO_HOOKS):
         hooks = [DEMO_HOOKS[1]]
     max_steps = options.max_steps or (300 if quick else None)
     options = dataclasses.replace(options, max_steps=max_steps)
+    protocol = _protocol(options.seeds, options.max_steps)
+    _out_folder(options.out)
+    tasks = {task: load_dataset(task, n=n) for task in _csv(options.tasks)}
+    if not tasks:
+        raise InputError(f"--tasks is empty; pass some of {', '.join(DEMO_TASKS)}")
+    for task, ds in tasks.items():
+        fix = _n_fix(options, len(ds.class_names), protocol)
+        _check_classes(ds.labels, ds.class_names, protocol, task, fix)
     _say(
         f"lensprobe demo: Gemma 3 270M ({options.backend}), tasks {options.tasks}, {n} texts "
         f"each, hooks {', '.join(hooks)}"
     )
-    model = lp.load_model("gemma-3-270m", backend=options.backend)  # type: ignore[arg-type]
+    model = _load_model("gemma-3-270m", options.backend)
     rows: list[Any] = []
-    for task in _csv(options.tasks):
-        ds = load_dataset(task, n=n)
+    for task, ds in tasks.items():
         _say(f"\n{task}: {len(ds)} texts, classes {', '.join(ds.class_names)}")
         acts = _capture(model, ds, hooks, options, None)
         rows += _train_and_report(
@@ -485,16 +615,21 @@ def run_run(options: RunOptions) -> int:
     from lensprobe.experiment import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
-    import lensprobe as lp
-
+    hooks = _hooks(options.hooks)
+    protocol = _protocol(options.seeds, options.max_steps)
+    _out_folder(options.out)
+    store = os.path.join(options.out, "activations")
     ds = _load_text_dataset(options)
-    hooks = _csv(options.hooks)
+    fix = _n_fix(options, len(ds.class_names), protocol)
+    _check_classes(ds.labels, ds.class_names, protocol, ds.name, fix)
+    _check_capture_out(ds, hooks, options, store)
+    _check_model(options.model)
     _say(
         f"lensprobe run: {options.model} ({options.backend}), {ds.name}: {len(ds)} texts, "
         f"hooks {', '.join(hooks)}"
     )
-    model = lp.load_model(options.model, backend=options.backend)  # type: ignore[arg-type]
-    acts = _capture(model, ds, hooks, options, os.path.join(options.out, "activations"))
+    model = _load_model(options.model, options.backend)
+    acts = _capture(model, ds, hooks, options, store)
     rows = _train_and_report(
         acts, ds.name, options, options.out, description=f"{ds.name}: {len(ds)} texts ({ds.source})"
     )
@@ -518,11 +653,14 @@ def _capture_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_capture(options: CaptureOptions) -> int:
     """Capture a dataset at hooks into an on-disk store (train on it many times later)."""
-    import lensprobe as lp
+    from lensprobe.store import check_store_target
 
+    hooks = _hooks(options.hooks)
+    check_store_target(options.out)  # a file or a folder of other things: before reading data
     ds = _load_text_dataset(options)
-    hooks = _csv(options.hooks)
-    model = lp.load_model(options.model, backend=options.backend)  # type: ignore[arg-type]
+    _check_capture_out(ds, hooks, options, options.out)
+    _check_model(options.model)
+    model = _load_model(options.model, options.backend)
     _capture(model, ds, hooks, options, options.out)
     _say(f"store: {options.out} ({ds.name}, {len(ds)} texts, hooks {', '.join(hooks)})")
     return 0
@@ -559,11 +697,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_store(path: str, hooks: str | None) -> dict[str, Any]:
     from lensprobe.store import load_store
 
-    store = load_store(path)
+    store = load_store(path, verify="full")  # every file is read anyway: check them all first
     wanted = _csv(hooks) or list(store)
     missing = [h for h in wanted if h not in store]
     if missing:
-        raise ValueError(f"hooks {missing} are not in the store {path}; it has {list(store)}")
+        raise InputError(f"hooks {missing} are not in the store {path}; it has {list(store)}")
     return {h: store[h] for h in wanted}
 
 
@@ -572,11 +710,20 @@ def run_train(options: TrainOptions) -> int:
     from lensprobe.experiment import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
+    protocol = _protocol(options.seeds, options.max_steps)
+    out = _out_folder(options.out)  # before training: a bad --out must not cost the work
     acts = _open_store(options.acts, options.hooks)
     name = options.name or os.path.basename(os.path.normpath(options.acts))
     first = next(iter(acts.values()))
     if first.labels is None:
-        raise ValueError(f"the store {options.acts} has no labels; capture with a dataset")
+        raise InputError(f"the store {options.acts} has no labels; capture with a dataset")
+    _check_classes(
+        first.labels.numpy(),
+        first.class_names,
+        protocol,
+        f"the store {options.acts}",
+        "capture more texts of every class",
+    )
     _say(f"lensprobe train: {name}: {len(first)} sequences, hooks {', '.join(acts)}")
     rows = _train_and_report(
         acts,
@@ -586,7 +733,7 @@ def run_train(options: TrainOptions) -> int:
         description=f"{name}: {len(first)} sequences from {options.acts}",
     )
     _finish(rows, options.out)
-    (Path(options.out) / "store.txt").write_text(os.path.abspath(options.acts) + "\n")
+    (out / "store.txt").write_text(os.path.abspath(options.acts) + "\n")
     return 0
 
 
@@ -629,7 +776,17 @@ def run_report(options: ReportOptions) -> int:
     from lensprobe.viz import ReportEntry, report
 
     results_dir = Path(options.results)
-    payload = json.loads((results_dir / "results.json").read_text())
+    if options.out and Path(options.out).is_dir():
+        raise InputError(f"--out {options.out} is a folder; pass the HTML file to write")
+    results_file = results_dir / "results.json"
+    if not results_file.is_file():
+        raise FileNotFoundError(
+            f"{results_file} not found; pass --results the folder written by lensprobe train/run"
+        )
+    try:
+        payload = json.loads(results_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{results_file} is not valid JSON ({err}); rerun lensprobe train") from None
     store = options.acts
     if store is None:
         recorded = results_dir / "store.txt"
@@ -745,10 +902,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lensprobe", description="Attention probes at TransformerLens / nnsight hook names."
     )
+    debug_help = "show the full traceback of an error instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS.values():
-        command.add_arguments(sub.add_parser(command.name, help=command.help))
+        subparser = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(subparser)
+        # also accepted after the command name; SUPPRESS keeps a top-level --debug
+        subparser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help
+        )
     return parser
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (LensprobeError, ValueError, OSError, ImportError)
+"""Errors the command line reports as one line (``--debug`` shows the traceback); any other
+exception is a bug and keeps its traceback."""
 
 
 def main(args: list[str] | None = None) -> int:
@@ -758,7 +927,8 @@ def main(args: list[str] | None = None) -> int:
         args: Arguments after the program name; None reads ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 1 when the command failed, 2 for a usage error.
+        The exit status: 0 on success, 1 when the command failed, 2 for a usage error, 130 when
+        interrupted.
     """
     parser = _parser()
     try:
@@ -769,10 +939,23 @@ def main(args: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     command = COMMANDS[namespace.command]
+    debug = bool(getattr(namespace, "debug", False))
     fields = {f.name for f in dataclasses.fields(command.options)}
-    options = command.options(**{k: v for k, v in vars(namespace).items() if k in fields})
     try:
+        options = command.options(**{k: v for k, v in vars(namespace).items() if k in fields})
         return command.run(options)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        _say(f"lensprobe {command.name}: error: {err}", err=True)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _say(
+            f"lensprobe {command.name}: interrupted; rerun the same command to resume (finished "
+            "capture shards are kept)",
+            err=True,
+        )
+        return 130
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        text = " ".join(str(err).split()) or type(err).__name__
+        _say(f"lensprobe {command.name}: error: {text}", err=True)
         return 1
