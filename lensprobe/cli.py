@@ -262,18 +262,21 @@ def _hooks(text: str | None) -> list[str]:
 
 
 def _out_folder(path: str, flag: str = "--out") -> Path:
-    """Create the output folder now, so a bad ``--out`` fails before any work."""
+    """Check that output can go to folder ``path`` (created when written), before any work."""
     from lensprobe.errors import OutputPathError
 
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"{flag} {path} is a file, not a folder; pass a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
         raise OutputPathError(
-            f"{flag} {path} cannot be created (a part of the path is a file); pass a folder"
-        ) from None
+            f"{flag} {path} cannot be created: {parent} is a file; pass a folder"
+        )
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"{flag} {path}: {parent} is not writable; pass another folder")
     return out
 
 
@@ -733,6 +736,7 @@ def run_train(options: TrainOptions) -> int:
         description=f"{name}: {len(first)} sequences from {options.acts}",
     )
     _finish(rows, options.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "store.txt").write_text(os.path.abspath(options.acts) + "\n")
     return 0
 
