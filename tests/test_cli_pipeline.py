@@ -131,3 +131,114 @@ def test_demo_quick_on_the_bundled_model(tmp_path, capsys):
             out / "probes" / "needle" / "blocks.9.hook_resid_post" / "last"
         ).config.model_id.lower()
     )
+
+
+SLOW_CLI = """
+import json, sys, time
+import lensprobe, lensprobe.models
+from lensprobe.cli import main
+
+progress, load = sys.argv[1], lensprobe.models.load_model
+seen = [0]
+
+def slow_model(*args, **kwargs):
+    model = load(*args, **kwargs)
+
+    def pace(_module, inputs):
+        seen[0] += inputs[0].shape[0]
+        with open(progress, "w") as f:
+            f.write(str(seen[0]))  # sequences whose forward has started
+        time.sleep(0.05)
+
+    model.model.layers[0].register_forward_pre_hook(pace)
+    return model
+
+lensprobe.load_model = slow_model
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _cli_texts(n: int) -> list[str]:
+    from conftest import TINY_WORDS
+
+    return [
+        " ".join(TINY_WORDS[(7 * i + 3 * j) % len(TINY_WORDS)] for j in range(20 + i % 17))
+        for i in range(n)
+    ]
+
+
+def test_killed_default_sized_cli_capture_resumes_bit_identical(tiny_gemma3_dir, tmp_path):
+    """SIGKILL `lensprobe capture` (default shard size) midway: at most one shard is recomputed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from lensprobe.store import load_store
+
+    data = tmp_path / "data.csv"
+    texts = _cli_texts(600)
+    data.write_text("text,label\n" + "".join(f"{t},{'ab'[i % 2]}\n" for i, t in enumerate(texts)))
+    args = ["capture", "--model", str(tiny_gemma3_dir), "--backend", "hf"]
+    args += ["--hooks", "blocks.1.hook_resid_post", "--dataset", str(data), "--batch-size", "8"]
+    out, progress = tmp_path / "s", tmp_path / "progress"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLI, str(progress), *args, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = out / "manifest.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if manifest.exists():
+                state = json.loads(manifest.read_text())
+                done = len(state["shards"])
+                # kill once two shards are kept and the third is well under way
+                if done >= 2 and int(progress.read_text() or 0) > state["plan"][done][0] + 8:
+                    break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the CLI capture wrote no shards in time")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    state = json.loads(manifest.read_text())
+    plan, kept = state["plan"], sorted(int(k) for k in state["shards"])
+    assert not state["complete"] and 3 <= len(plan) < 100  # the default made several shards
+    assert kept == list(range(len(kept)))
+    kept_rows = plan[kept[-1]][1]
+    started = int(progress.read_text())
+    in_progress = plan[len(kept)]
+    assert kept_rows < started <= in_progress[1], "work lost beyond the shard in progress"
+
+    seen = []
+    import lensprobe
+
+    load = lensprobe.models.load_model
+
+    def counting(*a, **k):
+        model = load(*a, **k)
+        model.model.layers[0].register_forward_pre_hook(
+            lambda _m, inputs: seen.append(inputs[0].shape[0])
+        )
+        return model
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(lensprobe, "load_model", counting, raising=False)
+    try:
+        assert main([*args, "--out", str(out)]) == 0
+    finally:
+        mp.undo()
+    assert sum(seen) == len(texts) - kept_rows  # the kept shards are not recomputed
+    assert main([*args, "--out", str(tmp_path / "fresh")]) == 0
+    resumed = load_store(out, verify="full")["blocks.1.hook_resid_post"]
+    fresh = load_store(tmp_path / "fresh", verify="full")["blocks.1.hook_resid_post"]
+    assert torch.equal(resumed.values, fresh.values)
+    assert torch.equal(resumed.token_ids, fresh.token_ids)
+    assert torch.equal(resumed.labels, fresh.labels)
