@@ -296,8 +296,9 @@ def entropy_summary(result: Any, acts: Any) -> dict[str, Any]:
     from lensprobe.analysis import attention_entropy
 
     per_seed = []
-    for seed, probe in zip(result.config.seeds, result.probes, strict=True):
-        ent = attention_entropy(probe, acts, rows=result.test_rows)
+    for run in result.runs:  # each seed: its own split, its own test rows
+        seed = run.seed
+        ent = attention_entropy(run.probe, acts, rows=run.test_rows)
         heads = [
             {k: _finite(row[k]) for k in ("head", "mean_entropy", "mean_uniform", "mean_ratio")}
             for row in ent.per_head()

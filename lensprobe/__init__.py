@@ -26,6 +26,8 @@ _LAZY: dict[str, str] = {
     "ProtocolResult": "lensprobe.train",
     "fit": "lensprobe.train",
     "run_protocol": "lensprobe.train",
+    "compare": "lensprobe.train",
+    "Comparison": "lensprobe.train",
     "classification_metrics": "lensprobe.metrics",
     "load_dataset": "lensprobe.data",
     "list_datasets": "lensprobe.data",
@@ -102,9 +104,11 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from lensprobe.steering import ablate, class_directions, head_directions, steer
     from lensprobe.train import (
+        Comparison,
         ProtocolConfig,
         ProtocolResult,
         TrainConfig,
+        compare,
         fit,
         run_protocol,
     )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from lensprobe.train.compare import Comparison, compare
 from lensprobe.train.config import TrainConfig
 from lensprobe.train.fit import FitResult, Members, fit, fit_members, predict_members
-from lensprobe.train.protocol import ProtocolConfig, ProtocolResult, run_protocol
+from lensprobe.train.protocol import ProtocolConfig, ProtocolResult, SeedRun, run_protocol
 from lensprobe.train.split import stratified_folds, stratified_split
 
 __all__ = [
+    "Comparison",
     "FitResult",
     "Members",
     "ProtocolConfig",
     "ProtocolResult",
+    "SeedRun",
     "TrainConfig",
+    "compare",
     "fit",
     "fit_members",
     "predict_members",

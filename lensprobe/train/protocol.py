@@ -7,6 +7,11 @@
 4. The weight decay with the best mean CV score is chosen; its refit member is the result, scored
    on the test part.
 
+Each seed repeats all four steps on its own split (repeated random splits), so the spread of the
+test metrics over seeds is a real estimate of their variability; :class:`ProtocolResult` reports
+the mean, standard deviation and a t-interval of each metric, and :func:`compare` pairs two probe
+kinds run on the same splits.
+
 All members of a seed (decays x (folds + refit)) are trained as one batched model that reads each
 minibatch once (``execution="batched"``); ``execution="sequential"`` trains the same members one at
 a time with identical settings, for comparison. AdamW members early-stop on a stratified slice of
@@ -26,9 +31,18 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from lensprobe.metrics import METRIC_NAMES, classification_metrics
+from lensprobe.errors import InputError
+from lensprobe.metrics import (
+    Estimate,
+    bootstrap_interval,
+    classification_metrics,
+    estimate,
+    metric,
+    monitoring_thresholds,
+)
 from lensprobe.probes import Probe, ProbeConfig, ProbeKind, probe_class
-from lensprobe.probes.base import without_first_token
+from lensprobe.probes.base import tokens_read
+from lensprobe.train.checks import check_activations, encode_labels
 from lensprobe.train.config import TrainConfig
 from lensprobe.train.fit import (
     Members,
@@ -63,9 +77,12 @@ class ProtocolConfig:
     test_fraction: float = 0.2
     """Share of the sequences held out for the test metrics."""
     seeds: tuple[int, ...] = (0,)
-    """One batched sweep per seed (initialisation and data order); metrics are averaged."""
+    """Repeated random splits: each seed is a full, independent run of the protocol (its own
+    stratified split, folds, weight-decay choice, initialisation and data order, as one batched
+    sweep); metrics are averaged over seeds, with a t-interval."""
     split_seed: int = 0
-    """Seed of the train/test split and the folds."""
+    """Seed of the first split: seed ``s`` draws its train/test split, folds and early-stopping
+    slice with ``split_seed + s``."""
     select_by: SelectBy = "accuracy"
     """CV metric that picks the weight decay (ties go to the lower CV log loss)."""
     normalize: Literal["token_norm", "none"] = "token_norm"
@@ -130,69 +147,231 @@ class ProtocolConfig:
         return cls(**d)
 
 
-@dataclass
-class ProtocolResult:
-    """What :func:`run_protocol` found."""
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed of a protocol run: a full, independent run of the protocol on its own split."""
 
-    config: ProtocolConfig
-    """The settings used."""
-    metrics: dict[str, float]
-    """Test metrics of the refit probe(s), averaged over seeds."""
-    metrics_per_seed: list[dict[str, float]]
-    """Test metrics of each seed's refit probe."""
-    probe: Probe
-    """The refit probe of the first seed (eval mode)."""
-    probes: list[Probe]
-    """The refit probe of every seed."""
-    weight_decay: float
-    """The weight decay cross-validation chose."""
-    cv_table: list[dict[str, Any]]
-    """One row per (weight decay, seed, fold): CV metrics and optimizer steps taken."""
-    cv_summary: list[dict[str, float]]
-    """One row per weight decay: CV metrics averaged over folds and seeds."""
+    seed: int
+    """Seed of the probe initialisation and the data order (``TrainConfig.seed + seed``)."""
+    split_seed: int
+    """Seed of this run's train/test split, folds and early-stopping slice
+    (``ProtocolConfig.split_seed + seed``)."""
     train_rows: Int[Tensor, " n_train"]
     """Indices of the training part."""
     test_rows: Int[Tensor, " n_test"]
     """Indices of the test part."""
+    weight_decay: float
+    """The weight decay this run's cross-validation chose."""
+    metrics: dict[str, float]
+    """Test metrics of the refit probe; the TPRs at a fixed FPR use thresholds fixed on the
+    cross-validated (out-of-fold) logits of the training part."""
+    cv_summary: list[dict[str, float]]
+    """One row per weight decay: this run's CV metrics averaged over its folds."""
     test_logits: Float[Tensor, "n_test n_outputs"]
     """Logits of :attr:`probe` on the test part."""
+    test_labels: Int[Tensor, " n_test"]
+    """Class ids of the test part."""
+    cv_logits: Float[Tensor, "n_train n_outputs"]
+    """Out-of-fold logits of the training part (rows in :attr:`train_rows` order) at the chosen
+    weight decay: each row scored by the fold member that did not train on it."""
+    thresholds: dict[str, float]
+    """Binary tasks: the logit threshold of each TPR metric (``tpr_at_1pct_fpr``, ...), fixed on
+    :attr:`cv_logits` (training data only; see :func:`lensprobe.metrics.fpr_threshold`); empty
+    for k classes."""
     input_scale: float
     """The scalar the activations were divided by during training (1.0 without ``normalize``)."""
+    probe: Probe
+    """The refit probe (eval mode)."""
+
+    @property
+    def n_test(self) -> int:
+        """Test rows."""
+        return int(self.test_rows.numel())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no tensors, no weights; the rows follow from the split seed)."""
+        return {
+            "seed": self.seed,
+            "split_seed": self.split_seed,
+            "weight_decay": self.weight_decay,
+            "metrics": self.metrics,
+            "n_train": int(self.train_rows.numel()),
+            "n_test": self.n_test,
+            "input_scale": self.input_scale,
+            "thresholds": self.thresholds,
+            "cv_summary": self.cv_summary,
+        }
+
+
+@dataclass(frozen=True)
+class ProtocolResult:
+    """What :func:`run_protocol` found: one :class:`SeedRun` per seed, and their summary.
+
+    Each seed is a full, independent run of the protocol on its own stratified split (repeated
+    random splits): it chooses its own weight decay by cross-validation on its own training part
+    and is scored once on its own test part. So the spread over seeds estimates how much the
+    result varies with the split and the initialisation, and :attr:`summary` gives each metric's
+    mean, standard deviation and a Student-t interval over seeds. With one seed,
+    :meth:`bootstrap` gives an interval over the test rows instead. :func:`compare` pairs two
+    results run on the same splits.
+
+    The single-probe fields (:attr:`probe`, :attr:`weight_decay`, :attr:`train_rows`,
+    :attr:`test_rows`, :attr:`test_logits`, :attr:`input_scale`) describe the first seed's run;
+    :attr:`metrics` is the mean over seeds.
+    """
+
+    config: ProtocolConfig
+    """The settings used."""
+    runs: list[SeedRun]
+    """One run per seed of ``config.seeds``, in that order."""
+    classes: tuple[Any, ...]
+    """The original label of each class id (``classes[i]`` is class ``i``), e.g. ``(1, 2)`` or
+    ``("neg", "pos")``."""
+    metrics: dict[str, float]
+    """Test metrics averaged over seeds."""
+    summary: dict[str, Estimate]
+    """Each metric of :attr:`metrics` with its standard deviation, 95% t-interval over seeds and
+    the test rows per seed (``n_test``)."""
+    cv_table: list[dict[str, Any]]
+    """One row per (seed, weight decay, fold): CV metrics and optimizer steps taken."""
+    cv_summary: list[dict[str, float]]
+    """One row per weight decay: CV metrics averaged over folds and seeds (each seed chose its
+    decay from its own folds: see :attr:`SeedRun.cv_summary`)."""
     seconds: float
     """Wall time of the protocol."""
+
+    @property
+    def metrics_per_seed(self) -> list[dict[str, float]]:
+        """Test metrics of each seed's refit probe."""
+        return [r.metrics for r in self.runs]
+
+    @property
+    def probes(self) -> list[Probe]:
+        """The refit probe of every seed."""
+        return [r.probe for r in self.runs]
+
+    @property
+    def probe(self) -> Probe:
+        """The refit probe of the first seed (eval mode)."""
+        return self.runs[0].probe
+
+    @property
+    def weight_decay(self) -> float:
+        """The weight decay the first seed's cross-validation chose (each seed chooses its own)."""
+        return self.runs[0].weight_decay
+
+    @property
+    def weight_decays_chosen(self) -> list[float]:
+        """The weight decay each seed chose."""
+        return [r.weight_decay for r in self.runs]
+
+    @property
+    def train_rows(self) -> Int[Tensor, " n_train"]:
+        """Indices of the first seed's training part."""
+        return self.runs[0].train_rows
+
+    @property
+    def test_rows(self) -> Int[Tensor, " n_test"]:
+        """Indices of the first seed's test part."""
+        return self.runs[0].test_rows
+
+    @property
+    def test_logits(self) -> Float[Tensor, "n_test n_outputs"]:
+        """Logits of :attr:`probe` on the first seed's test part."""
+        return self.runs[0].test_logits
+
+    @property
+    def input_scale(self) -> float:
+        """The first seed's input scale (see :attr:`SeedRun.input_scale`)."""
+        return self.runs[0].input_scale
+
+    @property
+    def n_test(self) -> int:
+        """Test rows per seed (the same for every seed: the split is stratified)."""
+        return self.runs[0].n_test
+
+    def bootstrap(
+        self,
+        metric: str = "accuracy",
+        *,
+        n_resamples: int = 2000,
+        confidence: float = 0.95,
+        seed: int = 0,
+    ) -> Estimate:
+        """Percentile-bootstrap interval of a test metric over the test rows.
+
+        For one seed, the interval of that seed's metric on its single test set; for several,
+        the interval of the mean over seeds when each seed's test rows are resampled
+        (stratified, independently). It covers the sampling of the test rows only, not of the
+        training part or the initialisation; the t-interval of :attr:`summary` covers all three.
+
+        Args:
+            metric: A key of :attr:`metrics`.
+            n_resamples: Bootstrap resamples.
+            confidence: Coverage of the interval.
+            seed: Seed of the resampling.
+        """
+        if metric not in self.metrics:
+            raise KeyError(f"no metric {metric!r}; choose one of {sorted(self.metrics)}")
+        low, high = bootstrap_interval(
+            lambda idx: mean_metric(self.runs, metric, idx),
+            [r.test_labels for r in self.runs],
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+        )
+        base = self.summary[metric]
+        return replace(base, low=low, high=high, confidence=confidence, method="bootstrap")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors, no probe weights)."""
         return {
             "config": self.config.to_dict(),
             "probe_config": self.probe.config.to_dict(),
+            "classes": list(self.classes),
             "metrics": self.metrics,
+            "summary": {k: v.to_dict() for k, v in self.summary.items()},
             "metrics_per_seed": self.metrics_per_seed,
             "weight_decay": self.weight_decay,
+            "weight_decays_chosen": self.weight_decays_chosen,
+            "runs": [r.to_dict() for r in self.runs],
             "cv_summary": self.cv_summary,
             "cv_table": self.cv_table,
             "n_train": int(self.train_rows.numel()),
-            "n_test": int(self.test_rows.numel()),
+            "n_test": self.n_test,
             "input_scale": self.input_scale,
             "seconds": self.seconds,
         }
 
 
+def mean_metric(runs: list[SeedRun], name: str, rows: list[Tensor] | None = None) -> float:
+    """A test metric averaged over runs, each on some of its test rows (all by default)."""
+    values = []
+    for i, r in enumerate(runs):
+        idx = rows[i] if rows is not None else torch.arange(r.n_test)
+        values.append(metric(name, r.test_logits[idx], r.test_labels[idx], thresholds=r.thresholds))
+    return sum(values) / len(values)
+
+
 def _resolve_data(
-    data: Any, labels: Tensor | None, mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
-    """Padded x, mask, labels and probe metadata from Activations or tensors."""
+    data: Any, labels: Any, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...], dict[str, Any]]:
+    """Checked, padded x and mask, class ids ``0..k-1``, the original classes, probe metadata.
+
+    Every check runs here, before any compute (see :mod:`lensprobe.train.checks`).
+    """
     meta: dict[str, Any] = {}
+    names = None
     if hasattr(data, "pad") and hasattr(data, "meta"):  # an Activations container
         # Keep the stored dtype (bf16 by default): fits convert a minibatch at a time.
         x, mask = data.pad(dtype=data.dtype)
+        m = data.meta
         if labels is None:
             labels = data.labels
-        m = data.meta
+            names = getattr(m, "class_names", None)
         meta = {
             "hook": getattr(m, "hook", None),
             "model_id": getattr(m, "model_id", None),
-            "class_names": getattr(m, "class_names", None),
             "capture": {
                 k: getattr(m, k)
                 for k in ("backend", "dtype", "padding_side", "max_length", "prepend_bos")
@@ -208,27 +387,20 @@ def _resolve_data(
             f"with labels=..., got {type(data).__name__}"
         )
     if labels is None:
-        raise ValueError("no labels: pass labels=... or capture with labels")
-    labels = torch.as_tensor(labels)
-    if x.ndim != 3:
-        raise ValueError(f"expected activations (batch, pos, d_model), got {tuple(x.shape)}")
-    if mask is None:
+        raise InputError("no labels: pass labels=... or capture with labels")
+    if mask is None and isinstance(x, Tensor) and x.ndim == 3:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-        raise ValueError(f"{tuple(labels.shape)} labels for {x.shape[0]} sequences; need one each")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        if labels.dtype.is_floating_point and not bool((labels == labels.round()).all()):
-            raise ValueError("labels must be integer class ids 0..k-1")
-        labels = labels.long()
-    labels = labels.long().cpu()
-    if int(labels.min()) < 0:
-        raise ValueError("labels must be integer class ids 0..k-1, got negative ids")
-    if labels.unique().numel() < 2:
-        raise ValueError(
-            f"all {labels.numel()} labels are class {int(labels[0])}: a probe needs at least two "
-            "classes"
+    try:
+        check_activations(x, mask)  # type: ignore[arg-type]
+        ids, classes, class_names = encode_labels(labels, x.shape[0], names)
+    except (TypeError, ValueError) as err:
+        raise InputError(str(err)) from None
+    if len(classes) < 2:
+        raise InputError(
+            f"all {ids.numel()} labels are class {classes[0]!r}: a probe needs at least two classes"
         )
-    return x, mask, labels, meta
+    meta["class_names"] = class_names
+    return x, mask, ids, classes, meta  # type: ignore[return-value]
 
 
 def _members_for_seed(
@@ -292,12 +464,7 @@ def _fit(
         return r.params, r.steps, r.best_step
     parts = []
     for i in range(len(members)):
-        one = Members(
-            weight_decay=members.weight_decay[i : i + 1],
-            seeds=members.seeds[i : i + 1],
-            train=members.train[i : i + 1],
-            stop=members.stop[i : i + 1],
-        )
+        one = members.select(i)  # member i alone; errors still call it member i
         parts.append(
             fit_members(
                 config,
@@ -363,27 +530,39 @@ def _select(summary: list[dict[str, float]], select_by: str) -> float:
 
 def run_protocol(
     data: Any,
-    labels: Int[Tensor, " n_labels"] | None = None,
+    labels: Any = None,
     *,
-    mask: Bool[Tensor, "batch pos"] | None = None,
+    mask: Bool[Tensor, "batch pos"] | Tensor | None = None,
     config: ProtocolConfig | None = None,
     progress: bool | str = False,
     **overrides: Any,
 ) -> ProtocolResult:
     """Train and evaluate one probe kind on one hook's activations, as the study does.
 
+    Each seed of ``config.seeds`` is a full, independent run of the protocol on its own
+    stratified split (split seed ``split_seed + seed``): CV on its training part chooses its
+    weight decay, its refit probe is scored once on its test part. Inputs are checked before
+    any compute: empty or non-finite activations, rows without a valid token, a mask of the
+    wrong shape or dtype and single-class labels are errors (:class:`lensprobe.errors.InputError`)
+    that say where and how to fix them.
+
     Args:
         data: ``Activations`` of one hook (labels, hook and model recorded in it), or padded
             activations ``(batch, pos, d_model)``.
-        labels: Class ids ``0..k-1`` (default: the labels stored in ``data``).
-        mask: Valid tokens of a padded tensor (default: all valid).
+        labels: One label per sequence (default: the labels stored in ``data``): integers of
+            any values, strings or booleans. They are mapped to classes ``0..k-1`` in sorted
+            order (:attr:`ProtocolResult.classes`); labels other than ``0..k-1`` become the
+            probe's ``class_names``.
+        mask: Valid tokens of a padded tensor, bool ``(batch, pos)`` (default: all valid); any
+            other tensor is a named error.
         config: Protocol settings (default: the study's).
         progress: Show a progress bar over the optimisation steps (a string labels it).
         **overrides: Fields of :class:`ProtocolConfig` to replace, e.g.
             ``run_protocol(acts, probe="attention", n_heads=8)``.
 
     Returns:
-        Test metrics, the refit probe, the chosen weight decay and the CV table.
+        Per-seed runs, test metrics (mean, standard deviation, t-interval over seeds), the first
+        seed's refit probe and chosen weight decay, and the CV table.
     """
     start = time.perf_counter()
     config = (
@@ -391,13 +570,10 @@ def run_protocol(
         if overrides
         else (config or ProtocolConfig())
     )
-    x, mask, labels, meta = _resolve_data(data, labels, mask)
+    x, mask, labels, classes, meta = _resolve_data(data, labels, mask)
     train = config.resolved_train
-    n = x.shape[0]
-    n_classes = int(labels.max()) + 1
+    n_classes = len(classes)
     exclude_bos = config.bos == "drop" or (config.bos == "auto" and meta.get("prepend_bos", False))
-    if exclude_bos:
-        mask = without_first_token(mask)
     probe_config = ProbeConfig(
         kind=config.probe,
         d_model=x.shape[-1],
@@ -406,23 +582,11 @@ def run_protocol(
         position=config.position,
         hook=meta.get("hook"),
         model_id=meta.get("model_id"),
-        class_names=meta.get("class_names")
-        if meta.get("class_names") and len(meta["class_names"]) == n_classes
-        else None,
+        class_names=meta.get("class_names"),
         capture=meta.get("capture") or {},
         exclude_bos=exclude_bos,
     )
-
-    train_rows, test_rows = stratified_split(labels, config.test_fraction, seed=config.split_seed)
-    fold = stratified_folds(labels[train_rows], config.n_folds, seed=config.split_seed)
-    stop_rows = torch.empty(0, dtype=torch.long)
-    if train.optimizer == "adamw" and train.early_stop_fraction > 0:
-        _, held = stratified_split(labels[train_rows], train.early_stop_fraction, seed=train.seed)
-        stop_rows = train_rows[held]
-    device_labels = labels.to(x.device)
-    scale = (
-        token_scale(x[train_rows], mask[train_rows]) if config.normalize == "token_norm" else 1.0
-    )
+    splits = [_split(labels, config, train, seed) for seed in config.seeds]  # errors first
 
     budget = train.max_steps if train.optimizer == "adamw" else train.lbfgs_max_iter
     n_fits = len(config.seeds) * (
@@ -431,80 +595,154 @@ def run_protocol(
     label = progress if isinstance(progress, str) else (config.probe if progress else None)
     bar = _StepBar(label, n_fits, budget)
     cv_table: list[dict[str, Any]] = []
-    refits: list[tuple[int, float, dict[str, Tensor], int]] = []
-    test_logits_by_seed: dict[tuple[int, float], Tensor] = {}
+    runs: list[SeedRun] = []
     try:
-        for seed in config.seeds:
-            members, keys = _members_for_seed(
-                seed, config.weight_decays, fold, config.n_folds, train_rows, stop_rows, n
-            )
-            seed_train = replace(train, seed=train.seed + seed)
-            params, steps, best_step = _fit(
-                probe_config,
-                x,
-                mask,
-                device_labels,
-                members,
-                seed_train,
-                train_rows,
-                config.execution,
-                scale,
-                bar,
-            )
-            logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
-            params = unscale_params(probe_config, params, scale)
-            fold_of = torch.full((n,), -1, dtype=torch.long)
-            fold_of[train_rows] = fold
-            for i, (wd, f) in enumerate(keys):
-                if f < 0:
-                    refits.append((seed, wd, {k: v[i : i + 1] for k, v in params.items()}, i))
-                    test_logits_by_seed[(seed, wd)] = logits[i, test_rows]
-                    continue
-                rows = (fold_of == f).nonzero().flatten()
-                row = {"weight_decay": wd, "seed": seed, "fold": f}
-                row.update(classification_metrics(logits[i, rows], labels[rows]))
-                row.update(steps=int(steps[i]), best_step=int(best_step[i]))
-                cv_table.append(row)
+        for seed, split in zip(config.seeds, splits, strict=True):
+            run, rows = _run_seed(probe_config, config, train, x, mask, labels, seed, split, bar)
+            runs.append(run)
+            cv_table += rows
     finally:
         bar.close()
-    cv_summary = []
-    for wd in config.weight_decays:
-        rows = [r for r in cv_table if r["weight_decay"] == wd]
-        summary = {"weight_decay": wd}
-        for name in METRIC_NAMES:
-            values = [r[name] for r in rows if not math.isnan(r[name])]
-            summary[name] = sum(values) / len(values) if values else math.nan
-        cv_summary.append(summary)
-    chosen = _select(cv_summary, config.select_by)
-
-    cls = probe_class(config.probe)
-    probes, per_seed = [], []
-    for seed, wd, p, _ in refits:
-        if wd != chosen:
-            continue
-        probe = cls.from_member(probe_config, p, 0).to(x.device).eval()
-        probes.append(probe)
-        per_seed.append(classification_metrics(test_logits_by_seed[(seed, wd)], labels[test_rows]))
-    metrics = {name: sum(m[name] for m in per_seed) / len(per_seed) for name in per_seed[0]}
+    metrics = {name: sum(r.metrics[name] for r in runs) / len(runs) for name in runs[0].metrics}
+    summary = {
+        name: estimate(name, [r.metrics[name] for r in runs], runs[0].n_test) for name in metrics
+    }
     logger.info(
-        "%s probe (n_heads=%d): weight decay %g, test accuracy %.4f",
+        "%s probe (n_heads=%d): weight decay %s, test accuracy %s",
         config.probe,
         config.n_heads,
-        chosen,
-        metrics["accuracy"],
+        [r.weight_decay for r in runs],
+        summary["accuracy"],
     )
     return ProtocolResult(
         config=config,
+        runs=runs,
+        classes=classes,
         metrics=metrics,
-        metrics_per_seed=per_seed,
-        probe=probes[0],
-        probes=probes,
-        weight_decay=chosen,
+        summary=summary,
         cv_table=cv_table,
-        cv_summary=cv_summary,
-        train_rows=train_rows,
-        test_rows=test_rows,
-        test_logits=test_logits_by_seed[(config.seeds[0], chosen)],
-        input_scale=scale,
+        cv_summary=_summarise(cv_table, config.weight_decays),
         seconds=time.perf_counter() - start,
     )
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One seed's rows: train/test split, folds of the training part, early-stopping slice."""
+
+    split_seed: int
+    train_rows: Tensor
+    test_rows: Tensor
+    fold: Tensor
+    stop_rows: Tensor
+
+
+def _split(labels: Tensor, config: ProtocolConfig, train: TrainConfig, seed: int) -> _Split:
+    """The split of one seed: stratified, seeded with ``config.split_seed + seed``."""
+    split_seed = config.split_seed + seed
+    train_rows, test_rows = stratified_split(labels, config.test_fraction, seed=split_seed)
+    fold = stratified_folds(labels[train_rows], config.n_folds, seed=split_seed)
+    stop_rows = torch.empty(0, dtype=torch.long)
+    if train.optimizer == "adamw" and train.early_stop_fraction > 0:
+        _, held = stratified_split(
+            labels[train_rows], train.early_stop_fraction, seed=train.seed + split_seed
+        )
+        stop_rows = train_rows[held]
+    return _Split(split_seed, train_rows, test_rows, fold, stop_rows)
+
+
+_CV_KEYS = ("weight_decay", "seed", "fold", "steps", "best_step")
+
+
+def _summarise(cv_rows: list[dict[str, Any]], weight_decays: tuple[float, ...]) -> list[dict]:
+    """One row per weight decay: each CV metric averaged over the rows (NaN values skipped)."""
+    names = [k for k in dict.fromkeys(k for r in cv_rows for k in r) if k not in _CV_KEYS]
+    out = []
+    for wd in weight_decays:
+        rows = [r for r in cv_rows if r["weight_decay"] == wd]
+        summary = {"weight_decay": wd}
+        for name in names:
+            values = [r[name] for r in rows if name in r and not math.isnan(r[name])]
+            summary[name] = sum(values) / len(values) if values else math.nan
+        out.append(summary)
+    return out
+
+
+def _run_seed(
+    probe_config: ProbeConfig,
+    config: ProtocolConfig,
+    train: TrainConfig,
+    x: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+    seed: int,
+    split: _Split,
+    bar: _StepBar,
+) -> tuple[SeedRun, list[dict[str, Any]]]:
+    """One seed's protocol: fit all members, choose the decay by CV, score the refit on test."""
+    n = x.shape[0]
+    rows_train = split.train_rows
+    members, keys = _members_for_seed(
+        seed, config.weight_decays, split.fold, config.n_folds, rows_train, split.stop_rows, n
+    )
+    # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
+    read = tokens_read(probe_config, mask[rows_train])
+    scale = token_scale(x[rows_train], read) if config.normalize == "token_norm" else 1.0
+    params, steps, best_step = _fit(
+        probe_config,
+        x,
+        mask,
+        labels.to(x.device),
+        members,
+        replace(train, seed=train.seed + seed),
+        rows_train,
+        config.execution,
+        scale,
+        bar,
+    )
+    logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
+    params = unscale_params(probe_config, params, scale)
+    fold_of = torch.full((n,), -1, dtype=torch.long)
+    fold_of[rows_train] = split.fold
+    cv_rows = []
+    for i, (wd, f) in enumerate(keys):
+        if f < 0:
+            continue
+        rows = (fold_of == f).nonzero().flatten()
+        row: dict[str, Any] = {"weight_decay": wd, "seed": seed, "fold": f}
+        row.update(classification_metrics(logits[i, rows], labels[rows]))
+        row.update(steps=int(steps[i]), best_step=int(best_step[i]))
+        cv_rows.append(row)
+    seed_summary = _summarise(cv_rows, config.weight_decays)
+    chosen = _select(seed_summary, config.select_by)
+    # Out-of-fold logits of the training part at the chosen decay fix the TPR thresholds.
+    oof = torch.empty(n, logits.shape[-1])
+    for i, (wd, f) in enumerate(keys):
+        if wd == chosen and f >= 0:
+            oof[fold_of == f] = logits[i, fold_of == f]
+    cv_logits = oof[rows_train]
+    thresholds: dict[str, float] = {}
+    if probe_config.n_outputs == 1:
+        thresholds = monitoring_thresholds(cv_logits, labels[rows_train])
+    refit = keys.index((chosen, -1))
+    test_logits = logits[refit, split.test_rows]
+    test_labels = labels[split.test_rows]
+    probe = probe_class(config.probe).from_member(
+        probe_config, {k: v[refit : refit + 1] for k, v in params.items()}, 0
+    )
+    run = SeedRun(
+        seed=seed,
+        split_seed=split.split_seed,
+        train_rows=rows_train,
+        test_rows=split.test_rows,
+        weight_decay=chosen,
+        metrics=classification_metrics(test_logits, test_labels, thresholds=thresholds),
+        cv_summary=seed_summary,
+        test_logits=test_logits,
+        test_labels=test_labels,
+        cv_logits=cv_logits,
+        thresholds=thresholds,
+        input_scale=scale,
+        probe=probe.to(x.device).eval(),
+    )
+    return run, cv_rows

@@ -6,6 +6,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from lensprobe.errors import InputError
+
 
 def _per_class(labels: Tensor, seed: int) -> list[Tensor]:
     gen = torch.Generator().manual_seed(seed)
@@ -43,7 +45,7 @@ def stratified_folds(labels: Int[Tensor, " batch"], n_folds: int, *, seed: int =
     present = counts[counts > 0]
     if int(present.min()) < n_folds:
         smallest = int(present.min())
-        raise ValueError(
+        raise InputError(
             f"the rarest class has {smallest} training example(s), fewer than n_folds={n_folds}: "
             "lower n_folds, subsample the other classes less, or collect more of that class"
         )
