@@ -447,11 +447,24 @@ class Activations:
         first = self._segments[0]
         out = torch.empty(rows.numel(), self.d_model, dtype=first.dtype, device=first.device)
         seg_of_row = self._seg[idx][seq]
-        used = torch.unique(seg_of_row).tolist()
-        self._ensure(used)
-        for s in used:
-            sel = (seg_of_row == s).nonzero().flatten()
-            out[sel] = self._segments[s].index_select(0, rows[sel]).to(out.device)
+        # Group rows by segment once (a sort), not one scan of all rows per segment: stores
+        # have hundreds of shards.
+        order = torch.argsort(seg_of_row, stable=True)
+        used, counts = torch.unique_consecutive(seg_of_row[order], return_counts=True)
+        self._ensure(used.tolist())
+        begin = 0
+        for s, count in zip(used.tolist(), counts.tolist(), strict=True):
+            sel = order[begin : begin + count]
+            begin += count
+            src = rows[sel]
+            first_row, last_row = int(src[0]), int(src[-1])
+            if last_row - first_row + 1 == count and int(sel[-1]) - int(sel[0]) + 1 == count:
+                # one contiguous run on both sides (reading a store in order): a slice copy
+                span = self._segments[s][first_row : last_row + 1]
+                if bool((src[1:] > src[:-1]).all()) and bool((sel[1:] > sel[:-1]).all()):
+                    out[int(sel[0]) : int(sel[-1]) + 1] = span.to(out.device)
+                    continue
+            out[sel] = self._segments[s].index_select(0, src).to(out.device)
         return out
 
     # -- selection -----------------------------------------------------------------------------

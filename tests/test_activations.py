@@ -456,3 +456,14 @@ def test_a_store_refuses_hooks_with_different_labels(tmp_path):
     with pytest.raises(ValueError, match="labels of 'a' differ"):
         write_store(tmp_path / "s2", {"c": a.with_labels(None), "a": a})
     write_store(tmp_path / "s3", {"a": a, "b": b.with_labels(a.labels)})
+
+
+def test_reads_across_many_shards_in_any_order(tmp_path):
+    acts = make_acts(tuple(1 + (3 * i) % 5 for i in range(30)))
+    acts.save(tmp_path / "s", shard_tokens=6)
+    back = Activations.load(tmp_path / "s")
+    assert len(back._segments) > 10
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    for idx in (order, order[:7], torch.arange(30), torch.tensor([29, 0, 29])):
+        assert torch.equal(back.pad(idx)[0], acts.pad(idx)[0])
+        assert torch.equal(back[idx].values, acts[idx].values)
