@@ -272,9 +272,7 @@ def _out_folder(path: str, flag: str = "--out") -> Path:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputPathError(
-            f"{flag} {path} cannot be created: {parent} is a file; pass a folder"
-        )
+        raise OutputPathError(f"{flag} {path} cannot be created: {parent} is a file; pass a folder")
     if not os.access(parent, os.W_OK):
         raise OutputPathError(f"{flag} {path}: {parent} is not writable; pass another folder")
     return out
@@ -790,7 +788,9 @@ def run_report(options: ReportOptions) -> int:
     try:
         payload = json.loads(results_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{results_file} is not valid JSON ({err}); rerun lensprobe train") from None
+        raise InputError(
+            f"{results_file} is not valid JSON ({err}); rerun lensprobe train"
+        ) from None
     store = options.acts
     if store is None:
         recorded = results_dir / "store.txt"

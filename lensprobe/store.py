@@ -181,9 +181,7 @@ def _rebuild_fix(path: Path) -> str:
 
 
 def _shard_fix(path: Path, k: int | str) -> str:
-    return (
-        f"rerun the same capture into {path} to recompute shard {k} (the other shards are kept)"
-    )
+    return f"rerun the same capture into {path} to recompute shard {k} (the other shards are kept)"
 
 
 def _is_int(v: Any) -> bool:
@@ -417,7 +415,12 @@ def read_safetensors(path: str | os.PathLike[str], *, mmap: bool = True) -> dict
         for s in shape:
             count *= s
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        if min(shape, default=0) < 0 or begin < 0 or end - begin != count * itemsize or base + end > size:
+        if (
+            min(shape, default=0) < 0
+            or begin < 0
+            or end - begin != count * itemsize
+            or base + end > size
+        ):
             raise ValueError(f"{path}: tensor {name!r} does not fit the file; it is corrupt")
         if count == 0:
             out[name] = torch.empty(shape, dtype=dtype)

@@ -92,9 +92,7 @@ def _read_config(path: Path) -> tuple[ProbeConfig, str | None]:
     known = {f.name: f for f in fields(ProbeConfig)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ProbeFileError(
-            f"{file}: unknown probe config keys {unknown}; known: {sorted(known)}"
-        )
+        raise ProbeFileError(f"{file}: unknown probe config keys {unknown}; known: {sorted(known)}")
     for name, f in known.items():
         required = f.default is f.default_factory is dataclasses_missing
         if name not in data:
