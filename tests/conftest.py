@@ -67,10 +67,23 @@ def tiny_vocab_size() -> int:
     return 4 + len(TINY_WORDS)
 
 
+FIXTURE_DATA = Path(__file__).resolve().parent / "data"
+"""The real-text fixture shipped with the tests (``tests/data``, see its SOURCES.md)."""
+
+
+@pytest.fixture(scope="session")
+def fixture_data_dir() -> Path:
+    """Small samples of six real datasets (sst2, sms_spam, geometry_of_truth/cities, banking77,
+    massive_intent_en, jailbreak_classification) in their sources' file names and formats, laid
+    out like the offline collection: every test may use it, on any clone."""
+    return FIXTURE_DATA
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The offline data collection (``$LENSPROBE_DATA_DIR``, default ``<repo>/../shared/data``);
-    tests that read it are skipped where it is missing."""
+    """The whole offline data collection (``$LENSPROBE_DATA_DIR``, default
+    ``<repo>/../shared/data``), for the few tests that check it against its CATALOG.md; they
+    are skipped where it is missing. Everything else uses :func:`fixture_data_dir`."""
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     path = Path(os.environ.get("LENSPROBE_DATA_DIR", default))
     if not (path / "CATALOG.md").is_file():

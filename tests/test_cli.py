@@ -30,20 +30,48 @@ def _rows(out: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_datasets_lists_local_copies_with_counts(data_dir, capsys):
-    assert main(["datasets", "--data-dir", str(data_dir)]) == 0
+def _listable_fixture(fixture_data_dir: Path, root: Path) -> Path:
+    """A copy of the shipped fixture (tests/data) without geometry_of_truth/: the fixture holds one
+    of that folder's 11 files, and the listing counts every registry entry of a folder it finds."""
+    import shutil
+
+    for folder in fixture_data_dir.iterdir():
+        if folder.is_dir() and folder.name != "geometry_of_truth":
+            shutil.copytree(folder, root / folder.name)
+    return root
+
+
+def test_datasets_lists_local_copies_with_counts(fixture_data_dir, tmp_path, capsys, monkeypatch):
+    import csv
+
+    import datasets
+    import pandas as pd
+
+    from lensprobe.data import REGISTRY
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    data = _listable_fixture(fixture_data_dir, tmp_path / "data")
+    assert main(["datasets", "--data-dir", str(data)]) == 0
     out = capsys.readouterr().out
     rows = _rows(out)
-    assert rows["banking77"][1:3] == ["local", "13,083"]
-    assert rows["sms_spam"][3] == "2: ham 4,827, spam 747"
+    n_banking = sum(len(pd.read_csv(data / "banking77" / f)) for f in ("train.csv", "test.csv"))
+    assert rows["banking77"][1:3] == ["local", f"{n_banking:,}"]
+    sms = pd.read_csv(
+        data / "sms_spam" / "SMSSpamCollection", sep="\t", quoting=csv.QUOTE_NONE, dtype=str
+    ).Label.value_counts()
+    assert rows["sms_spam"][3] == f"2: ham {sms['ham']:,}, spam {sms['spam']:,}"
     assert rows["needle"][1] == "builtin"
     assert rows["bias_in_bios"][1:3] == ["hub", "-"]
+    assert rows["ag_news"][1:3] == ["hub", "-"]  # no local copy in this folder
     assert rows["ag_news"][4] == "fancyzhx/ag_news"
-    assert len([r for r in rows.values() if r[1] == "local"]) >= 12
+    local = {name for name, r in rows.items() if r[1] == "local"}
+    want = {s.name for s in REGISTRY.values() if s.local and (data / s.local.folder).is_dir()}
+    assert "sst2" in local and local == want
+    assert f"{len(want)} local copies found under {data}" in out
 
 
-def test_datasets_reads_the_environment(data_dir, capsys, monkeypatch):
-    monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
+def test_datasets_reads_the_environment(fixture_data_dir, capsys, monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, str(fixture_data_dir))
     assert main(["datasets", "--no-count"]) == 0
     rows = _rows(capsys.readouterr().out)
     assert rows["sst2"][1:3] == ["local", "-"]  # listed, not counted

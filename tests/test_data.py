@@ -1,18 +1,25 @@
 """Tests of lensprobe.data: the dataset noun, the registry's local and hub paths, built-in tasks.
 
-Local copies are read from the offline collection (``$LENSPROBE_DATA_DIR``, default
-``<repo>/../shared/data``); expected sizes come from its CATALOG.md, or from reading the files
-with pandas where the catalog gives none. The hub path is exercised offline: ``datasets``
-resolves a hub id to a local directory of that name, so the tests build directories shaped like
-the hub repositories and load them by hub id.
+Local copies are read from the real-text fixture shipped in ``tests/data`` (samples of six
+datasets in their sources' own file names and formats, see its SOURCES.md); expected values
+come from reading those files with pandas / json. Datasets whose licence keeps them out of the
+fixture (ag_news, tweet_eval, github_code_lang, refusal, the other geometry_of_truth files) are
+checked on small synthetic files of exactly their format, written to ``tmp_path``. Two tests
+check the whole offline collection (``$LENSPROBE_DATA_DIR``, default ``<repo>/../shared/data``)
+against its CATALOG.md and skip where it is missing. The hub path is exercised offline:
+``datasets`` resolves a hub id to a local directory of that name, so the tests build directories
+shaped like the hub repositories and load them by hub id.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +52,19 @@ def hf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def load(data_dir: Path, hf_cache: Path):
+def load(fixture_data_dir: Path, hf_cache: Path):
+    """``load(name, **kwargs)``: a registry entry from the shipped fixture (``tests/data``)."""
+
+    def _load(name: str, **kwargs) -> TextDataset:
+        return load_dataset(name, data_dir=fixture_data_dir, cache_dir=hf_cache, **kwargs)
+
+    return _load
+
+
+@pytest.fixture(scope="session")
+def load_all(data_dir: Path, hf_cache: Path):
+    """``load_all(name, **kwargs)``: a registry entry from the whole offline collection."""
+
     def _load(name: str, **kwargs) -> TextDataset:
         return load_dataset(name, data_dir=data_dir, cache_dir=hf_cache, **kwargs)
 
@@ -137,7 +156,418 @@ def test_subsample_ignores_absent_classes():
     assert ds.subsample(balance=True).class_counts() == {"c0": 10, "c1": 0, "c2": 10, "c3": 0}
 
 
-# --- the shared data collection: counts from CATALOG.md ------------------------------------------
+# --- the shipped fixture: real text in the sources' own file names and formats ---------------------
+
+
+def _sms_frame(path: Path) -> pd.DataFrame:
+    """SMSSpamCollection as its format says: tab-separated, a header line, quotes are text."""
+    return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _stripped(texts) -> list[str]:
+    return [str(t).strip() for t in texts]
+
+
+@pytest.fixture(scope="session")
+def fixture_rows(fixture_data_dir: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """(texts, class name of each row) of every dataset the fixture holds, read with pandas / json
+    alone (not through lensprobe), splits in the registry's order."""
+    root = fixture_data_dir
+    sst2 = pd.read_csv(root / "sst2" / "92_glue_sst2.csv")
+    sms = _sms_frame(root / "sms_spam" / "SMSSpamCollection")
+    cities = pd.read_csv(root / "geometry_of_truth" / "cities.csv")
+    banking = pd.concat([pd.read_csv(root / "banking77" / f"{s}.csv") for s in ("train", "test")])
+    massive = [
+        row
+        for split in ("train", "validation", "test")
+        for row in _jsonl(root / "massive_intent_en" / f"{split}.jsonl")
+    ]
+    jailbreak = pd.concat(
+        [
+            pd.read_csv(root / "jailbreak_classification" / f"jailbreak_dataset_{s}_balanced.csv")
+            for s in ("train", "test")
+        ]
+    )
+    intents = [r["label_text"] for r in massive]
+    return {
+        # sst2 and geometry_of_truth: 0/1 targets; the registry names them in that order
+        "sst2": (_stripped(sst2.prompt), [("negative", "positive")[t] for t in sst2.target]),
+        "sms_spam": (_stripped(sms.SMS), sms.Label.tolist()),
+        "geometry_of_truth/cities": (
+            _stripped(cities.statement),
+            [("false", "true")[t] for t in cities.label],
+        ),
+        "banking77": (_stripped(banking.text), banking.category.tolist()),
+        "massive_intent": (_stripped(r["text"] for r in massive), intents),
+        "massive_scenario": (
+            _stripped(r["text"] for r in massive),
+            [intent.split("_")[0] for intent in intents],  # CATALOG.md: the prefix before `_`
+        ),
+        "jailbreak_classification": (_stripped(jailbreak.prompt), jailbreak.type.tolist()),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sst2",
+        "sms_spam",
+        "geometry_of_truth/cities",
+        "banking77",
+        "massive_intent",
+        "massive_scenario",
+        "jailbreak_classification",
+    ],
+)
+def test_fixture_datasets_load_as_their_files_read(load, fixture_rows, fixture_data_dir, name):
+    texts, class_of_row = fixture_rows[name]
+    ds = load(name)
+    assert ds.texts == tuple(texts)
+    assert [ds.class_names[i] for i in ds.labels] == class_of_row
+    assert ds.class_names == REGISTRY[name].class_names
+    assert ds.class_counts() == {c: class_of_row.count(c) for c in ds.class_names}
+    assert ds.source.startswith(f"local:{fixture_data_dir / REGISTRY[name].local.folder}")
+
+
+def test_banking77_classes_are_hub_order_and_match_by_name(load, fixture_data_dir):
+    folder = fixture_data_dir / "banking77"
+    categories = json.loads((folder / "categories.json").read_text())
+    # the hub's ids are a case-insensitive alphabetical order, not the order of categories.json
+    assert REGISTRY["banking77"].class_names == tuple(sorted(categories, key=str.lower))
+    assert list(categories) != sorted(categories, key=str.lower)  # so the order matters
+    ds = load("banking77", split="test")
+    raw = pd.read_csv(folder / "test.csv")
+    assert [ds.class_names[i] for i in ds.labels] == raw.category.tolist()
+    assert ds.texts == tuple(t.strip() for t in raw.text)
+
+
+def test_massive_scenario_is_intent_prefix(load, fixture_data_dir):
+    intent = load("massive_intent", split="validation")
+    scenario = load("massive_scenario", split="validation")
+    assert intent.texts == scenario.texts
+    for i, s in zip(intent.labels, scenario.labels, strict=True):
+        assert intent.class_names[i].split("_")[0] == scenario.class_names[s]
+    assert len(set(scenario.labels.tolist())) < len(set(intent.labels.tolist()))
+    rows = _jsonl(fixture_data_dir / "massive_intent_en" / "validation.jsonl")
+    # the registry's intent order is MASSIVE's integer ids
+    assert intent.labels.tolist() == [r["label"] for r in rows]
+
+
+def test_jailbreak_multiline_prompts_survive(load, fixture_data_dir):
+    ds = load("jailbreak_classification", split="test")
+    raw = pd.read_csv(
+        fixture_data_dir / "jailbreak_classification" / "jailbreak_dataset_test_balanced.csv"
+    )
+    assert ds.texts == tuple(t.strip() for t in raw.prompt)
+    assert [ds.class_names[i] for i in ds.labels] == raw.type.tolist()
+    assert any("\n" in t for t in ds.texts)
+
+
+def test_load_subsample_through_load_dataset(load, fixture_rows):
+    n = 200
+    a = load("sms_spam", n=n, seed=5)
+    b = load("sms_spam", n=n, seed=5)
+    assert len(a) == n and a.texts == b.texts
+    assert load("sms_spam", n=n, seed=6).texts != a.texts
+    assert set(a.texts) <= set(fixture_rows["sms_spam"][0])
+    # stratified: each class keeps its share of n, largest remainders rounding up
+    full = Counter(fixture_rows["sms_spam"][1])
+    share = {c: n * k / full.total() for c, k in full.items()}
+    want = {c: math.floor(s) for c, s in share.items()}
+    by_remainder = sorted(share, key=lambda c: share[c] - want[c], reverse=True)
+    for c in by_remainder[: n - sum(want.values())]:
+        want[c] += 1
+    assert any(s != int(s) for s in share.values())  # the fixture's sizes make rounding matter
+    assert a.class_counts() == want
+
+
+def test_local_copy_from_a_path(fixture_data_dir, hf_cache):
+    root = fixture_data_dir
+    by_path = load_dataset(root / "sst2", cache_dir=hf_cache)
+    by_name = load_dataset("sst2", data_dir=root, cache_dir=hf_cache)
+    assert by_path.texts == by_name.texts and by_path.name == "sst2"
+    assert by_path.labels.tolist() == by_name.labels.tolist()
+    folder_itself = load_dataset("sst2", data_dir=root / "sst2", cache_dir=hf_cache)
+    assert folder_itself.texts == by_name.texts
+    cities_file = root / "geometry_of_truth" / "cities.csv"
+    cities = load_dataset(cities_file, cache_dir=hf_cache)
+    assert cities.name == "geometry_of_truth/cities"
+    assert len(cities) == len(pd.read_csv(cities_file))
+    # a hub id whose entry has a local copy in data_dir reads the local copy
+    hub_id_local = load_dataset("legacy-datasets/banking77", data_dir=root, cache_dir=hf_cache)
+    assert hub_id_local.source.startswith("local:") and hub_id_local.name == "banking77"
+    banking = [pd.read_csv(root / "banking77" / f) for f in ("train.csv", "test.csv")]
+    assert len(hub_id_local) == sum(len(f) for f in banking)
+
+
+def test_column_override_infers_classes(load, fixture_data_dir):
+    ds = load("geometry_of_truth/cities", label_column="correct_country")
+    raw = pd.read_csv(fixture_data_dir / "geometry_of_truth" / "cities.csv")
+    assert ds.class_names == tuple(sorted(raw.correct_country.unique()))
+    assert [ds.class_names[i] for i in ds.labels] == raw.correct_country.tolist()
+    assert ds.texts == tuple(raw.statement.str.strip())
+    other_text = load("geometry_of_truth/cities", text_column="city")
+    assert other_text.texts == tuple(raw.city.str.strip())
+    assert other_text.labels.tolist() == raw.label.tolist()
+
+
+# --- formats of datasets outside the fixture, on synthetic files of the same format -------------
+
+
+def _write_ag_news(root: Path) -> pd.DataFrame:
+    """ag_news/test.csv as the collection has it: ``title,description,class`` with quoted
+    commas, embedded quotes, backslashes, HTML entities and runs of spaces."""
+    frame = pd.DataFrame(
+        [
+            ("Fears for pension after talks", "Unions say they are 'disappointed'.", "Business"),
+            (
+                "Team Sets Launch Date (SPACE.com)",
+                "SPACE.com - TORONTO, Canada -- A second\\team of rocketeers, for the  #36;10 "
+                "million prize",
+                "Sci/Tech",
+            ),
+            ("Striker Scores Twice", 'The "home" side won 3-1, and leads the table. ', "Sports"),
+            ("Summit Opens", "Leaders met on Monday to discuss trade, aid and security.", "World"),
+            ("Oil Prices Rise", "Crude rose 2% on supply worries.", "Business"),
+            ("Cup Final Set", "The final will be played in May.", "Sports"),
+            ("Grant to Study Peptides (AP)", "AP - A company founded by a chemist...", "Sci/Tech"),
+            ("Talks Stall", "Negotiators left without a deal; talks resume next week.", "World"),
+        ],
+        columns=["title", "description", "class"],
+    )
+    folder = root / "ag_news"
+    folder.mkdir(parents=True)
+    frame.to_csv(folder / "test.csv", index=False)
+    return frame
+
+
+def test_ag_news_joins_title_and_description(tmp_path, hf_cache):
+    raw = _write_ag_news(tmp_path)
+    ag = load_dataset("ag_news", data_dir=tmp_path, cache_dir=hf_cache)
+    # CATALOG.md: text = title + " " + description; ids 0-3 are the hub's order of the topics
+    assert ag.texts == tuple(
+        f"{t} {d}".strip() for t, d in zip(raw.title, raw.description, strict=True)
+    )
+    assert ag.class_names == ("World", "Sports", "Business", "Sci/Tech")
+    assert [ag.class_names[i] for i in ag.labels] == raw["class"].tolist()
+    assert ag.source.startswith("local:")
+    by_hub_id = load_dataset("fancyzhx/ag_news", data_dir=tmp_path, cache_dir=hf_cache)
+    assert by_hub_id.texts == ag.texts and by_hub_id.source.startswith("local:")
+
+
+def test_sms_spam_quotes_are_text(tmp_path, hf_cache):
+    # SMSSpamCollection is tab-separated with a header, and a quote is part of the message: texts
+    # open with one, hold an odd number of them, or quote a phrase mid-text (as the collection's do)
+    rows = [
+        ("ham", '"Wen u miss someone, the person is special for u... Keep-in-touch" gdeve..'),
+        ("spam", 'WINNER!! Reply "YES" to claim your prize, T&C apply'),
+        ("ham", '"HEY HEY, HOWU DOIN? LOVE JEN XXX'),
+        ("ham", "Ok lar... Joking wif u oni..."),
+        ("spam", 'Free entry: text "WIN" to 80086 now'),
+        ("ham", '6" sub, no "mayo'),
+    ]
+    folder = tmp_path / "sms_spam"
+    folder.mkdir()
+    lines = ["Label\tSMS", *(f"{label}\t{text}" for label, text in rows)]
+    (folder / "SMSSpamCollection").write_text("\n".join(lines) + "\n")
+    ds = load_dataset("sms_spam", data_dir=tmp_path, cache_dir=hf_cache)
+    assert ds.texts == tuple(text for _, text in rows)
+    assert [ds.class_names[i] for i in ds.labels] == [label for label, _ in rows]
+
+
+def _write_tweet_eval(root: Path, name: str) -> dict[str, list[tuple[str, int]]]:
+    """A TweetEval folder: ``{split}_text.txt`` one text a line (trailing spaces, hashtags, quotes,
+    emoji, as the originals have), ``{split}_labels.txt`` one integer a line, ``mapping.txt``
+    ``id<TAB>name`` lines without a final newline."""
+    names = REGISTRY[name].class_names
+    k = len(names)
+    texts = [
+        "@user Oh, hidden revenge and anger...I remember the time,she rebutted you. ",
+        'Today "AB 775" passed out of committee 3-7. We will let you know how to help! #SemST ',
+        "so happy today 😊 #blessed ",
+        "If you aren't responsible enough, why are you having... #SemST ",
+        "Hey @user #Fields in #skibbereen give your delivery service a horrible name. ",
+        "tabs\tinside, and a comma ",
+        "one more tweet #what ",
+    ]
+    rows = {
+        split: [(f"{t} [{split}]", (i + offset) % k) for i, t in enumerate(texts[: 3 + offset])]
+        for offset, split in enumerate(("train", "val", "test"))
+    }
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "mapping.txt").write_text("\n".join(f"{i}\t{c}" for i, c in enumerate(names)))
+    for split, items in rows.items():
+        (folder / f"{split}_text.txt").write_text("".join(f"{t}\n" for t, _ in items))
+        (folder / f"{split}_labels.txt").write_text("".join(f"{lab}\n" for _, lab in items))
+    return rows
+
+
+@pytest.mark.parametrize("name", ["tweet_eval_emotion", "tweet_eval_stance_abortion"])
+def test_tweet_eval_text_and_label_files(tmp_path, hf_cache, name):
+    rows = _write_tweet_eval(tmp_path, name)
+    for split, items in rows.items():
+        ds = load_dataset(name, data_dir=tmp_path, split=split, cache_dir=hf_cache)
+        assert ds.texts == tuple(t.strip() for t, _ in items)
+        assert ds.labels.tolist() == [lab for _, lab in items]
+        assert ds.class_names == REGISTRY[name].class_names
+    every = load_dataset(name, data_dir=tmp_path, cache_dir=hf_cache)
+    in_order = [item for split in ("train", "val", "test") for item in rows[split]]
+    assert every.texts == tuple(t.strip() for t, _ in in_order)
+    assert every.labels.tolist() == [lab for _, lab in in_order]
+    two = load_dataset(name, data_dir=tmp_path, split="train+test", cache_dir=hf_cache)
+    assert len(two) == len(rows["train"]) + len(rows["test"])
+
+    misaligned = tmp_path / "misaligned"
+    shutil.copytree(tmp_path / name, misaligned / name)
+    (misaligned / name / "val_labels.txt").write_text("0\n1\n")
+    with pytest.raises(ValueError, match="align line by line"):
+        load_dataset(name, data_dir=misaligned, split="val", cache_dir=hf_cache)
+
+
+def _github_files() -> dict[str, str]:
+    """Language -> file name of the local github_code_lang entry (one zstd CSV per language)."""
+    local = REGISTRY["github_code_lang"].local
+    return {g.constants["language"]: g.splits["train"][0] for g in local.files}
+
+
+def _write_github_code(root: Path) -> dict[str, pd.DataFrame]:
+    """github_code_lang: per language a zstd CSV ``prompt,target`` whose positives (1) are that
+    language and negatives (0) the others; snippets span lines and hold quotes and commas."""
+    snippets = {
+        "C": [
+            '\n#include <stdio.h>\nint main(void) {\n    printf("hi, %d\\n", 1);\n    return 0;\n}\n',
+            "static int add(int a, int b) { return a + b; }",
+            '/* a comment, "quoted" */\nstruct point { int x, y; };',
+        ],
+        "Python": [
+            'def f(x):\n    """Doc, with "quotes"."""\n    return x, 1\n',
+            "import os\nprint(os.sep)",
+            "class A(object):\n   def __ror__(self, other):\n      return other",
+        ],
+        "HTML": [
+            '<div id="a" style="color: red">\n\t<p>Hi, there</p>\n</div>',
+            "<br/>",
+            '\t\t<img src="../../images/lenna256.jpg"/>\n',
+        ],
+    }
+    folder = root / "github_code_lang"
+    folder.mkdir(parents=True)
+    frames = {}
+    for lang, file in _github_files().items():
+        others = [s for other, code in snippets.items() if other != lang for s in code]
+        rows = []
+        for i, s in enumerate(snippets[lang]):  # positives and negatives interleaved
+            rows += [(s, 1), (others[2 * i], 0), (others[2 * i + 1], 0)]
+        frame = pd.DataFrame(rows, columns=["prompt", "target"])
+        frame.to_csv(folder / file, index=False, compression="zstd")
+        frames[lang] = frame
+    return frames
+
+
+def test_github_code_lang_is_three_positive_sets(tmp_path, hf_cache):
+    frames = _write_github_code(tmp_path)
+    assert list(frames) == ["C", "Python", "HTML"]
+    ds = load_dataset("github_code_lang", data_dir=tmp_path, cache_dir=hf_cache)
+    assert ds.class_names == ("C", "Python", "HTML")
+    want = [
+        (text.strip(), lang)
+        for lang, frame in frames.items()
+        for text in frame.prompt[frame.target == 1]
+    ]
+    assert list(zip(ds.texts, [ds.class_names[i] for i in ds.labels], strict=True)) == want
+    for lang, frame in frames.items():  # each file alone: is the snippet this language
+        binary = load_dataset(f"github_code_{lang.lower()}", data_dir=tmp_path, cache_dir=hf_cache)
+        assert binary.class_names == ("other", lang)
+        assert binary.texts == tuple(t.strip() for t in frame.prompt)
+        assert binary.labels.tolist() == frame.target.tolist()
+
+
+def _geometry_stems() -> list[str]:
+    prefix = "geometry_of_truth/"
+    return [name.removeprefix(prefix) for name in REGISTRY if name.startswith(prefix)]
+
+
+def test_geometry_of_truth_files(tmp_path, hf_cache):
+    folder = tmp_path / "geometry_of_truth"
+    folder.mkdir()
+    frames = {}
+    for k, stem in enumerate(_geometry_stems()):
+        n = 3 + k  # files of different sizes, first columns statement,label, then others
+        frame = pd.DataFrame(
+            {
+                "statement": [
+                    [
+                        f"The city of Al Ain, in {stem}, is in the United Arab Emirates.",
+                        f"The Spanish word 'con' means \"to speak\" ({stem} {i}).",
+                        f"Fifty-{i} is larger than fifty-two ",
+                    ][i % 3]
+                    for i in range(n)
+                ],
+                "label": [(i + k) % 2 for i in range(n)],
+                "country": ["United Arab Emirates, the"] * n,
+                "n1": list(range(n)),
+            }
+        )
+        frame.to_csv(folder / f"{stem}.csv", index=False)
+        frames[stem] = frame
+    for stem, frame in frames.items():
+        ds = load_dataset(f"geometry_of_truth/{stem}", data_dir=tmp_path, cache_dir=hf_cache)
+        assert ds.texts == tuple(frame.statement.str.strip())
+        assert ds.labels.tolist() == frame.label.tolist()
+        assert ds.class_names == ("false", "true")
+        alias = load_dataset(f"got_{stem}", data_dir=tmp_path, cache_dir=hf_cache)
+        assert alias.texts == ds.texts and alias.name == ds.name
+        by_path = load_dataset(folder / f"{stem}.csv", cache_dir=hf_cache)
+        assert by_path.name == f"geometry_of_truth/{stem}" and by_path.texts == ds.texts
+    with pytest.raises(ValueError, match="several datasets"):
+        load_dataset(folder, cache_dir=hf_cache)
+
+
+def test_refusal_labels_come_from_file_names(tmp_path, hf_cache):
+    folder = tmp_path / "refusal_harmful_harmless"
+    folder.mkdir()
+    written: dict[tuple[str, str], list[dict]] = {}
+    for kind, base in (("harmful", 2), ("harmless", 7)):  # imbalanced, as the catalog warns
+        for split in ("train", "val", "test"):
+            rows = [
+                {
+                    "instruction": f' {kind} {split} instruction {i}, with "quotes"\n',
+                    # as in the collection: null categories in some files, strings in others
+                    "category": None if split == "train" else f"{kind} category {i}",
+                }
+                for i in range(base + (split == "train"))
+            ]
+            (folder / f"{kind}_{split}.json").write_text(json.dumps(rows, indent=4))
+            written[kind, split] = rows
+
+    ds = load_dataset("refusal_harmful_harmless", data_dir=tmp_path, cache_dir=hf_cache)
+    assert ds.class_names == ("harmless", "harmful")
+    # harmful files first, then harmless; splits in order within each
+    want = [
+        (row["instruction"].strip(), kind)
+        for kind in ("harmful", "harmless")
+        for split in ("train", "val", "test")
+        for row in written[kind, split]
+    ]
+    assert list(zip(ds.texts, [ds.class_names[i] for i in ds.labels], strict=True)) == want
+    n = Counter(kind for _, kind in want)
+    assert ds.class_counts() == {"harmless": n["harmless"], "harmful": n["harmful"]}
+
+    val = load_dataset("refusal", data_dir=tmp_path, split="val", cache_dir=hf_cache)
+    val_kinds = [kind for kind in ("harmful", "harmless") for _ in written[kind, "val"]]
+    assert [val.class_names[i] for i in val.labels] == val_kinds
+    balanced = load_dataset(
+        "refusal_harmful_harmless", data_dir=tmp_path, balance=True, seed=0, cache_dir=hf_cache
+    )
+    assert balanced.class_counts() == {"harmless": n["harmful"], "harmful": n["harmful"]}
+
+
+# --- the whole offline collection against its CATALOG.md (skipped where it is missing) -----------
 
 # (registry name, split, rows, classes present) as CATALOG.md states them
 CATALOG_COUNTS = [
@@ -164,18 +594,71 @@ CATALOG_COUNTS = [
     ("github_code_html", None, 4_000, 2),
 ]
 
-
-@pytest.mark.parametrize(("name", "split", "rows", "n_classes"), CATALOG_COUNTS)
-def test_catalog_counts(load, name, split, rows, n_classes):
-    ds = load(name, split=split)
-    assert len(ds) == rows
-    present = sum(v > 0 for v in ds.class_counts().values())
-    if n_classes is not None:
-        assert present == n_classes
-    assert ds.n_classes == len(REGISTRY[name].class_names)
+# class counts CATALOG.md states for the imbalanced (and the balanced) datasets
+CATALOG_CLASS_COUNTS = {
+    "sms_spam": {"ham": 4_827, "spam": 747},
+    "sst2": {"negative": 2_500, "positive": 2_500},
+    "ag_news": dict.fromkeys(("World", "Sports", "Business", "Sci/Tech"), 1_900),
+}
+GEOMETRY_OF_TRUTH_SIZES = (354, 31_964)  # CATALOG.md: 354 - 31,964 per file
 
 
-def test_every_catalog_folder_has_a_registry_entry(data_dir):
+def test_catalog_counts(load_all, data_dir):
+    """Every count CATALOG.md states, loaded from the collection; reports all mismatches at once."""
+    problems: list[str] = []
+
+    def check(what: str, got, want) -> None:
+        if got != want:
+            problems.append(f"{what}: got {got!r}, CATALOG.md says {want!r}")
+
+    def loaded(name: str, **kwargs) -> TextDataset | None:
+        try:
+            return load_all(name, **kwargs)
+        except Exception as err:  # report it with the others
+            problems.append(f"{name} {kwargs}: {type(err).__name__}: {err}")
+            return None
+
+    for name, split, rows, n_classes in CATALOG_COUNTS:
+        if (ds := loaded(name, split=split)) is None:
+            continue
+        check(f"{name} split={split} rows", len(ds), rows)
+        if n_classes is not None:
+            present = sum(v > 0 for v in ds.class_counts().values())
+            check(f"{name} split={split} classes present", present, n_classes)
+        check(f"{name} n_classes", ds.n_classes, len(REGISTRY[name].class_names))
+    for name, counts in CATALOG_CLASS_COUNTS.items():
+        if (ds := loaded(name)) is not None:
+            check(f"{name} class counts", ds.class_counts(), counts)
+
+    sizes = []
+    for file in sorted((data_dir / "geometry_of_truth").glob("*.csv")):
+        if (ds := loaded(f"geometry_of_truth/{file.stem}")) is None:
+            continue
+        raw = pd.read_csv(file)
+        check(f"{file.name} rows", len(ds), len(raw))
+        check(f"{file.name} labels", ds.labels.tolist(), raw.label.tolist())
+        sizes.append(len(ds))
+    check(
+        "geometry_of_truth smallest and largest file",
+        (min(sizes), max(sizes)),
+        GEOMETRY_OF_TRUTH_SIZES,
+    )
+
+    folder = data_dir / "refusal_harmful_harmless"
+    n_harmful = sum(len(json.loads(f.read_text())) for f in folder.glob("harmful_*.json"))
+    n_harmless = sum(len(json.loads(f.read_text())) for f in folder.glob("harmless_*.json"))
+    if (ds := loaded("refusal_harmful_harmless")) is not None:
+        check(
+            "refusal class counts",
+            ds.class_counts(),
+            {"harmless": n_harmless, "harmful": n_harmful},
+        )
+    check("refusal very imbalanced (harmless > 10 x harmful)", n_harmless > 10 * n_harmful, True)
+    assert not problems, "\n".join(problems)
+
+
+def test_collection_matches_the_registry(data_dir, hf_cache):
+    """Every catalog folder has a registry entry whose files, class names and hub ids match."""
     catalog = (data_dir / "CATALOG.md").read_text()
     folders = [f for f in re.findall(r"^\| ([a-z0-9_]+) \|", catalog, flags=re.M) if f != "folder"]
     assert len(folders) == 12
@@ -193,128 +676,27 @@ def test_every_catalog_folder_has_a_registry_entry(data_dir):
             spec = find_spec(hub_id)
             assert spec is not None and spec.local is not None and spec.local.folder == folder
 
-
-def test_imbalanced_counts_match_catalog(load):
-    sms = load("sms_spam")
-    assert sms.class_counts() == {"ham": 4_827, "spam": 747}
-    assert load("sst2").class_counts() == {"negative": 2_500, "positive": 2_500}
-    ag = load("ag_news")
-    assert ag.class_names == ("World", "Sports", "Business", "Sci/Tech")
-    assert set(ag.class_counts().values()) == {1_900}
-
-
-def test_ag_news_joins_title_and_description(load, data_dir):
-    ag = load("ag_news")
-    raw = pd.read_csv(data_dir / "ag_news" / "test.csv")
-    assert ag.texts[0] == f"{raw.title[0]} {raw.description[0]}".strip()
-    assert ag.class_names[ag.labels[0]] == raw["class"][0]
-    expected = [ag.class_names.index(c) for c in raw["class"]]
-    assert ag.labels.tolist() == expected
-
-
-def test_banking77_classes_are_hub_order_and_match_by_name(load, data_dir):
-    categories = json.loads((data_dir / "banking77" / "categories.json").read_text())
-    assert REGISTRY["banking77"].class_names == tuple(sorted(categories, key=str.lower))
-    ds = load("banking77", split="test")
-    raw = pd.read_csv(data_dir / "banking77" / "test.csv")
-    assert [ds.class_names[i] for i in ds.labels] == raw.category.tolist()
-    assert ds.texts == tuple(t.strip() for t in raw.text)
-
-
-def test_massive_scenario_is_intent_prefix(load, data_dir):
-    intent = load("massive_intent", split="validation")
-    scenario = load("massive_scenario", split="validation")
-    assert intent.texts == scenario.texts
-    for i, s in zip(intent.labels[:500], scenario.labels[:500], strict=True):
-        assert intent.class_names[i].split("_")[0] == scenario.class_names[s]
-    rows = [json.loads(x) for x in (data_dir / "massive_intent_en" / "validation.jsonl").open()]
-    # the registry's intent order is MASSIVE's integer ids
-    assert intent.labels.tolist() == [r["label"] for r in rows]
-
-
-def test_tweet_eval_mapping_files_match_class_names(load, data_dir):
+    # the files the format tests write synthetically are the collection's
     for name in ("tweet_eval_emotion", "tweet_eval_stance_abortion"):
         mapping = (data_dir / name / "mapping.txt").read_text().split("\n")
         names = tuple(line.split("\t")[1] for line in mapping if line.strip())
         assert REGISTRY[name].class_names == names
-        ds = load(name, split="val")
-        labels = (data_dir / name / "val_labels.txt").read_text().split()
-        assert ds.labels.tolist() == [int(x) for x in labels]
+    github = {f.name for f in (data_dir / "github_code_lang").glob("*.csv.zst")}
+    assert github == set(_github_files().values())
+    geometry = {f.stem for f in (data_dir / "geometry_of_truth").glob("*.csv")}
+    assert geometry == set(_geometry_stems()) and len(geometry) == 11
+    categories = json.loads((data_dir / "banking77" / "categories.json").read_text())
+    assert REGISTRY["banking77"].class_names == tuple(sorted(categories, key=str.lower))
 
-
-def test_github_code_lang_is_three_positive_sets(load, data_dir):
-    ds = load("github_code_lang")
-    assert ds.class_names == ("C", "Python", "HTML")
-    folder = data_dir / "github_code_lang"
-    for cls, file in enumerate(sorted(folder.glob("*.csv.zst"))):
-        raw = pd.read_csv(file, compression="zstd")
-        positives = raw.prompt[raw.target == 1].str.strip().tolist()
-        assert ds.class_counts()[ds.class_names[cls]] == len(positives)
-        got = [t for t, lab in zip(ds.texts, ds.labels, strict=True) if lab == cls]
-        assert got == positives
-
-
-def test_geometry_of_truth_files(load, data_dir):
-    specs = [s for s in REGISTRY.values() if s.name.startswith("geometry_of_truth/")]
-    files = sorted((data_dir / "geometry_of_truth").glob("*.csv"))
-    assert len(specs) == len(files) == 11
-    sizes = []
-    for file in files:
-        ds = load(f"geometry_of_truth/{file.stem}")
-        raw = pd.read_csv(file)
-        assert len(ds) == len(raw)
-        assert ds.labels.tolist() == raw.label.tolist()
-        assert ds.class_names == ("false", "true")
-        sizes.append(len(ds))
-    assert min(sizes) == 354 and max(sizes) == 31_964  # CATALOG.md: 354 - 31,964 per file
-
-
-def test_refusal_labels_come_from_file_names(load, data_dir):
-    folder = data_dir / "refusal_harmful_harmless"
-    n_harmful = sum(len(json.loads(f.read_text())) for f in folder.glob("harmful_*.json"))
-    n_harmless = sum(len(json.loads(f.read_text())) for f in folder.glob("harmless_*.json"))
-    ds = load("refusal_harmful_harmless")
-    assert ds.class_counts() == {"harmless": n_harmless, "harmful": n_harmful}
-    assert n_harmless > 10 * n_harmful  # very imbalanced, as the catalog warns
-    train = load("refusal", split="train")
-    first = json.loads((folder / "harmful_train.json").read_text())[0]["instruction"]
-    assert train.texts[0] == first.strip() and train.labels[0] == 1
-    balanced = load("refusal_harmful_harmless", balance=True, seed=0)
-    assert balanced.class_counts() == {"harmless": n_harmful, "harmful": n_harmful}
-
-
-def test_jailbreak_multiline_prompts_survive(load, data_dir):
-    ds = load("jailbreak_classification", split="test")
-    raw = pd.read_csv(data_dir / "jailbreak_classification" / "jailbreak_dataset_test_balanced.csv")
-    assert ds.texts == tuple(t.strip() for t in raw.prompt)
-    assert any("\n" in t for t in ds.texts)
-
-
-def test_load_subsample_through_load_dataset(load):
-    a = load("sms_spam", n=200, seed=5)
-    b = load("sms_spam", n=200, seed=5)
-    assert len(a) == 200 and a.texts == b.texts
-    assert a.class_counts() == {"ham": 173, "spam": 27}  # 747 / 5574 of 200 = 26.8 -> 27
-    assert load("sms_spam", n=200, seed=6).texts != a.texts
-
-
-def test_local_copy_from_a_path(data_dir, hf_cache):
-    by_path = load_dataset(data_dir / "sst2", cache_dir=hf_cache)
-    by_name = load_dataset("sst2", data_dir=data_dir, cache_dir=hf_cache)
-    assert by_path.texts == by_name.texts and by_path.name == "sst2"
-    folder_itself = load_dataset("sst2", data_dir=data_dir / "sst2", cache_dir=hf_cache)
-    assert folder_itself.texts == by_name.texts
-    cities = load_dataset(data_dir / "geometry_of_truth" / "cities.csv", cache_dir=hf_cache)
-    assert cities.name == "geometry_of_truth/cities" and len(cities) == 1_496
-    hub_id_local = load_dataset("fancyzhx/ag_news", data_dir=data_dir, cache_dir=hf_cache)
-    assert hub_id_local.source.startswith("local:") and len(hub_id_local) == 7_600
-
-
-def test_column_override_infers_classes(load, data_dir):
-    ds = load("geometry_of_truth/cities", label_column="correct_country")
-    raw = pd.read_csv(data_dir / "geometry_of_truth" / "cities.csv")
-    assert ds.class_names == tuple(sorted(raw.correct_country.unique()))
-    assert [ds.class_names[i] for i in ds.labels] == raw.correct_country.tolist()
+    # the listing finds and counts every folder
+    infos = {i.name: i for i in list_datasets(data_dir, cache_dir=hf_cache)}
+    listed = {Path(i.path).name for i in infos.values() if i.origin == "local"}
+    assert listed == set(folders)
+    banking = sum(rows for name, _, rows, _ in CATALOG_COUNTS if name == "banking77")
+    assert infos["banking77"].n_rows == banking
+    sms = CATALOG_CLASS_COUNTS["sms_spam"]
+    assert infos["sms_spam"].class_counts == tuple(sms[c] for c in infos["sms_spam"].class_names)
+    assert all(i.n_rows for i in infos.values() if i.origin == "local")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -329,7 +711,7 @@ def test_unknown_name_lists_known_ones():
     assert "text_column" in message
 
 
-def test_missing_paths_and_folders(tmp_path, data_dir, hf_cache):
+def test_missing_paths_and_folders(tmp_path, fixture_data_dir, hf_cache):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_dataset(tmp_path / "absent.csv")
     with pytest.raises(FileNotFoundError, match="not a folder"):
@@ -340,20 +722,20 @@ def test_missing_paths_and_folders(tmp_path, data_dir, hf_cache):
         load_dataset("sst2", data_dir=tmp_path, source="local")
     broken = tmp_path / "banking77"
     broken.mkdir()
-    shutil.copy(data_dir / "banking77" / "train.csv", broken / "train.csv")
+    shutil.copy(fixture_data_dir / "banking77" / "train.csv", broken / "train.csv")
     with pytest.raises(FileNotFoundError, match=r"test\.csv"):
         load_dataset("banking77", data_dir=tmp_path, cache_dir=hf_cache)
     only_train = load_dataset("banking77", data_dir=tmp_path, split="train", cache_dir=hf_cache)
-    assert len(only_train) == 10_003
+    assert len(only_train) == len(pd.read_csv(broken / "train.csv"))
     with pytest.raises(ValueError, match="not available"):
         load_dataset("banking77", data_dir=tmp_path, split="dev", cache_dir=hf_cache)
 
 
-def test_ambiguous_folder_and_split_file(data_dir):
+def test_ambiguous_folder_and_split_file(fixture_data_dir):
     with pytest.raises(ValueError, match="massive_intent, massive_scenario"):
-        load_dataset(data_dir / "massive_intent_en")
+        load_dataset(fixture_data_dir / "massive_intent_en")
     with pytest.raises(ValueError, match="split='test'"):
-        load_dataset(data_dir / "banking77" / "test.csv")
+        load_dataset(fixture_data_dir / "banking77" / "test.csv")
 
 
 def test_one_class_and_empty_texts_are_errors(tmp_path, hf_cache):
@@ -402,12 +784,13 @@ def _parquet(root: Path, hub_id: str, split: str, frame: pd.DataFrame, features=
     ds.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
 
 
-def test_hub_and_local_paths_agree_for_banking77(hub_root, data_dir, hf_cache):
+def test_hub_and_local_paths_agree_for_banking77(hub_root, fixture_data_dir, hf_cache):
     import datasets
 
-    categories = json.loads((data_dir / "banking77" / "categories.json").read_text())
+    folder = fixture_data_dir / "banking77"
+    categories = json.loads((folder / "categories.json").read_text())
     hub_names = sorted(categories, key=str.lower)  # the hub's ClassLabel order
-    raw = pd.read_csv(data_dir / "banking77" / "test.csv").iloc[::10].reset_index(drop=True)
+    raw = pd.read_csv(folder / "test.csv").iloc[::3].reset_index(drop=True)
     frame = pd.DataFrame({"text": raw.text, "label": [hub_names.index(c) for c in raw.category]})
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=hub_names)}
@@ -417,18 +800,18 @@ def test_hub_and_local_paths_agree_for_banking77(hub_root, data_dir, hf_cache):
 
     hub = load_dataset("legacy-datasets/banking77", split="test", cache_dir=hf_cache)
     assert hub.source.startswith("hub:legacy-datasets/banking77")
-    local = load_dataset("banking77", data_dir=data_dir, split="test", cache_dir=hf_cache)
+    local = load_dataset("banking77", data_dir=fixture_data_dir, split="test", cache_dir=hf_cache)
     assert hub.class_names == local.class_names
-    assert hub.texts == local.texts[::10]
-    assert hub.labels.tolist() == local.labels[::10].tolist()
+    assert hub.texts == local.texts[::3]
+    assert hub.labels.tolist() == local.labels[::3].tolist()
     default = load_dataset("banking77", cache_dir=hf_cache)  # no data_dir: the hub, study split
     assert len(default) == 5 and "(train)" in default.source
 
 
-def test_hub_ag_news_and_amazon_shapes(hub_root, data_dir, hf_cache):
+def test_hub_ag_news_and_amazon_shapes(hub_root, hf_cache):
     import datasets
 
-    raw = pd.read_csv(data_dir / "ag_news" / "test.csv").iloc[:40]
+    raw = _write_ag_news(hub_root / "collection")
     names = ["World", "Sports", "Business", "Sci/Tech"]
     frame = pd.DataFrame(
         {"text": raw.title + " " + raw.description, "label": [names.index(c) for c in raw["class"]]}
@@ -438,8 +821,12 @@ def test_hub_ag_news_and_amazon_shapes(hub_root, data_dir, hf_cache):
     )
     _parquet(hub_root, "fancyzhx/ag_news", "train", frame, features)
     hub = load_dataset("fancyzhx/ag_news", cache_dir=hf_cache)
-    local = load_dataset("ag_news", data_dir=data_dir, cache_dir=hf_cache, source="local")
-    assert hub.texts == local.texts[:40] and hub.labels.tolist() == local.labels[:40].tolist()
+    assert hub.source.startswith("hub:")
+    local = load_dataset(
+        "ag_news", data_dir=hub_root / "collection", cache_dir=hf_cache, source="local"
+    )
+    assert hub.texts == local.texts and hub.labels.tolist() == local.labels.tolist()
+    assert hub.class_names == local.class_names
 
     reviews = pd.DataFrame(
         {"text": ["great", "awful", "fine", "bad"], "rating": [5.0, 1.0, 5.0, 1.0]}
@@ -594,15 +981,34 @@ def test_topics_phrase_decides_the_class():
 # --- listing -----------------------------------------------------------------------------------
 
 
-def test_list_datasets_with_and_without_data(data_dir, hf_cache):
-    infos = {i.name: i for i in list_datasets(data_dir, cache_dir=hf_cache)}
+def _listable_fixture(fixture_data_dir: Path, root: Path) -> Path:
+    """A copy of the fixture without geometry_of_truth/: the fixture holds one of that folder's
+    11 files, and ``list_datasets`` counts every registry entry of a folder it finds."""
+    for folder in fixture_data_dir.iterdir():
+        if folder.is_dir() and folder.name != "geometry_of_truth":
+            shutil.copytree(folder, root / folder.name)
+    return root
+
+
+def test_list_datasets_with_and_without_data(fixture_data_dir, fixture_rows, tmp_path, hf_cache):
+    root = _listable_fixture(fixture_data_dir, tmp_path / "data")
+    infos = {i.name: i for i in list_datasets(root, cache_dir=hf_cache)}
     assert set(BUILTIN_TASKS) <= set(infos)
-    assert infos["banking77"].origin == "local" and infos["banking77"].n_rows == 13_083
-    assert infos["sms_spam"].class_counts == (4_827, 747)
+    local = {name: i for name, i in infos.items() if i.origin == "local"}
+    assert set(local) == set(fixture_rows) - {"geometry_of_truth/cities"}
+    for name, info in local.items():
+        texts, class_of_row = fixture_rows[name]
+        assert info.n_rows == len(texts)
+        assert info.class_names == REGISTRY[name].class_names
+        assert info.class_counts == tuple(class_of_row.count(c) for c in info.class_names)
+        assert Path(info.path) == root / REGISTRY[name].local.folder
+    assert infos["ag_news"].origin == "hub" and infos["ag_news"].n_rows is None  # not in data
     assert infos["bias_in_bios"].origin == "hub" and infos["bias_in_bios"].n_rows is None
     assert infos["needle"].n_rows == BUILTIN_TASKS["needle"].default_size
-    folders = {p.name for p in data_dir.iterdir() if p.is_dir()}
-    assert folders == {Path(i.path).name for i in infos.values() if i.origin == "local"}
+    assert not any(name.startswith("geometry_of_truth/") for name in infos)  # local-only
+
+    uncounted = {i.name: i for i in list_datasets(fixture_data_dir, count=False)}
+    assert uncounted["sst2"].origin == "local" and uncounted["sst2"].n_rows is None
 
     offline = {i.name: i for i in list_datasets(count=False)}
     assert "sst2" not in offline  # local-only: nothing to load it from

@@ -347,7 +347,7 @@ def test_patching_errors_name_the_fix(tiny_gemma3):
 
 
 @pytest.mark.slow
-def test_real_gemma_steering_and_ablation_on_sst2(gemma_nnsight, data_dir):
+def test_real_gemma_steering_and_ablation_on_sst2(gemma_nnsight, fixture_data_dir):
     import pandas as pd
 
     from lensprobe.capture import capture
@@ -355,7 +355,8 @@ def test_real_gemma_steering_and_ablation_on_sst2(gemma_nnsight, data_dir):
     from lensprobe.train import run_protocol
 
     model = gemma_nnsight
-    frame = pd.read_csv(next((data_dir / "sst2").glob("*.csv"))).sample(n=160, random_state=0)
+    sst2 = fixture_data_dir / "sst2" / "92_glue_sst2.csv"
+    frame = pd.read_csv(sst2).sample(n=160, random_state=0)
     texts, labels = frame["prompt"].tolist(), frame["target"].astype(int).tolist()
     hook = "blocks.6.hook_resid_post"
     acts = capture(

@@ -129,9 +129,9 @@ def test_weight_decay_shrinks_weights_not_biases():
 @pytest.mark.parametrize("probe_cls", [MeanProbe, LastTokenProbe])
 @pytest.mark.parametrize("weight_decay", [1e-3, 1e-1])
 def test_lbfgs_matches_scikit_learn_logistic_regression_on_real_text(
-    probe_cls, weight_decay, data_dir
+    probe_cls, weight_decay, fixture_data_dir
 ):
-    df = pd.read_csv(data_dir / "sst2" / "92_glue_sst2.csv").head(1200)
+    df = pd.read_csv(fixture_data_dir / "sst2" / "92_glue_sst2.csv")  # 400 rows, 200 per class
     y = torch.tensor(df["target"].to_numpy(), dtype=torch.long)
     x, mask = words_as_token_embeddings(df["prompt"].tolist())
     train_rows, test_rows = stratified_split(y, 0.25, seed=0)
