@@ -4,9 +4,17 @@ Both run the same members (4 weight decays x (5 CV folds + 1 refit)) with identi
 order and initialisation; only the execution differs. Prints both wall times, the ratio and both
 test accuracies, and ends with one JSON line.
 
+Then the pooled protocol (``--pooled-kind``, L-BFGS, on the first ``--pooled-n`` sequences) side by
+side with fitting the same 24 members one by one with scikit-learn's ``LogisticRegression`` (same
+L2 penalty, ``C = 1 / (n_train * weight_decay)``, on the same normalised pooled features, same
+gradient tolerance). ``pooled_vs_sklearn`` in the JSON line is scikit-learn's seconds over
+lensprobe's whole protocol (>= 1: lensprobe is at least as fast); ``pooled_max_prob_diff`` is the
+largest difference of the two sides' predicted probabilities over every member with decay > 0.
+
     python benchmarks/sweep_speed.py                      # 1,000 x 128 x 640, 8 heads, 4 classes
     python benchmarks/sweep_speed.py --acts DIR           # saved Activations (lp.capture(out=DIR))
     python benchmarks/sweep_speed.py --n 300 --pos 64     # smaller
+    python benchmarks/sweep_speed.py --pooled-only        # only the pooled-vs-scikit-learn part
 
 Default data: synthetic sequences whose class is carried by one token at a random position among
 tokens of unit-variance noise (lengths 64..128, so padding is realistic).
@@ -35,6 +43,72 @@ def synthetic(n: int, pos: int, d: int, k: int, seed: int = 0):
     return x, mask, y
 
 
+def pooled_vs_sklearn(x, mask, y, kind: str) -> dict[str, float]:
+    """The pooled protocol, then the same members one by one with scikit-learn; both timed."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from lensprobe.probes import probe_class
+    from lensprobe.train import Members, fit_members, stratified_folds
+
+    t = time.perf_counter()
+    res = lp.run_protocol(x, y, mask=mask, probe=kind)
+    ours = time.perf_counter() - t
+    cfg, tc = res.config, res.config.resolved_train
+
+    t = time.perf_counter()
+    # scikit-learn gets what the protocol trains on: pooled features of the normalised activations
+    feats = probe_class(kind).pool(x.double().masked_fill(~mask[..., None], 0.0), mask)
+    feats = (feats / res.input_scale).numpy()
+    n, train = x.shape[0], res.train_rows
+    fold = stratified_folds(y[train], cfg.n_folds, seed=cfg.split_seed)
+    keys, rows, fits = [], [], []
+    for wd in cfg.weight_decays:
+        for f in [*range(cfg.n_folds), -1]:
+            r = train[fold != f] if f >= 0 else train
+            c = np.inf if wd == 0 else 1.0 / (r.numel() * wd)
+            sk = LogisticRegression(C=c, tol=tc.lbfgs_tolerance, max_iter=tc.lbfgs_max_iter)
+            fits.append(sk.fit(feats[r.numpy()], y[r].numpy()))
+            keys.append(wd)
+            rows.append(torch.zeros(n, dtype=torch.bool).index_fill_(0, r, True))
+    theirs = time.perf_counter() - t
+
+    # Same optimum: the same members through fit_members (untimed), every member with decay > 0,
+    # predicted probabilities on the test rows against scikit-learn's.
+    members = Members(
+        weight_decay=torch.tensor(keys),
+        seeds=(0,) * len(keys),
+        train=torch.stack(rows),
+        stop=torch.zeros(len(keys), n, dtype=torch.bool),
+    )
+    pcfg = res.probe.config
+    r = fit_members(pcfg, x, mask, y, members, tc, input_scale=res.input_scale)
+    test = res.test_rows.numpy()
+    diff = 0.0
+    for i, (wd, sk) in enumerate(zip(keys, fits, strict=True)):
+        if wd == 0:
+            continue
+        w, b = r.params["weight"][i].double().numpy(), r.params["bias"][i].double().numpy()
+        z = feats[test] @ w + b
+        p_ours = 1 / (1 + np.exp(-z[:, 0])) if z.shape[1] == 1 else np.exp(z - z.max(1)[:, None])
+        p_ours = p_ours if z.shape[1] == 1 else p_ours / p_ours.sum(1)[:, None]
+        p_sk = sk.predict_proba(feats[test])
+        p_sk = p_sk[:, 1] if z.shape[1] == 1 else p_sk
+        diff = max(diff, float(np.abs(p_ours - p_sk).max()))
+    print(
+        f"pooled {kind} protocol ({x.shape[0]} x {x.shape[1]} x {x.shape[2]}, {len(fits)} members):"
+        f" lensprobe {ours:.2f} s, scikit-learn one by one {theirs:.2f} s; ratio "
+        f"{theirs / ours:.2f}; largest |p_lensprobe - p_sklearn| over the members with decay > 0: "
+        f"{diff:.1e}"
+    )
+    return {
+        "pooled_vs_sklearn": round(theirs / ours, 3),
+        "seconds_pooled": round(ours, 2),
+        "seconds_sklearn": round(theirs, 2),
+        "pooled_max_prob_diff": float(f"{diff:.2e}"),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
@@ -44,6 +118,11 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--acts", help="directory of saved Activations to use instead")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--pooled-n", type=int, default=300, help="sequences for the pooled part")
+    ap.add_argument("--pooled-kind", choices=["mean", "last", "max"], default="mean")
+    ap.add_argument(
+        "--pooled-only", action="store_true", help="skip the attention batched-vs-sequential part"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,11 +143,21 @@ def main() -> None:
         f"{torch.get_num_threads()}"
     )
 
+    summary: dict[str, float] = {}
+    if not args.pooled_only:
+        summary.update(attention_batched_vs_sequential(x, mask, y, args.heads))
+    n = args.pooled_n
+    summary.update(pooled_vs_sklearn(x[:n], mask[:n], y[:n], args.pooled_kind))
+    print(json.dumps(summary))
+
+
+def attention_batched_vs_sequential(x, mask, y, heads: int) -> dict[str, float]:
+    """The attention protocol batched and one member at a time; both timed."""
     results = {}
     for execution in ("batched", "sequential"):
         t = time.perf_counter()
         res = lp.run_protocol(
-            x, y, mask=mask, probe="attention", n_heads=args.heads, execution=execution
+            x, y, mask=mask, probe="attention", n_heads=heads, execution=execution
         )
         seconds = time.perf_counter() - t
         steps = [row["steps"] for row in res.cv_table]
@@ -82,17 +171,13 @@ def main() -> None:
         f"speedup of batching: {ts / tb:.2f}x  ({len(rb.cv_table) + len(rb.config.weight_decays)}"
         " members)"
     )
-    print(
-        json.dumps(
-            {
-                "speedup": round(ts / tb, 3),
-                "acc_batched": round(rb.metrics["accuracy"], 4),
-                "acc_sequential": round(rs.metrics["accuracy"], 4),
-                "seconds_batched": round(tb, 2),
-                "seconds_sequential": round(ts, 2),
-            }
-        )
-    )
+    return {
+        "speedup": round(ts / tb, 3),
+        "acc_batched": round(rb.metrics["accuracy"], 4),
+        "acc_sequential": round(rs.metrics["accuracy"], 4),
+        "seconds_batched": round(tb, 2),
+        "seconds_sequential": round(ts, 2),
+    }
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from lensprobe.probes import AttentionProbe, LastTokenProbe, MeanProbe, ProbeConfig
+from lensprobe.probes import AttentionProbe, LastTokenProbe, MaxProbe, MeanProbe, ProbeConfig
+from lensprobe.probes.base import tokens_read
 from lensprobe.train import Members, TrainConfig, fit, fit_members, stratified_split
 
 
@@ -203,14 +204,14 @@ def test_on_step_reports_every_step_of_a_fit():
     seen.clear()
     lbfgs = TrainConfig(optimizer="lbfgs", lbfgs_max_iter=30)
     r = fit_members(MeanProbe(16, 2).config, x, mask, y, members, lbfgs, on_step=seen.append)
-    assert seen == sorted(seen) and seen[0] == 0 and 0 < max(seen) <= 30
-    assert int(r.steps[0]) in (max(seen), max(seen) + 1)
+    assert seen == list(range(int(r.steps.max()) + 1)) and 0 < max(seen) <= 30
 
 
-def test_lbfgs_reaches_the_optimum_when_features_share_a_large_offset():
-    # Pooled residual streams share a large common direction; the joint L-BFGS must still reach
+@pytest.mark.parametrize("k", [2, 3])
+def test_lbfgs_reaches_the_optimum_when_features_share_a_large_offset(k):
+    # Pooled residual streams share a large common direction; the batched L-BFGS must still reach
     # each member's optimum (scikit-learn's, at matched regularisation) within its default budget.
-    x, mask, y = needle_data(n=300, d=32, k=2, seed=3)
+    x, mask, y = needle_data(n=300, d=32, k=k, seed=3)
     offset = 25.0 * torch.randn(32, generator=torch.Generator().manual_seed(1))
     x = (x + offset) * mask[..., None]
     wds = [0.0, 1e-3, 1e-2, 1e-1]
@@ -221,12 +222,164 @@ def test_lbfgs_reaches_the_optimum_when_features_share_a_large_offset():
         train=rows[None].repeat(4, 1),
         stop=torch.zeros(4, 300, dtype=torch.bool),
     )
-    cfg = ProbeConfig(kind="mean", d_model=32, n_outputs=1)
+    cfg = ProbeConfig(kind="mean", d_model=32, n_outputs=1 if k == 2 else k)
     r = fit_members(cfg, x, mask, y, members, TrainConfig(optimizer="lbfgs"))
     feats = MeanProbe.pool(x, mask).double()
     for i, wd in enumerate(wds[1:], start=1):
+        # the same objective: mean log loss + wd / 2 * ||W||^2  <=>  C = 1 / (n_train * wd)
         sk = LogisticRegression(C=1.0 / (240 * wd), tol=1e-12, max_iter=100_000)
         sk.fit(feats[:240].numpy(), y[:240].numpy())
-        ours = torch.sigmoid(feats @ r.params["weight"][i, :, 0] + r.params["bias"][i, 0])
-        theirs = sk.predict_proba(feats.numpy())[:, 1]
+        z = feats @ r.params["weight"][i] + r.params["bias"][i]
+        ours = torch.sigmoid(z[:, 0]) if k == 2 else z.softmax(dim=1)
+        theirs = sk.predict_proba(feats.numpy())
+        theirs = theirs[:, 1] if k == 2 else theirs
         assert np.abs(ours.numpy() - theirs).max() < 1e-3, f"weight decay {wd}"
+
+
+# -- every member as if trained alone (L-BFGS), whatever the decay ----------------------------------
+
+
+def one_member(members: Members, i: int) -> Members:
+    """Member ``i`` of a sweep as a sweep of its own."""
+    return Members(
+        weight_decay=members.weight_decay[i : i + 1],
+        seeds=members.seeds[i : i + 1],
+        train=members.train[i : i + 1],
+        stop=members.stop[i : i + 1],
+    )
+
+
+def grid(n: int, weight_decays=(0.0, 1e-3, 1e-2, 1e-1), n_row_sets=3, seed=0) -> Members:
+    """Every decay on each of a few random 80 % row sets, as one sweep."""
+    rows = torch.rand(n_row_sets, n, generator=torch.Generator().manual_seed(seed)) < 0.8
+    wd = torch.tensor(weight_decays).repeat_interleave(n_row_sets)
+    train = rows.repeat(len(weight_decays), 1)
+    return Members(wd, (0,) * len(wd), train, torch.zeros_like(train))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("kind", ["mean", "last", "max"])
+def test_lbfgs_member_in_a_sweep_is_the_member_alone_even_without_decay(kind, k):
+    # 60 sequences, d_model 64: fewer rows than features, so every member can separate its rows
+    # and a decay-0 member has no optimum: where it stops is its own stopping test's business.
+    x, mask, y = needle_data(n=60, pos=6, d=64, k=k, seed=7)
+    cfg = ProbeConfig(kind=kind, d_model=64, n_outputs=1 if k == 2 else k)
+    members = grid(60)
+    tc = TrainConfig(optimizer="lbfgs")
+    batched = fit_members(cfg, x, mask, y, members, tc)
+    for i in range(len(members)):
+        alone = fit_members(cfg, x, mask, y, one_member(members, i), tc)
+        wd = float(members.weight_decay[i])
+        assert int(alone.steps[0]) == int(batched.steps[i]), f"member {i}, decay {wd}"
+        for name, value in alone.params.items():
+            torch.testing.assert_close(
+                batched.params[name][i : i + 1], value, rtol=1e-7, atol=1e-9, msg=name
+            )
+    # the stopping tests really are per member: members stop at different iterations
+    assert batched.steps.unique().numel() > 1
+
+
+def test_lbfgs_attention_members_are_trained_alone():
+    x, mask, y = needle_data(n=48, pos=6, d=8, seed=8)
+    cfg = ProbeConfig(kind="attention", d_model=8, n_heads=2, n_outputs=1)
+    members = grid(48, n_row_sets=2)
+    members = Members(members.weight_decay, (0, 1) * 4, members.train, members.stop)
+    tc = TrainConfig(optimizer="lbfgs", lbfgs_max_iter=40)
+    batched = fit_members(cfg, x, mask, y, members, tc)
+    for i in range(len(members)):
+        alone = fit_members(cfg, x, mask, y, one_member(members, i), tc)
+        assert int(alone.steps[0]) == int(batched.steps[i]), f"member {i}"
+        for name, value in alone.params.items():
+            torch.testing.assert_close(batched.params[name][i : i + 1], value, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["attention", "mean", "max"])
+def test_adamw_member_in_a_sweep_is_the_member_alone_for_every_decay(kind):
+    x, mask, y = needle_data(n=60, pos=6, d=16, k=3, seed=9)
+    cfg = ProbeConfig(kind=kind, d_model=16, n_heads=2 if kind == "attention" else 1, n_outputs=3)
+    n = x.shape[0]
+    base = grid(n, n_row_sets=2)
+    stop = ~base.train & (torch.arange(n) % 2 == 0)
+    members = Members(base.weight_decay, (0, 1) * 4, base.train, stop)
+    tc = TrainConfig(max_steps=60, eval_every=4, patience=2, batch_size=16, lr=2e-2)
+    order = torch.arange(n)
+    batched = fit_members(cfg, x, mask, y, members, tc, order_rows=order)
+    for i in range(len(members)):
+        alone = fit_members(cfg, x, mask, y, one_member(members, i), tc, order_rows=order)
+        assert int(alone.steps[0]) == int(batched.steps[i])
+        assert int(alone.best_step[0]) == int(batched.best_step[i])
+        for name, value in alone.params.items():
+            torch.testing.assert_close(batched.params[name][i : i + 1], value, rtol=1e-5, atol=1e-6)
+
+
+def test_lbfgs_single_member_matches_scikit_learn_multiclass():
+    x, mask, y = needle_data(n=90, pos=6, d=12, k=3, seed=10)
+    feats = MaxProbe.pool(x.masked_fill(~mask[..., None], 0), mask).double()
+    probe = fit(
+        MaxProbe(12, 3), x, mask, y, weight_decay=1e-2, train=TrainConfig(optimizer="lbfgs")
+    )
+    sk = LogisticRegression(C=1.0 / (90 * 1e-2), tol=1e-12, max_iter=100_000)
+    sk.fit(feats.numpy(), y.numpy())
+    ours = probe(x, mask).double().softmax(dim=1).detach().numpy()
+    assert np.abs(ours - sk.predict_proba(feats.numpy())).max() < 1e-4
+
+
+# -- the tokens a probe reads ---------------------------------------------------------------------
+
+
+def test_fit_reads_the_tokens_forward_reads_when_bos_is_excluded():
+    # A large constant first token (the BOS residual of models such as Gemma): a probe that
+    # excludes it must be trained on the same tokens its forward reads.
+    x, mask, y = needle_data(n=200, pos=10, d=16, seed=11)
+    x[:, 0] = 50.0
+    mask[:, 0] = True
+    tc = TrainConfig(optimizer="lbfgs")
+    cfg = ProbeConfig(kind="mean", d_model=16, exclude_bos=True)
+    probe = fit(MeanProbe(16, config=cfg), x, mask, y, weight_decay=1e-2, train=tc)
+    # the same fit on the features forward reads, given as an explicit mask to a probe that
+    # keeps every token
+    read = mask.clone()
+    read[:, 0] = False  # every sequence has at least 4 tokens, the first one at position 0
+    assert torch.equal(tokens_read(cfg, mask), read)
+    plain = fit(MeanProbe(16), x, read, y, weight_decay=1e-2, train=tc)
+    torch.testing.assert_close(probe(x, mask), plain(x, read), rtol=1e-5, atol=1e-5)
+    acc = float(((probe(x, mask)[:, 0] > 0).long() == y).float().mean())
+    assert acc > 0.85
+
+
+# -- a non-finite loss is an error naming the member ----------------------------------------------
+
+
+def test_adamw_member_that_diverges_is_named():
+    x, mask, y = needle_data(n=64, pos=6, d=8, seed=12)
+    members = Members(
+        weight_decay=torch.tensor([0.0, 30.0]),
+        seeds=(0, 0),
+        train=torch.ones(2, 64, dtype=torch.bool),
+        stop=torch.zeros(2, 64, dtype=torch.bool),
+    )
+    # decoupled decay with lr * wd = 30 multiplies the weights by -29 every step: overflow
+    tc = TrainConfig(max_steps=200, lr=1.0, early_stop_fraction=0.0)
+    cfg = ProbeConfig(kind="attention", d_model=8, n_heads=1)
+    with pytest.raises(FloatingPointError, match=r"member 1 \(weight decay 30\):"):
+        fit_members(cfg, x, mask, y, members, tc)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lbfgs"])
+def test_nan_activations_of_one_members_rows_name_that_member(optimizer):
+    x, mask, y = needle_data(n=64, pos=6, d=8, seed=13)
+    x[5, 0] = float("nan")
+    train = torch.ones(3, 64, dtype=torch.bool)
+    train[0, 5] = train[2, 5] = False  # only member 1 trains on row 5
+    members = Members(
+        weight_decay=torch.tensor([0.0, 1e-2, 1e-1]),
+        seeds=(0, 0, 0),
+        train=train,
+        stop=torch.zeros(3, 64, dtype=torch.bool),
+        index=(6, 7, 8),  # their numbers in a larger sweep
+    )
+    kind = "attention" if optimizer == "adamw" else "mean"
+    cfg = ProbeConfig(kind=kind, d_model=8)
+    tc = TrainConfig(optimizer=optimizer, max_steps=20, early_stop_fraction=0.0)
+    with pytest.raises(FloatingPointError, match=r"^member 7 \(weight decay 0.01\):"):
+        fit_members(cfg, x, mask, y, members, tc)

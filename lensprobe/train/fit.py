@@ -8,6 +8,13 @@ the same rows (with the same data order) ends, but the activations are read once
 
 Pooled probes (mean / last / max) pool every sequence once up front; after that a fit only sees
 ``(row, d_model)`` features.
+
+Masks passed in are the valid tokens of the input as captured; a fit reads the tokens
+:func:`~lensprobe.probes.base.tokens_read` selects for the probe's config (BOS left out when the
+config excludes it), the same rule the trained probe's ``forward`` applies.
+
+A non-finite loss is an error that names the member (index and weight decay), never a member
+silently returned untrained.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lensprobe.probes import Probe, ProbeConfig, probe_class
+from lensprobe.probes.base import tokens_read
 from lensprobe.probes.pooled import PooledProbe
 from lensprobe.train.config import TrainConfig
 
@@ -42,11 +50,15 @@ class Members:
     """Rows each member trains on."""
     stop: Bool[Tensor, "member batch"]
     """Rows each member early-stops on (AdamW); may be all False (no early stopping)."""
+    index: tuple[int, ...] | None = None
+    """Each member's number in its whole sweep, as errors name it (default ``0, 1, ...``)."""
 
     def __post_init__(self) -> None:
         m = self.weight_decay.shape[0]
         if len(self.seeds) != m or self.train.shape[0] != m or self.stop.shape != self.train.shape:
             raise ValueError("weight_decay, seeds, train and stop must agree on the member count")
+        if self.index is not None and len(self.index) != m:
+            raise ValueError(f"index names {len(self.index)} members, the sweep has {m}")
         if bool((self.train & self.stop).any()):
             raise ValueError("a member's early-stopping rows overlap its training rows")
         if not bool(self.train.any(dim=1).all()):
@@ -54,6 +66,21 @@ class Members:
 
     def __len__(self) -> int:
         return self.weight_decay.shape[0]
+
+    def select(self, i: int) -> Members:
+        """Member ``i`` alone, as a one-member sweep that keeps its number for errors."""
+        return Members(
+            weight_decay=self.weight_decay[i : i + 1],
+            seeds=self.seeds[i : i + 1],
+            train=self.train[i : i + 1],
+            stop=self.stop[i : i + 1],
+            index=(self.index[i] if self.index is not None else i,),
+        )
+
+    def describe(self, i: int) -> str:
+        """How errors name member ``i``: its number in the sweep and its weight decay."""
+        number = self.index[i] if self.index is not None else i
+        return f"member {number} (weight decay {float(self.weight_decay[i]):g})"
 
 
 @dataclass
@@ -84,7 +111,11 @@ def per_example_loss(
 
 
 def _member_mean(loss: Tensor, weight: Tensor) -> Tensor:
-    """Each member's mean loss over its rows (0 for a member with no row here)."""
+    """Each member's mean loss over its rows (0 for a member with no row here).
+
+    A row outside a member's set never reaches its mean, even with a non-finite loss.
+    """
+    loss = torch.where(weight > 0, loss, 0.0)
     return (loss * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
 
@@ -105,6 +136,7 @@ class _Data:
         self.cls = probe_class(config.kind)
         self.config = config
         self.pooled = issubclass(self.cls, PooledProbe)
+        mask = tokens_read(config, mask)  # the tokens the trained probe's forward reads
         self.x, self.mask, self.dtype, self.scale = x, mask, dtype, scale
         if self.pooled:
             # Pool in float32, a chunk of rows at a time; keep only (row, d_model) features.
@@ -166,7 +198,8 @@ def fit_members(
     Args:
         config: The probe every member is an instance of.
         x: Padded activations of all rows any member uses.
-        mask: Valid tokens of ``x``.
+        mask: Valid tokens of ``x`` as captured; the fit reads the tokens
+            :func:`~lensprobe.probes.base.tokens_read` selects for ``config``.
         labels: Class of each row.
         members: Per-member weight decay, seed, training and early-stopping rows.
         train: Optimisation settings (AdamW or L-BFGS).
@@ -182,13 +215,16 @@ def fit_members(
 
     Returns:
         The parameters (best early-stopping step per member for AdamW) and per-member counts.
+
+    Raises:
+        FloatingPointError: A member's loss became NaN or infinite (the error names it).
     """
     train = train or TrainConfig()
     device = x.device
     cls = probe_class(config.kind)
-    # L-BFGS on pooled features is cheap; float64 keeps its line search well behaved.
-    lbfgs_pooled = train.optimizer == "lbfgs" and issubclass(cls, PooledProbe)
-    dtype = torch.float64 if lbfgs_pooled else torch.float32
+    # L-BFGS runs in float64: its line search and stopping tests compare objective values that
+    # differ in the last float32 digits near the end, where rounding would decide the result.
+    dtype = torch.float64 if train.optimizer == "lbfgs" else torch.float32
     data = _Data(config, x, mask, dtype, input_scale)
     labels = labels.to(device)
     start = init if init is not None else cls.init_members(config, list(members.seeds))
@@ -199,7 +235,7 @@ def fit_members(
     wd = members.weight_decay.to(device=device, dtype=dtype)
     train_w = members.train.to(device=device, dtype=dtype)
     if train.optimizer == "lbfgs":
-        return _fit_lbfgs(cls, data, params, labels, train_w, wd, train, on_step)
+        return _fit_lbfgs(cls, data, params, labels, train_w, members, train, on_step)
     stop_w = members.stop.to(device=device, dtype=dtype)
     if order_rows is None:
         order_rows = members.train.any(dim=0).nonzero().flatten()
@@ -211,11 +247,160 @@ def fit_members(
         train_w,
         stop_w,
         wd,
+        members,
         train,
         order_rows.to(device),
         eval_batch_size,
         on_step,
     )
+
+
+_HISTORY = 20
+"""L-BFGS: curvature pairs each member keeps."""
+_ARMIJO = 1e-4
+"""L-BFGS: sufficient-decrease constant of the backtracking line search."""
+_MAX_BACKTRACKS = 40
+"""L-BFGS: step halvings (at least) before a member's line search gives up."""
+_TOLERANCE_CHANGE = 1e-12
+"""L-BFGS: a member stops when its objective or its largest parameter step changes less."""
+
+
+class _Objective:
+    """Each member's full-batch objective on flat parameters ``(member, n_params)``.
+
+    The objective of member ``i`` is its mean training loss plus ``wd_i / 2 * ||W_i||^2``. It
+    depends on member ``i``'s parameters, rows and decay only, so any subset of members can be
+    evaluated together and gets the values it would get alone.
+
+    Pooled probes are solved centred: member ``i`` reads ``features - center_i`` (the mean of its
+    own training rows), which is the bias reparameterisation ``b' = b + center_i @ W``. The bias is
+    not decayed, so the optimum is the same; pooled residuals share a large common direction, and
+    without centring L-BFGS crawls along it.
+    """
+
+    def __init__(
+        self,
+        cls: type[Probe],
+        data: _Data,
+        labels: Tensor,
+        train_w: Tensor,
+        wd: Tensor,
+        shapes: dict[str, tuple[int, ...]],
+    ):
+        self.cls, self.data, self.wd, self.shapes = cls, data, wd, shapes
+        self.rows = train_w.bool().any(dim=0).nonzero().flatten()
+        w = train_w[:, self.rows]
+        self.share = w / w.sum(dim=1, keepdim=True)  # each row's share of its member's mean
+        self.labels = labels[self.rows]
+        self.features = self.center = None
+        if data.pooled:
+            self.features = data.features[self.rows]
+            # (nan_to_num: a NaN row of one member must not reach the others' centres)
+            self.center = self.share @ self.features.nan_to_num()
+        self.sizes = [math.prod(s) for s in shapes.values()]
+
+    def flatten(self, params: dict[str, Tensor]) -> Tensor:
+        """Stacked parameters (read raw inputs) as flat centred ones ``(member, n_params)``."""
+        params = dict(params)
+        if self.center is not None:
+            params["bias"] = params["bias"] + einsum(
+                self.center, params["weight"], "m d, m d c -> m c"
+            )
+        m = next(iter(params.values())).shape[0]
+        return torch.cat([params[k].reshape(m, -1) for k in self.shapes], dim=1)
+
+    def unflatten(
+        self, theta: Tensor, idx: Tensor | None = None, *, raw: bool = False
+    ) -> dict[str, Tensor]:
+        """Flat parameters as a dict; with ``raw``, the bias converted back to read raw inputs."""
+        parts = theta.split(self.sizes, dim=1)
+        params = {
+            k: p.reshape(-1, *s) for (k, s), p in zip(self.shapes.items(), parts, strict=True)
+        }
+        if raw and self.center is not None:
+            center = self.center if idx is None else self.center[idx]
+            params["bias"] = params["bias"] - einsum(center, params["weight"], "m d, m d c -> m c")
+        return params
+
+    def __call__(self, theta: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Objective ``(k,)`` and gradient ``(k, n_params)`` of members ``idx`` at ``theta``."""
+        with torch.enable_grad():
+            theta = theta.detach().requires_grad_(True)
+            params = self.unflatten(theta)
+            if self.features is not None:
+                bias = params["bias"] - einsum(
+                    self.center[idx], params["weight"], "m d, m d c -> m c"
+                )
+                logits = self.cls.linear_members(  # type: ignore[attr-defined]
+                    {"weight": params["weight"], "bias": bias}, self.features
+                )
+            else:
+                logits = self.data.logits(params, self.rows)
+            loss = per_example_loss(logits, self.labels)
+            share = self.share[idx]
+            loss = torch.where(share > 0, loss, 0.0) * share  # other members' rows never count
+            f = loss.sum(dim=1) + _decay_penalty(self.cls, params, self.wd[idx])
+            (g,) = torch.autograd.grad(f.sum(), theta)
+        return f.detach(), g
+
+
+def _nonfinite_error(members: Members, bad: Tensor, what: str) -> FloatingPointError:
+    """The error for members whose ``what`` became NaN/inf (``bad``: a flag per member)."""
+    which = bad.nonzero().flatten().tolist()
+    others = f" and {len(which) - 1} other member(s)" if len(which) > 1 else ""
+    return FloatingPointError(
+        f"{members.describe(which[0])}{others}: non-finite {what}; check the activations for "
+        "NaN/inf values (or lower the learning rate / weight decay)"
+    )
+
+
+def _armijo(
+    objective: _Objective,
+    x: Tensor,
+    f0: Tensor,
+    g0: Tensor,
+    d: Tensor,
+    t: Tensor,
+    idx: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backtracking line search along ``d``, each member with its own step.
+
+    Each member starts at its step ``t`` and backtracks (to the minimiser of the quadratic through
+    its objective, slope and trial value, kept within ``[t/10, t/2]``) until the sufficient
+    decrease ``f(x + t d) <= f(x) + c t g.d`` holds. A non-finite trial value counts as too long.
+
+    Returns:
+        Per member the accepted step, objective and gradient there, and whether it failed.
+    """
+    gd = (g0 * d).sum(dim=1)
+    f, g = f0.clone(), g0.clone()
+    t = t.clone()
+    searching = torch.ones_like(f0, dtype=torch.bool)
+    for _ in range(_MAX_BACKTRACKS):
+        s = None if bool(searching.all()) else searching.nonzero().flatten()
+        if s is None:
+            ft, gt = objective(x + t[:, None] * d, idx)
+            f0s, gds, ts = f0, gd, t
+        else:
+            ft, gt = objective(x[s] + t[s, None] * d[s], idx[s])
+            f0s, gds, ts = f0[s], gd[s], t[s]
+        ok = ft <= f0s + _ARMIJO * ts * gds  # False for NaN
+        quad = -gds * ts * ts / (2 * (ft - f0s - gds * ts))
+        quad = torch.where(torch.isfinite(quad), quad, 0.5 * ts)
+        shorter = torch.minimum(torch.maximum(quad, 0.1 * ts), 0.5 * ts)
+        if s is None:
+            f = torch.where(ok, ft, f)
+            g = torch.where(ok[:, None], gt, g)
+            t = torch.where(ok, t, shorter)
+            searching = ~ok
+        else:
+            f[s] = torch.where(ok, ft, f0s)
+            g[s] = torch.where(ok[:, None], gt, g[s])
+            t[s] = torch.where(ok, ts, shorter)
+            searching[s] = ~ok
+        if not bool(searching.any()):
+            break
+    return t, f, g, searching
 
 
 def _fit_lbfgs(
@@ -224,59 +409,108 @@ def _fit_lbfgs(
     params: dict[str, Tensor],
     labels: Tensor,
     train_w: Tensor,
-    wd: Tensor,
+    members: Members,
     train: TrainConfig,
     on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """Full-batch L-BFGS on the sum of the members' objectives.
+    """Full-batch L-BFGS in which every member is its own optimisation.
 
-    The members' objectives are independent, so their sum is minimised exactly where each one is
-    (the objective is strictly convex for pooled probes with weight decay > 0). Pooled features
-    are centred for the solve and the bias converted back, which leaves the optimum unchanged.
+    The members share only the arithmetic: each has its own curvature history, its own line
+    search step (backtracking with sufficient decrease) and its own stopping test, so a member
+    takes the same iterations and ends at the same point as when it is trained alone. A member
+    stops when its largest gradient entry is at most ``lbfgs_tolerance``, when its objective or
+    its step changes by less than 1e-12, when its line search finds no decrease, or after
+    ``lbfgs_max_iter`` iterations. Stopped members leave the computation.
     """
-    rows = train_w.bool().any(dim=0).nonzero().flatten()
-    w = train_w[:, rows]
-    center = None
-    if data.pooled:
-        # Centre the pooled features: pooled residuals share a large common direction, which
-        # makes the problem badly conditioned. The bias is not decayed, so this is an exact
-        # reparameterisation (same optimum, read back below); L-BFGS converges far faster.
-        center = data.features[rows].mean(dim=0)
-        data.features = data.features - center
-        with torch.no_grad():
-            params["bias"] += einsum(params["weight"], center, "m d c, d -> m c")
-    opt = torch.optim.LBFGS(
-        list(params.values()),
-        lr=1.0,
-        max_iter=train.lbfgs_max_iter,
-        history_size=20,
-        tolerance_grad=train.lbfgs_tolerance,
-        tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
+    shapes = {k: tuple(v.shape[1:]) for k, v in params.items()}
+    wd = members.weight_decay.to(device=train_w.device, dtype=train_w.dtype)
+    objective = _Objective(cls, data, labels, train_w, wd, shapes)
+    with torch.no_grad():
+        x = objective.flatten({k: v.detach() for k, v in params.items()})
+    m = x.shape[0]
+    ids = torch.arange(m, device=x.device)
+    f, g = objective(x, ids)
+    for bad, what in ((~torch.isfinite(f), "loss"), (~torch.isfinite(g).all(dim=1), "gradient")):
+        if bool(bad.any()):
+            raise _nonfinite_error(members, bad.cpu(), f"training {what} at the starting point")
+    out = x.clone()
+    iters = torch.zeros(m, dtype=torch.long, device=x.device)
+    tol = train.lbfgs_tolerance
+    eps = torch.finfo(x.dtype).eps
+    history = torch.zeros(2, _HISTORY, m, x.shape[1], dtype=x.dtype, device=x.device)
+    rho = torch.zeros(_HISTORY, m, dtype=x.dtype, device=x.device)
+    gamma = torch.ones(m, dtype=x.dtype, device=x.device)
+    live = g.abs().amax(dim=1) > tol
+    step = 0
+    if on_step is not None:
+        on_step(0)
+    while True:
+        if not bool(live.all()):  # drop stopped members from every live tensor
+            out[ids[~live]] = x[~live]
+            ids, x, f, g = ids[live], x[live], f[live], g[live]
+            history, rho, gamma = history[:, :, live], rho[:, live], gamma[live]
+        if ids.numel() == 0 or step >= train.lbfgs_max_iter:
+            break
+        # Two-loop recursion over this member's last pairs (a skipped pair has rho 0: a no-op).
+        q = -g
+        alphas = []
+        for h in range(min(step, _HISTORY)):
+            j = (step - 1 - h) % _HISTORY
+            alpha = rho[j] * (history[0, j] * q).sum(dim=1)
+            q = q - alpha[:, None] * history[1, j]
+            alphas.append((j, alpha))
+        d = q * gamma[:, None]
+        for j, alpha in reversed(alphas):
+            beta = rho[j] * (history[1, j] * d).sum(dim=1)
+            d = d + (alpha - beta)[:, None] * history[0, j]
+        descent = (g * d).sum(dim=1) < 0
+        d = torch.where(descent[:, None], d, -g)
+        t = torch.ones_like(f)
+        if step == 0:  # no curvature yet: a first step of length at most 1 in the L1 norm
+            t = (1.0 / g.abs().sum(dim=1)).clamp(max=1.0)
+        t, f_new, g_new, failed = _armijo(objective, x, f, g, d, t, ids)
+        bad = ~failed & ~torch.isfinite(g_new).all(dim=1)
+        if bool(bad.any()):
+            flags = torch.zeros(m, dtype=torch.bool)
+            flags[ids[bad].cpu()] = True
+            raise _nonfinite_error(members, flags, f"gradient at L-BFGS iteration {step + 1}")
+        s = torch.where(failed[:, None], 0.0, t[:, None] * d)
+        y = g_new - g
+        sy, yy = (s * y).sum(dim=1), (y * y).sum(dim=1)
+        good = ~failed & (sy > eps * (s.norm(dim=1) * y.norm(dim=1)))
+        j = step % _HISTORY
+        history[0, j], history[1, j] = s, y
+        rho[j] = torch.where(good, 1.0 / torch.where(good, sy, 1.0), 0.0)
+        gamma = torch.where(good, sy / torch.where(good, yy, 1.0), gamma)
+        step += 1
+        iters[ids] = step
+        stop = (
+            failed
+            | (g_new.abs().amax(dim=1) <= tol)
+            | ((f_new - f).abs() < _TOLERANCE_CHANGE)
+            | (s.abs().amax(dim=1) <= _TOLERANCE_CHANGE)
+        )
+        x, f, g = x + s, f_new, g_new
+        live = ~stop
         if on_step is not None:
-            on_step(int(opt.state[opt._params[0]].get("n_iter", 0)))
-        opt.zero_grad()
-        loss = per_example_loss(data.logits(params, rows), labels[rows])
-        objective = (_member_mean(loss, w) + _decay_penalty(cls, params, wd)).sum()
-        objective.backward()
-        return objective
-
-    opt.step(closure)
-    if center is not None:
-        with torch.no_grad():
-            params["bias"] -= einsum(params["weight"], center, "m d c, d -> m c")
-    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
-    m = wd.shape[0]
-    iters = torch.full((m,), n_iter, dtype=torch.long)
+            on_step(step)
+    out[ids] = x
+    m_params = objective.unflatten(out, raw=True)
+    logger.debug("L-BFGS fit: %d members, iterations %s", m, iters.tolist())
     return FitResult(
-        params={k: v.detach() for k, v in params.items()},
-        steps=iters,
-        best_step=iters.clone(),
+        params={k: v.detach().contiguous() for k, v in m_params.items()},
+        steps=iters.cpu(),
+        best_step=iters.cpu().clone(),
         stop_loss=torch.full((m,), float("nan")),
     )
+
+
+def _raise_if_bad(members: Members, bad_step: Tensor) -> None:
+    """Raise for the member(s) whose training loss went NaN/inf first (``bad_step`` >= 0)."""
+    went = bad_step >= 0
+    if bool(went.any()):
+        first = int(bad_step[went].min())
+        raise _nonfinite_error(members, (bad_step == first).cpu(), f"training loss at step {first}")
 
 
 @torch.no_grad()
@@ -288,7 +522,8 @@ def _stop_losses(
     for start in range(0, rows.numel(), batch):
         r = rows[start : start + batch]
         loss = per_example_loss(data.logits(params, r), labels[r])
-        total += (loss * stop_w[:, r]).sum(dim=1)
+        w = stop_w[:, r]
+        total += (torch.where(w > 0, loss, 0.0) * w).sum(dim=1)
     return total / stop_w.sum(dim=1).clamp_min(1.0)
 
 
@@ -300,6 +535,7 @@ def _fit_adamw(
     train_w: Tensor,
     stop_w: Tensor,
     wd: Tensor,
+    members: Members,
     train: TrainConfig,
     order_rows: Tensor,
     eval_batch_size: int,
@@ -311,6 +547,10 @@ def _fit_adamw(
     ``eval_every`` steps since the last evaluation. A member whose loss has not dropped by more
     than ``min_delta`` for ``patience`` evaluations is finished: its best parameters are frozen, it is no longer computed,
     and the fit ends when every member is finished (or after ``max_steps``).
+
+    A member whose training loss on a minibatch or whose early-stopping loss is NaN/inf is an
+    error naming it (checked at each evaluation and at the end, so the loop never waits on the
+    device for it).
     """
     m = wd.shape[0]
     device = wd.device
@@ -324,6 +564,8 @@ def _fit_adamw(
     steps = torch.zeros(m, dtype=torch.long, device=device)
     bad = torch.zeros(m, dtype=torch.long, device=device)
     active = torch.ones(m, dtype=torch.bool, device=device)
+    # first step at which each member's training loss was NaN/inf (-1: never)
+    bad_step = torch.full((m,), -1, dtype=torch.long, device=device)
     decay = set(cls.decay_params)
     step = last_eval = 0
 
@@ -345,7 +587,12 @@ def _fit_adamw(
                 w = train_w[live][:, rows]
                 live_params = {k: v[live] for k, v in params.items()}
                 loss = per_example_loss(data.logits(live_params, rows), labels[rows])
-            _member_mean(loss, w).sum().backward()
+            member_loss = _member_mean(loss, w)
+            went_bad = ~torch.isfinite(member_loss.detach())
+            if live is not None:
+                went_bad = torch.zeros_like(active).index_put_((live,), went_bad)
+            bad_step = torch.where(went_bad & (bad_step < 0), step + 1, bad_step)
+            member_loss.sum().backward()
             with torch.no_grad():  # decoupled weight decay, per member
                 for name in decay:
                     p = params[name]
@@ -358,11 +605,16 @@ def _fit_adamw(
         if not early_stop or (step - last_eval < train.eval_every and step < train.max_steps):
             continue
         last_eval = step
+        _raise_if_bad(members, bad_step)
         losses = torch.full_like(best_loss, float("inf"))
         idx = active.nonzero().flatten()
         losses[idx] = _stop_losses(
             data, {k: v[idx] for k, v in params.items()}, labels, stop_w[idx], eval_batch_size
         )
+        if not bool(torch.isfinite(losses[idx]).all()):
+            bad = torch.zeros(m, dtype=torch.bool)
+            bad[idx.cpu()] = ~torch.isfinite(losses[idx]).cpu()
+            raise _nonfinite_error(members, bad, f"early-stopping loss at step {step}")
         improved = active & (losses < best_loss)  # keep the best parameters seen
         best_loss = torch.where(improved, losses, best_loss)
         best_step = torch.where(improved, step, best_step)
@@ -373,6 +625,7 @@ def _fit_adamw(
         ref_loss = torch.where(progressed, losses, ref_loss)
         bad = torch.where(progressed, 0, bad + 1)
         active &= bad < train.patience
+    _raise_if_bad(members, bad_step)
     if not early_stop:
         best = {k: v.detach() for k, v in params.items()}
         best_step = steps.clone()
