@@ -89,17 +89,32 @@ class ForwardInfo:
         return torch.arange(self.mask.shape[1], device=self.mask.device) + self.past
 
 
-def _cache_length(past_key_values: Any, cache_position: Any) -> int | None:
-    """Tokens in a KV cache before a forward, or ``None`` when the call says nothing about it."""
-    if past_key_values is not None:
-        if hasattr(past_key_values, "get_seq_length"):
-            return int(past_key_values.get_seq_length())
+_CACHE_ARGS = ("cache", "past_key_values", "past_key_value")
+"""Names a Hugging Face forward has given its KV cache: ``cache`` (transformers >= 5.2x, which
+deprecates the older ``past_key_values``) and the older spellings."""
+
+
+def _cache_length(call: dict[str, Any]) -> int | None:
+    """Tokens in the KV cache before a forward, or ``None`` when the call says nothing about it.
+
+    ``call`` is the forward's bound arguments. The cache is read wherever this transformers
+    version passes it (:data:`_CACHE_ARGS`); a ``Cache`` object tells its length, a legacy tuple
+    of per-layer ``(key, value)`` tensors its key length, and ``cache_position`` (older versions)
+    its first position.
+    """
+    for name in _CACHE_ARGS:
+        cache = call.get(name)
+        if cache is None:
+            continue
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
         try:  # legacy tuple of (key, value) per layer
-            return int(past_key_values[0][0].shape[-2])
-        except (TypeError, IndexError, AttributeError):
-            pass
-    if isinstance(cache_position, Tensor) and cache_position.numel():
-        return int(cache_position.flatten()[0])
+            return int(cache[0][0].shape[-2])
+        except (TypeError, IndexError, AttributeError, KeyError):
+            continue
+    position = call.get("cache_position")
+    if isinstance(position, Tensor) and position.numel():
+        return int(position.flatten()[0])
     return None
 
 
@@ -171,7 +186,7 @@ class _InputTracker:
             self.current = None
             return
         batch, new = int(ref.shape[0]), int(ref.shape[1])
-        cached = _cache_length(call.get("past_key_values"), call.get("cache_position"))
+        cached = _cache_length(call)
         mask = call.get("attention_mask")
         if (
             isinstance(mask, Tensor)
@@ -180,7 +195,16 @@ class _InputTracker:
             and mask.shape[1] >= new
         ):
             # An HF mask spans the cached prefix and the new tokens.
-            past = cached if cached is not None else int(mask.shape[1]) - new
+            prefix = int(mask.shape[1]) - new
+            if cached == 0 and prefix > 0:
+                raise RuntimeError(
+                    f"the model was given an attention mask over {prefix} earlier tokens but an "
+                    "empty KV cache: its cache was lost between generation steps, so the model "
+                    "and the readout see no context (TransformerLens <= 4.3 bridges do this on "
+                    "transformers >= 5.24); generate with use_past_kv_cache=False, or install "
+                    "transformers<5.24"
+                )
+            past = cached if cached is not None else prefix
             valid = mask[:, mask.shape[1] - new :].bool()
         else:
             past = cached or 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import pytest
 import torch
@@ -141,6 +142,89 @@ def test_generate_gives_the_running_prediction_over_the_prefix(tiny_gemma3, tiny
             expected = probe(acts[:, :width], mask[:, :width])
         torch.testing.assert_close(step.logits, expected, atol=1e-4, rtol=1e-4)
     assert readout.history().shape == (new, 3, 1)
+
+
+def _bridge_loses_its_cache() -> bool:
+    """TransformerLens <= 4.3 bridges read a model output's ``past_key_values``, which
+    transformers 5.24 renamed ``cache``: their cached generation then runs without context."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "past_key_values" not in CausalLMOutputWithPast.__dataclass_fields__
+
+
+def _generate(model, backend: str, text: str, new: int, use_cache: bool) -> torch.Tensor:
+    """Greedy generation of ``new`` tokens after ``text`` the way each backend's users do it;
+    returns the whole sequence's token ids ``(1, prompt + new)``."""
+    with torch.no_grad():
+        if backend == "transformer_lens":
+            return model.generate(
+                text,
+                max_new_tokens=new,
+                do_sample=False,
+                verbose=False,
+                use_past_kv_cache=use_cache,
+                return_type="tokens",
+            )
+        ids = model.tokenizer([text], return_tensors="pt")["input_ids"]
+        kwargs = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False}
+        if backend == "nnsight":
+            with model.generate(ids, use_cache=use_cache, **kwargs) as tracer:
+                out = tracer.result.save()
+            return out
+        return model.generate(input_ids=ids, use_cache=use_cache, **kwargs)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["kv_cache", "no_cache"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generate_steps_read_the_text_so_far(tiny_gemma3, backend, use_cache):
+    """Step k of a live readout during ``generate`` reads the prompt and the k tokens generated
+    before it, at their positions, and equals the probe on a fresh forward of that text."""
+    model = tiny_gemma3(backend)
+    probe = random_probe("attention", n_outputs=3)
+    text, new = "the cat sat on the mat", 3
+    if backend == "transformer_lens" and use_cache and _bridge_loses_its_cache():
+        with attach(model, probe), pytest.raises(RuntimeError, match="cache was lost"):
+            _generate(model, backend, text, new, use_cache)
+        return
+    with attach(model, probe) as readout:
+        out = _generate(model, backend, text, new, use_cache)
+    prompt = out.shape[1] - new
+    widths = [prompt + k for k in range(len(readout.steps))]
+    assert len(readout.steps) == new
+    assert [s.mask.shape[1] for s in readout.steps] == widths
+    # with a cache, each step after the first computes one new token after the cached rest
+    assert [s.past for s in readout.steps] == (
+        [0] + [w - 1 for w in widths[1:]] if use_cache else [0] * new
+    )
+    assert all(bool(s.mask.all()) for s in readout.steps)
+    # the reference: one uncached forward of the whole generated text through plain HF
+    ref_model = tiny_gemma3("hf")
+    with attach(ref_model, probe) as ref, torch.no_grad():
+        ref_model(input_ids=out, use_cache=False)
+    for step, width in zip(readout.steps, widths, strict=True):
+        expected = probe(ref.activations[:, :width], ref.mask[:, :width]).detach()
+        torch.testing.assert_close(step.logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_lost_kv_cache_is_an_error_not_a_silent_reset(tiny_gemma3):
+    """A forward given a mask over earlier tokens but an empty KV cache computes without context
+    (TransformerLens 4.3 bridges on transformers 5.24 lose their cache this way): the readout
+    says so instead of reading the step as a new one-token sequence."""
+    from transformers import DynamicCache
+
+    model = tiny_gemma3("hf")
+    ids = model.tokenizer(["the cat sat"], return_tensors="pt")["input_ids"]
+    params = inspect.signature(type(model).forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    probe = random_probe("mean")
+    with attach(model, probe), torch.no_grad():
+        with pytest.raises(RuntimeError, match="cache was lost between generation steps"):
+            model(
+                input_ids=ids[:, -1:],
+                attention_mask=torch.ones_like(ids),
+                **{name: DynamicCache(config=model.config)},
+                use_cache=True,
+            )
 
 
 def test_bridge_generate_with_kv_cache(tiny_gemma3):
