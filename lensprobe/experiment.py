@@ -90,7 +90,11 @@ class GridRow:
     """Further columns (e.g. attention entropy / uniform)."""
 
     def record(self) -> dict[str, Any]:
-        """A flat, JSON-ready row: identifiers, test metrics, chosen decay, sizes, seconds."""
+        """A flat, JSON-ready row: identifiers, test metrics, chosen decay, sizes, seconds.
+
+        With several seeds, also the accuracy's standard deviation and 95% t-interval over
+        seeds (``accuracy_std``, ``accuracy_low``, ``accuracy_high``).
+        """
         r = self.result
         row: dict[str, Any] = {"dataset": self.dataset, "hook": self.hook, "probe": self.probe}
         row.update({k: _round(v) for k, v in r.metrics.items()})
@@ -101,6 +105,13 @@ class GridRow:
             seeds=len(r.metrics_per_seed),
             seconds=round(r.seconds, 2),
         )
+        if len(r.runs) > 1:  # several splits: the spread and t-interval of the accuracy
+            acc = r.summary["accuracy"]
+            row.update(
+                accuracy_std=_round(acc.std),
+                accuracy_low=_round(acc.low),
+                accuracy_high=_round(acc.high),
+            )
         row.update({k: _round(v) if isinstance(v, float) else v for k, v in self.extra.items()})
         return row
 
@@ -154,9 +165,12 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("hook", "hook", "s"),
     ("probe", "probe", "s"),
     ("accuracy", "acc", ".3f"),
+    ("accuracy_low", "acc 95% low", ".3f"),
+    ("accuracy_high", "high", ".3f"),
     ("auroc", "auroc", ".3f"),
     ("entropy_ratio", "H/H_unif", ".2f"),
     ("weight_decay", "wd", "g"),
+    ("n_test", "n_test", "d"),
     ("seconds", "s", ".1f"),
 )
 """(record key, header, format) of the plain-text results table."""

@@ -146,3 +146,19 @@ def test_compare_refuses_results_whose_splits_differ():
     x, mask, y = needle()
     with pytest.raises(InputError, match="different train/test rows or test labels"):
         lp.compare(base, run("last", seeds=(0, 1), data=(x, mask, 1 - y)))
+
+
+def test_grid_records_and_table_carry_the_interval_and_n_test():
+    from lensprobe.experiment import GridRow, format_table
+
+    several = GridRow(dataset="d", hook="h", probe="max", result=run("max")).record()
+    est = run("max").summary["accuracy"]
+    assert several["n_test"] == 20 and several["seeds"] == 3
+    assert (several["accuracy_low"], several["accuracy_high"]) == (
+        pytest.approx(est.low, abs=1e-5),
+        pytest.approx(est.high, abs=1e-5),
+    )
+    one = GridRow(dataset="d", hook="h", probe="max", result=run("max", seeds=(0,))).record()
+    assert "accuracy_low" not in one  # one split: no t-interval (res.bootstrap gives one)
+    table = format_table([several, one])
+    assert "acc 95% low" in table and "n_test" in table.splitlines()[0]

@@ -3,14 +3,15 @@
 1. Stratified split of the sequences into a training part and a test part (80/20).
 2. Stratified K folds (5) of the training part. For every weight decay of the grid and every
    fold, a member trains on the other folds and is scored on its own fold.
-3. For every weight decay, one more member trains on the whole training part (the refit).
+3. For every weight decay, one more member trains on the training part (the refit): all of it
+   with L-BFGS; with AdamW all but the early-stopping slice (below), which no member trains on.
 4. The weight decay with the best mean CV score is chosen; its refit member is the result, scored
    on the test part.
 
 Each seed repeats all four steps on its own split (repeated random splits), so the spread of the
 test metrics over seeds is a real estimate of their variability; :class:`ProtocolResult` reports
-the mean, standard deviation and a t-interval of each metric, and :func:`compare` pairs two probe
-kinds run on the same splits.
+the mean, standard deviation and a t-interval of each metric, and
+:func:`lensprobe.train.compare.compare` pairs two probe kinds run on the same splits.
 
 All members of a seed (decays x (folds + refit)) are trained as one batched model that reads each
 minibatch once (``execution="batched"``); ``execution="sequential"`` trains the same members one at
