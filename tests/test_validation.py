@@ -145,3 +145,18 @@ def test_unusable_labels_are_named_errors(no_compute, labels, match):
     x, mask, _ = separable()
     with pytest.raises(InputError, match=match):
         lp.run_protocol(x, labels, mask=mask, probe="mean")
+
+
+def test_fit_checks_its_input_before_training():
+    x, mask, y = separable()
+    probe = lp.MeanProbe(d_model=x.shape[-1])
+    bad = x.clone()
+    bad[5, 3, 0] = float("nan")
+    with pytest.raises(InputError, match=r"\(row 5, pos 3\)"):
+        lp.fit(probe, bad, mask, y)
+    empty = mask.clone()
+    empty[8] = False
+    with pytest.raises(InputError, match=r"row\(s\) 8 of 60 have no valid token"):
+        lp.fit(probe, x, empty, y)
+    with pytest.raises(InputError, match=r"class ids 0\.\.1 for this probe .* got 1\.\.2"):
+        lp.fit(probe, x, mask, y + 1)  # a one-logit probe has classes 0 and 1 only

@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from lensprobe.errors import InputError
+
 _SHOW = 5
 """How many offending rows / positions an error lists."""
 
@@ -26,7 +28,7 @@ def _first(items: Sequence[Any], total: int) -> str:
 
 
 def check_activations(x: Any, mask: Any) -> None:
-    """Raise a named error for activations or a mask no probe can train on.
+    """Raise a named :class:`~lensprobe.errors.InputError` for input no probe can train on.
 
     ``x`` should be ``Float[Tensor, "batch pos d_model"]`` and ``mask`` ``Bool[Tensor, "batch
     pos"]``; this is the function that says so, so it takes anything.
@@ -37,34 +39,34 @@ def check_activations(x: Any, mask: Any) -> None:
     a time, so it never holds a second copy of a large capture.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"activations must be a torch.Tensor, got {type(x).__name__}")
+        raise InputError(f"activations must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"expected activations (batch, pos, d_model), got shape {tuple(x.shape)}; add a batch "
             "dimension with x[None] for one sequence"
         )
     if x.numel() == 0:
-        raise ValueError(
+        raise InputError(
             f"the activations are empty (shape {tuple(x.shape)}): pass at least one sequence "
             "with at least one token and a non-zero width"
         )
     if not x.dtype.is_floating_point:
-        raise TypeError(f"activations must be floating point, got {x.dtype}: pass x.float()")
+        raise InputError(f"activations must be floating point, got {x.dtype}: pass x.float()")
     if not isinstance(mask, Tensor):
-        raise TypeError(f"mask must be a bool torch.Tensor, got {type(mask).__name__}")
+        raise InputError(f"mask must be a bool torch.Tensor, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
-        raise TypeError(
+        raise InputError(
             f"mask must be a bool tensor (True = valid token), got {mask.dtype}: pass mask.bool() "
             "(or mask != 0)"
         )
     if tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(
+        raise InputError(
             f"mask shape {tuple(mask.shape)} does not match the activations' (batch, pos) "
             f"{tuple(x.shape[:2])}: pass the mask that was padded with these activations"
         )
     empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(
+        raise InputError(
             f"row(s) {_first(empty, len(empty))} of {x.shape[0]} have no valid token: drop them "
             "(x[keep], mask[keep], labels[keep]) or fix the mask"
         )
@@ -81,7 +83,7 @@ def check_activations(x: Any, mask: Any) -> None:
             bad_rows += sorted({start + r for r, _ in where})
     if n_bad:
         tokens = ", ".join(f"(row {r}, pos {p})" for r, p in bad_tokens[:_SHOW])
-        raise ValueError(
+        raise InputError(
             f"the activations are NaN or inf at {n_bad} valid token(s), e.g. {tokens}; rows "
             f"{_first(bad_rows, len(bad_rows))}: drop those rows, or recapture (a float16 "
             "capture overflows: use bfloat16 or float32)"

@@ -703,12 +703,22 @@ def fit(
     Returns:
         The trained probe, in eval mode, on ``x``'s device.
     """
+    from lensprobe.errors import InputError
+    from lensprobe.train.checks import check_activations
     from lensprobe.train.split import stratified_split
 
     train = train or TrainConfig()
+    check_activations(x, mask)  # empty, wrong mask, rows without tokens, NaN/inf: named errors
     n = x.shape[0]
     if labels.shape[0] != n:
-        raise ValueError(f"{labels.shape[0]} labels for {n} sequences")
+        raise InputError(f"{labels.shape[0]} labels for {n} sequences: pass one label per sequence")
+    k = probe.config.n_classes
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise InputError(
+            f"labels must be class ids 0..{k - 1} for this probe ({probe.config.n_outputs} "
+            f"output(s)), got {int(labels.min())}..{int(labels.max())}: map them to 0..k-1 first "
+            "(lp.run_protocol maps any labels for you)"
+        )
     train_rows = torch.ones(n, dtype=torch.bool)
     stop_rows = torch.zeros(n, dtype=torch.bool)
     if train.optimizer == "adamw" and train.early_stop_fraction > 0:
