@@ -347,6 +347,19 @@ def check_store_target(
         _check_same_capture(path, old.get("fingerprint") or {}, fingerprint, partial=True)
 
 
+def stored_shard_tokens(path: str | os.PathLike[str]) -> int | None:
+    """The shard size a capture recorded in the store at ``path`` (None when there is none).
+
+    A capture that resumes with the default size keeps the size the store was started with.
+    """
+    try:
+        fingerprint = _read_manifest(Path(path)).get("fingerprint") or {}
+    except (OSError, StoreError):
+        return None
+    value = fingerprint.get("shard_tokens")
+    return value if _is_int(value) and value > 0 else None
+
+
 def _check_same_capture(
     path: Path, old: Mapping[str, Any], new: Mapping[str, Any], *, partial: bool = False
 ) -> None:

@@ -661,3 +661,17 @@ def test_any_hooked_root_module(tiny_gemma3):
     torch.testing.assert_close(res["hook_mixed"].sequence(1), want)
     with pytest.raises(UnknownHookError, match="hook_mixed"):
         capture(toy, texts, "hook_mixd", tokenizer=tok, progress=False)
+
+
+def test_default_shard_size_resumes_a_store_started_with_another(tiny_gemma3, tiny_texts, tmp_path):
+    """A store begun with an explicit (or an older default) shard size resumes with the default."""
+    model = tiny_gemma3("hf")
+    kw = {"dtype": torch.float32, "progress": False}
+    first = capture(
+        model, tiny_texts, "blocks.1.hook_resid_post", out=tmp_path / "s", shard_tokens=9, **kw
+    )
+    again = capture(model, tiny_texts, "blocks.1.hook_resid_post", out=tmp_path / "s", **kw)
+    assert again.stats.n_tokens_run == 0
+    assert torch.equal(
+        again["blocks.1.hook_resid_post"].values, first["blocks.1.hook_resid_post"].values
+    )

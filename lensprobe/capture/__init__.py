@@ -39,6 +39,7 @@ from lensprobe.store import (
     check_store_target,
     load_store,
     plan_shards,
+    stored_shard_tokens,
     token_strs_table,
 )
 
@@ -322,6 +323,8 @@ def capture(
         "prepend_bos": tokenized.prepend_bos,
         "class_names": names,
     }
+    if shard_tokens is None and out is not None:  # resuming: keep the size it was started with
+        shard_tokens = stored_shard_tokens(out)
     shard_tokens = shard_tokens or auto_shard_tokens(n_tokens)
     plan = plan_shards(lengths, shard_tokens) if out is not None else [(0, n)]
     writer = None
