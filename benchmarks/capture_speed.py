@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd
 import torch
 
-from lensprobe.capture import capture as lp_capture
-from lensprobe.capture.batching import collate, length_batches, tokenize
+from lensprobe.capturing import capture as lp_capture
+from lensprobe.capturing.batching import collate, length_batches, tokenize
 from lensprobe.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -237,7 +237,7 @@ def activations_for(
     task: Task, args: argparse.Namespace, out: Path, model: ModelHolder
 ) -> dict[str, Any]:
     """Hook -> Activations of a dataset, from its store (captured first if needed)."""
-    from lensprobe.capture import capture
+    from lensprobe.capturing import capture
     from lensprobe.store import load_store
 
     store = out / "acts" / task.slug

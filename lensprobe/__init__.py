@@ -40,12 +40,12 @@ _LAZY: dict[str, str] = {
     "ReportEntry": "lensprobe.viz",
     "ProbeSpec": "lensprobe.experiment",
     "run_grid": "lensprobe.experiment",
-    "capture": "lensprobe.capture",
+    "capture": "lensprobe.capturing",
     "Activations": "lensprobe.activations",
     "ActivationsMeta": "lensprobe.activations",
     "CaptureResult": "lensprobe.activations",
     "CaptureStats": "lensprobe.activations",
-    "UnknownHookError": "lensprobe.capture",
+    "UnknownHookError": "lensprobe.capturing",
     "attach": "lensprobe.hooks",
     "Readout": "lensprobe.hooks",
     "edit_activations": "lensprobe.hooks",
@@ -61,12 +61,6 @@ _LAZY: dict[str, str] = {
 _SUBMODULES: tuple[str, ...] = ("viz", "data", "analysis", "metrics", "probes", "train")
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
-
-# ``capture`` is both a subpackage and its main function. Importing the subpackage sets the
-# package attribute ``lensprobe.capture`` to the module, which would shadow the lazy function;
-# binding the function once here (torch is the only heavy import) keeps ``lp.capture(...)`` callable.
-from lensprobe.capture import capture  # noqa: E402
-
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
@@ -86,7 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lensprobe import analysis, data, metrics, probes, train, viz
     from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
     from lensprobe.analysis import attention_entropy, explain, token_contributions, top_examples
-    from lensprobe.capture import UnknownHookError, capture
+    from lensprobe.capturing import UnknownHookError, capture
     from lensprobe.data import TextDataset, list_datasets, load_dataset
     from lensprobe.experiment import ProbeSpec, run_grid
     from lensprobe.hooks import Readout, attach, edit_activations

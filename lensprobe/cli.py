@@ -378,7 +378,7 @@ def _load_text_dataset(options: Any, n: int | None = None) -> Any:
 
 
 def _check_capture_out(ds: Any, hooks: list[str], options: Any, out: str) -> None:
-    from lensprobe.capture import check_capture_out
+    from lensprobe.capturing import check_capture_out
 
     check_capture_out(
         out,
@@ -391,7 +391,7 @@ def _check_capture_out(ds: Any, hooks: list[str], options: Any, out: str) -> Non
 
 
 def _capture(model: Any, ds: Any, hooks: list[str], options: Any, out: str | None) -> Any:
-    from lensprobe.capture import capture
+    from lensprobe.capturing import capture
 
     result = capture(
         model,

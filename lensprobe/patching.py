@@ -134,7 +134,7 @@ def _token_ids(model: Any, text: str | Sequence[int] | Tensor, tokenizer: Any, b
         return ids
     if not isinstance(text, str):
         return torch.as_tensor(list(text), dtype=torch.long)
-    from lensprobe.capture.batching import tokenize
+    from lensprobe.capturing.batching import tokenize
 
     if tokenizer is None:
         raise ValueError(
@@ -145,7 +145,7 @@ def _token_ids(model: Any, text: str | Sequence[int] | Tensor, tokenizer: Any, b
 
 def _run(model: Any, backend: str, ids: Tensor) -> None:
     """One forward of ``ids (batch, pos)`` (every token valid, no KV cache), stopped early."""
-    from lensprobe.capture.nnsight import underlying_module
+    from lensprobe.capturing.nnsight import underlying_module
 
     try:
         with torch.no_grad():
@@ -197,8 +197,8 @@ def patch_positions(
             message), a position is out of range, no hook is known, or the patch hook runs after
             the probe's hook (a patch there cannot change the readout).
     """
-    from lensprobe.capture import detect_backend
-    from lensprobe.capture.batching import token_strings
+    from lensprobe.capturing import detect_backend
+    from lensprobe.capturing.batching import token_strings
 
     probe_hook = probe_hook or probe.config.hook
     if probe_hook is None:
@@ -228,8 +228,8 @@ def patch_positions(
     if pos.numel() == 0 or bool(((pos < 0) | (pos >= n)).any()):
         raise ValueError(f"positions must be indices in [0, {n}), got {pos.tolist()}")
 
-    from lensprobe.capture.hf import model_device
-    from lensprobe.capture.nnsight import underlying_module
+    from lensprobe.capturing.hf import model_device
+    from lensprobe.capturing.nnsight import underlying_module
 
     module = underlying_module(model) if backend == "nnsight" else model
     device = model_device(module)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from lensprobe.activations import Activations, CaptureResult
-from lensprobe.capture import UnknownHookError, capture, detect_backend
-from lensprobe.capture.batching import collate, length_batches, tokenize
-from lensprobe.capture.names import TABLES, resolve_sites
+from lensprobe.capturing import UnknownHookError, capture, detect_backend
+from lensprobe.capturing.batching import collate, length_batches, tokenize
+from lensprobe.capturing.names import TABLES, resolve_sites
 from lensprobe.store import StoreWriter
 
 BACKENDS = ["hf", "nnsight", "transformer_lens"]
@@ -519,7 +519,7 @@ def test_interrupted_capture_resumes_without_recomputing(
 
 CHILD = """
 import sys, time, torch
-from lensprobe.capture import capture
+from lensprobe.capturing import capture
 from lensprobe.models import load_model
 model = load_model(sys.argv[1], backend="hf")
 model.model.layers[0].register_forward_pre_hook(lambda *a: time.sleep(0.25))

@@ -219,7 +219,7 @@ def test_damaged_manifest_is_named_with_the_fix(tmp_path, how):
 def test_rerunning_the_capture_rebuilds_a_store_with_a_damaged_manifest(
     tiny_gemma3, tiny_texts, tmp_path
 ):
-    from lensprobe.capture import capture
+    from lensprobe.capturing import capture
 
     model = tiny_gemma3("hf")
     kw = {"dtype": torch.float32, "progress": False, "shard_tokens": 12}
@@ -233,7 +233,7 @@ def test_rerunning_the_capture_rebuilds_a_store_with_a_damaged_manifest(
 
 
 def test_rerunning_the_capture_recomputes_only_the_damaged_shard(tiny_gemma3, tiny_texts, tmp_path):
-    from lensprobe.capture import capture
+    from lensprobe.capturing import capture
 
     model = tiny_gemma3("hf")
     kw = {"dtype": torch.float32, "progress": False, "shard_tokens": 12}
@@ -327,7 +327,7 @@ def test_deleted_probe_file(tmp_path):
 
 
 def test_capture_rejects_empty_texts(tiny_gemma3, tmp_path):
-    from lensprobe.capture import capture, check_capture_out
+    from lensprobe.capturing import capture, check_capture_out
 
     model = tiny_gemma3("hf")
     with pytest.raises(InputError, match=r"texts \[1\] are empty"):

@@ -33,8 +33,25 @@ def test_capture_stays_callable_after_its_subpackage_is_imported():
     import sys
 
     code = (
-        "import sys, lensprobe.capture.hf, lensprobe as lp\n"
-        "m = sys.modules['lensprobe.capture']\n"
+        "import sys, lensprobe.capturing.hf, lensprobe as lp\n"
+        "m = sys.modules['lensprobe.capturing']\n"
         "assert callable(lp.capture) and lp.capture is m.capture, type(lp.capture)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_import_lensprobe_is_cheap():
+    """``import lensprobe`` loads no torch (nor any backend) until a name that needs it is used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lensprobe as lp\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'transformer_lens', 'nnsight', "
+        "'datasets', 'circuitsvis', 'numpy') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert lp.__version__ and 'capture' in dir(lp)\n"
+        "lp.capture\n"
+        "assert 'torch' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -350,7 +350,7 @@ def test_patching_errors_name_the_fix(tiny_gemma3):
 def test_real_gemma_steering_and_ablation_on_sst2(gemma_nnsight, fixture_data_dir):
     import pandas as pd
 
-    from lensprobe.capture import capture
+    from lensprobe.capturing import capture
     from lensprobe.metrics import classification_metrics
     from lensprobe.train import run_protocol
 
