@@ -403,6 +403,17 @@ def _local_folder(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) ->
     return None
 
 
+def _holds_every_file(spec: DatasetSpec, folder: Path) -> bool:
+    """Whether ``folder`` has every file (or a match of every pattern) the local copy names."""
+    assert spec.local is not None
+    for group in spec.local.files:
+        names = [n for files in group.splits.values() for n in files]
+        names += [n for files in group.label_files.values() for n in files]
+        if not all(any(folder.glob(name)) for name in names):
+            return False
+    return True
+
+
 # --- resolving a name or a path ----------------------------------------------------------------
 
 
@@ -681,6 +692,8 @@ def list_datasets(
         )
     for spec in REGISTRY.values():
         folder = _local_folder(spec, data_dir)
+        if folder is not None and not _holds_every_file(spec, folder):
+            folder = None  # a partial copy (e.g. one file of a collection): not loadable here
         hub_id = spec.hub.id if spec.hub is not None else None
         if folder is None and spec.hub is None:
             continue  # local-only entry whose folder is not here: nothing to load
