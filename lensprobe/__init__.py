@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "CaptureResult": "lensprobe.activations",
     "CaptureStats": "lensprobe.activations",
     "UnknownHookError": "lensprobe.capturing",
+    "LensprobeError": "lensprobe.errors",
     "attach": "lensprobe.hooks",
     "Readout": "lensprobe.hooks",
     "edit_activations": "lensprobe.hooks",
@@ -58,7 +59,15 @@ _LAZY: dict[str, str] = {
 }
 
 # public submodules reachable as attributes (lp.viz.probe_attention(...))
-_SUBMODULES: tuple[str, ...] = ("viz", "data", "analysis", "metrics", "probes", "train")
+_SUBMODULES: tuple[str, ...] = (
+    "viz",
+    "data",
+    "analysis",
+    "errors",
+    "metrics",
+    "probes",
+    "train",
+)
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
@@ -77,11 +86,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lensprobe import analysis, data, metrics, probes, train, viz
+    from lensprobe import analysis, data, errors, metrics, probes, train, viz
     from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
     from lensprobe.analysis import attention_entropy, explain, token_contributions, top_examples
     from lensprobe.capturing import UnknownHookError, capture
     from lensprobe.data import TextDataset, list_datasets, load_dataset
+    from lensprobe.errors import LensprobeError
     from lensprobe.experiment import ProbeSpec, run_grid
     from lensprobe.hooks import Readout, attach, edit_activations
     from lensprobe.metrics import classification_metrics

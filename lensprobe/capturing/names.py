@@ -20,6 +20,8 @@ from typing import Literal
 
 from torch import nn
 
+from lensprobe.errors import LensprobeError
+
 __all__ = [
     "TABLES",
     "NameTable",
@@ -33,7 +35,7 @@ __all__ = [
 Side = Literal["input", "output"]
 
 
-class UnknownHookError(ValueError):
+class UnknownHookError(LensprobeError, ValueError):
     """A hook name the model does not have (the message lists the nearest valid ones)."""
 
 
