@@ -28,6 +28,8 @@ _LAZY: dict[str, str] = {
     "run_protocol": "lensprobe.train",
     "compare": "lensprobe.train",
     "Comparison": "lensprobe.train",
+    "choose_layer": "lensprobe.train",
+    "LayerChoice": "lensprobe.train",
     "classification_metrics": "lensprobe.metrics",
     "load_dataset": "lensprobe.data",
     "list_datasets": "lensprobe.data",
@@ -109,9 +111,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from lensprobe.steering import ablate, class_directions, head_directions, steer
     from lensprobe.train import (
         Comparison,
+        LayerChoice,
         ProtocolConfig,
         ProtocolResult,
         TrainConfig,
+        choose_layer,
         compare,
         fit,
         run_protocol,

@@ -409,11 +409,34 @@ def _capture(model: Any, ds: Any, hooks: list[str], options: Any, out: str | Non
     return result
 
 
+def _row_line(record: Any) -> str:
+    """One finished grid cell: CV accuracy, then the test accuracy with its interval and n."""
+    from lensprobe.experiment import describe
+    from lensprobe.train.selection import interval
+
+    auroc = record.get("auroc")
+    auc = "-" if auroc is None else f"{auroc:.3f}"
+    ci = interval(record, "auroc")
+    if ci is not None:
+        auc += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    cv = record.get("cv_accuracy")
+    return (
+        f"  {record['hook']}  {record['probe']:<14} cv acc {'-' if cv is None else f'{cv:.3f}'}  "
+        f"test acc {describe(record, 'accuracy')}  auroc {auc}  ({record['seconds']:.1f} s)"
+    )
+
+
 def _train_and_report(
     activations: Any, dataset: str, options: Any, out: str, *, description: str
-) -> list[Any]:
+) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Run the grid of one dataset, print a line per cell, write its report.
+
+    Returns:
+        The rows and the paired comparisons at the CV-chosen layers (dataset -> comparisons).
+    """
     from lensprobe.experiment import (
         add_entropy,
+        compare_rows,
         parse_probes,
         run_grid,
         write_report,
@@ -421,43 +444,43 @@ def _train_and_report(
 
     specs = parse_probes(options.probes)  # already checked by the command; cheap
 
-    def show(row: Any) -> None:
-        m = row.result.metrics
-        _say(
-            f"  {row.hook}  {row.probe:<14} acc {m['accuracy']:.3f}  auroc {m['auroc']:.3f}  "
-            f"({row.result.seconds:.1f} s)"
-        )
-
     rows = run_grid(
         activations,
         specs,
         dataset=dataset,
         protocol=_protocol(options.seeds, options.max_steps),
-        on_row=show,
+        on_row=lambda row: _say(_row_line(row.record())),
         progress=True,
     )
     add_entropy(rows, activations)
+    comparisons = compare_rows(rows)
     path = write_report(
         rows,
         activations,
         os.path.join(out, f"report-{_slug(dataset)}.html"),
         title=f"lensprobe: {dataset}",
         description=description,
+        comparisons=comparisons.get(dataset, []),
     )
     _say(f"  report: {path}")
-    return rows
+    return rows, comparisons
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def _finish(rows: list[Any], out: str) -> None:
-    from lensprobe.experiment import format_table, save_rows
+def _finish(rows: list[Any], comparisons: dict[str, list[Any]], out: str) -> None:
+    """Save the results; print the table, the layer choices and the paired comparisons."""
+    from lensprobe.experiment import format_choices, format_table, save_rows
 
-    save_rows(rows, out)
+    save_rows(rows, out, comparisons=comparisons)
+    records = [r.record() for r in rows]
     _say("")
-    _say(format_table([r.record() for r in rows]))
+    _say(format_table(records))
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        mine = [r for r in records if r["dataset"] == dataset]
+        _say(f"\n{dataset}: " + format_choices(mine, comparisons.get(dataset, [])))
     _say(
         f"\nresults: {os.path.join(out, 'results.csv')} (and .json); probes under "
         f"{os.path.join(out, 'probes')}"
@@ -549,13 +572,16 @@ def run_demo(options: DemoOptions) -> int:
     )
     model = _load_model("gemma-3-270m", options.backend)
     rows: list[Any] = []
+    comparisons: dict[str, list[Any]] = {}
     for task, ds in tasks.items():
         _say(f"\n{task}: {len(ds)} texts, classes {', '.join(ds.class_names)}")
         acts = _capture(model, ds, hooks, options, None)
-        rows += _train_and_report(
+        task_rows, task_comparisons = _train_and_report(
             acts, task, options, options.out, description=f"built-in task {task!r}: {len(ds)} texts"
         )
-    _finish(rows, options.out)
+        rows += task_rows
+        comparisons.update(task_comparisons)
+    _finish(rows, comparisons, options.out)
     return 0
 
 
@@ -631,10 +657,10 @@ def run_run(options: RunOptions) -> int:
     )
     model = _load_model(options.model, options.backend)
     acts = _capture(model, ds, hooks, options, store)
-    rows = _train_and_report(
+    rows, comparisons = _train_and_report(
         acts, ds.name, options, options.out, description=f"{ds.name}: {len(ds)} texts ({ds.source})"
     )
-    _finish(rows, options.out)
+    _finish(rows, comparisons, options.out)
     return 0
 
 
@@ -726,14 +752,14 @@ def run_train(options: TrainOptions) -> int:
         "capture more texts of every class",
     )
     _say(f"lensprobe train: {name}: {len(first)} sequences, hooks {', '.join(acts)}")
-    rows = _train_and_report(
+    rows, comparisons = _train_and_report(
         acts,
         name,
         options,
         options.out,
         description=f"{name}: {len(first)} sequences from {options.acts}",
     )
-    _finish(rows, options.out)
+    _finish(rows, comparisons, options.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "store.txt").write_text(os.path.abspath(options.acts) + "\n")
     return 0
@@ -769,28 +795,21 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(options: ReportOptions) -> int:
-    """Rebuild the HTML report from saved results, probes and the activation store."""
-    import json
+    """Rebuild the HTML report from saved results, probes and the activation store.
 
+    The layer choice is redone from the records' CV scores; the comparisons are the ones stored
+    with the results (computed by ``lp.compare`` when the probes were trained).
+    """
     import torch
 
+    from lensprobe.experiment import format_choices, load_results
     from lensprobe.probes import load_probe
     from lensprobe.viz import ReportEntry, report
 
     results_dir = Path(options.results)
     if options.out and Path(options.out).is_dir():
         raise InputError(f"--out {options.out} is a folder; pass the HTML file to write")
-    results_file = results_dir / "results.json"
-    if not results_file.is_file():
-        raise FileNotFoundError(
-            f"{results_file} not found; pass --results the folder written by lensprobe train/run"
-        )
-    try:
-        payload = json.loads(results_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(
-            f"{results_file} is not valid JSON ({err}); rerun lensprobe train"
-        ) from None
+    saved = load_results(results_dir)
     store = options.acts
     if store is None:
         recorded = results_dir / "store.txt"
@@ -798,7 +817,8 @@ def run_report(options: ReportOptions) -> int:
             store = recorded.read_text().strip()
         elif (results_dir / "activations").is_dir():
             store = str(results_dir / "activations")
-    results = payload["results"]
+    results = saved.results
+    records = {(r["dataset"], r["hook"], r["probe"]): r for r in saved.records}
     datasets = sorted({r["dataset"] for r in results})
     if options.dataset is not None:
         if options.dataset not in datasets:
@@ -835,6 +855,7 @@ def run_report(options: ReportOptions) -> int:
                     cv_summary=tuple(res["cv_summary"]),
                     n_train=res["n_train"],
                     n_test=res["n_test"],
+                    record=records.get((res["dataset"], res["hook"], res["probe"])),
                 )
             )
         if options.out:
@@ -848,7 +869,10 @@ def run_report(options: ReportOptions) -> int:
             out,
             title=f"lensprobe: {dataset}",
             description=None if acts else "metrics only: no activation store found (--acts)",
+            comparisons=saved.comparisons.get(dataset, []),
         )
+        mine = [r for r in saved.records if r.get("dataset") == dataset]
+        _say(f"{dataset}: " + format_choices(mine, saved.comparisons.get(dataset, [])))
         _say(f"report: {out}")
     return 0
 

@@ -13,11 +13,24 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from lensprobe.errors import InputError
+from lensprobe.train.compare import Comparison
 from lensprobe.train.protocol import ProtocolConfig, ProtocolResult, run_protocol
+from lensprobe.train.selection import (
+    LayerChoice,
+    choose_layer,
+    choose_layers,
+    compare_choices,
+    cv_at_choice,
+    describe,
+    interval,
+    result_record,
+    splits_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,30 +101,21 @@ class GridRow:
     """Everything the protocol returned."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further columns (e.g. attention entropy / uniform)."""
+    _summary: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def record(self) -> dict[str, Any]:
-        """A flat, JSON-ready row: identifiers, test metrics, chosen decay, sizes, seconds.
+        """A flat, JSON-ready row: identifiers, then :func:`~lensprobe.train.selection.result_record`.
 
-        With several seeds, also the accuracy's standard deviation and 95% t-interval over
-        seeds (``accuracy_std``, ``accuracy_low``, ``accuracy_high``).
+        That is the test metrics (mean over seeds) with ``n_test`` and ``seeds``; the CV scores
+        at the chosen decay (``cv_accuracy``, ...) that :func:`choose_layer` reads; and for
+        accuracy and AUROC a 95% interval: over seeds (``accuracy_std``, ``accuracy_low``,
+        ``accuracy_high``) with several seeds, a bootstrap over the test rows
+        (``accuracy_boot_low``, ``accuracy_boot_high``) with one. The summary is computed once.
         """
-        r = self.result
+        if self._summary is None:
+            self._summary = result_record(self.result)
         row: dict[str, Any] = {"dataset": self.dataset, "hook": self.hook, "probe": self.probe}
-        row.update({k: _round(v) for k, v in r.metrics.items()})
-        row.update(
-            weight_decay=r.weight_decay,
-            n_train=int(r.train_rows.numel()),
-            n_test=int(r.test_rows.numel()),
-            seeds=len(r.metrics_per_seed),
-            seconds=round(r.seconds, 2),
-        )
-        if len(r.runs) > 1:  # several splits: the spread and t-interval of the accuracy
-            acc = r.summary["accuracy"]
-            row.update(
-                accuracy_std=_round(acc.std),
-                accuracy_low=_round(acc.low),
-                accuracy_high=_round(acc.high),
-            )
+        row.update(self._summary)
         row.update({k: _round(v) if isinstance(v, float) else v for k, v in self.extra.items()})
         return row
 
@@ -164,6 +168,8 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("dataset", "dataset", "s"),
     ("hook", "hook", "s"),
     ("probe", "probe", "s"),
+    ("chosen", "CV pick", "s"),
+    ("cv_accuracy", "cv acc", ".3f"),
     ("accuracy", "acc", ".3f"),
     ("accuracy_low", "acc 95% low", ".3f"),
     ("accuracy_high", "high", ".3f"),
@@ -171,20 +177,55 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("entropy_ratio", "H/H_unif", ".2f"),
     ("weight_decay", "wd", "g"),
     ("n_test", "n_test", "d"),
+    ("interval", "interval", "s"),
     ("seconds", "s", ".1f"),
 )
-"""(record key, header, format) of the plain-text results table."""
+"""(record key, header, format) of the plain-text results table. ``accuracy_low`` / ``_high``
+show the record's interval (t over seeds, or with one seed the bootstrap); ``interval`` says which
+and over how many splits; ``chosen`` marks the hook :func:`choose_layer` picks for each probe."""
+
+
+def _table_values(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records with the derived table columns (``chosen``, interval ends and kind) filled in."""
+    chosen: set[tuple[Any, Any, Any]] = set()
+    if records and all("cv_accuracy" in r for r in records):
+        try:
+            choices = choose_layers(records)
+        except InputError:  # e.g. one probe twice at a hook: a table, but no choice to mark
+            choices = []
+        chosen = {(c.dataset, c.probe, c.hook) for c in choices if len(c.hooks) > 1}
+    out = []
+    for r in records:
+        v = dict(r)
+        ci = interval(r, "accuracy")
+        v["accuracy_low"], v["accuracy_high"] = (ci[0], ci[1]) if ci else (None, None)
+        if ci is not None:
+            v["interval"] = f"{'t' if ci[2] == 't' else 'boot'}, {splits_text(r)}"
+        elif "n_test" in r:
+            v["interval"] = f"none, {splits_text(r)}"
+        if chosen:
+            v["chosen"] = "*" if (r.get("dataset"), r.get("probe"), r.get("hook")) in chosen else ""
+        out.append(v)
+    return out
 
 
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text table of result records (missing values shown as ``-``)."""
-    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in records)]
+    """A plain-text table of result records (missing values shown as ``-``).
+
+    Every accuracy is shown with ``n_test`` and its 95% interval (t over seeds, or bootstrap over
+    the test rows of a single split); with several hooks, ``CV pick`` marks the hook each probe's
+    cross-validation accuracy chooses (:func:`choose_layer`).
+    """
+    values = _table_values(records)
+    cols = [c for c in TABLE_COLUMNS if any(c[0] in v for v in values)]
 
     def cell(record: Mapping[str, Any], key: str, fmt: str) -> str:
         v = record.get(key)
-        return "-" if v is None else format(v, fmt)
+        if v is None or v == "":
+            return "-" if key != "chosen" else ""
+        return format(float(v), fmt) if fmt != "s" and isinstance(v, str) else format(v, fmt)
 
-    body = [[cell(r, k, f) for k, _, f in cols] for r in records]
+    body = [[cell(r, k, f) for k, _, f in cols] for r in values]
     widths = [
         max(len(h), *(len(b[i]) for b in body)) if body else len(h)
         for i, (_, h, _) in enumerate(cols)
@@ -192,17 +233,98 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for (_, h, _), w in zip(cols, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_choices(
+    records: Sequence[Mapping[str, Any]], comparisons: Sequence[Comparison] = ()
+) -> str:
+    """The layer each probe's cross-validation picks, with its test score, and the comparisons.
+
+    One line per (dataset, probe) from :func:`choose_layers` (the choice reads only the training
+    part's CV accuracy; the test accuracy of the pick is shown with its interval and ``n_test``),
+    then one line per paired comparison (:func:`lensprobe.compare`, with its verdict).
+    """
+    choices = choose_layers(records)
+    several = any(len(c.hooks) > 1 for c in choices)
+    title = (
+        "layer chosen by cross-validation accuracy on the training part (the test part is "
+        "scored once, at the pick):"
+        if several
+        else "test accuracy (one hook: no layer to choose):"
+    )
+    lines = [title]
+    datasets = list(dict.fromkeys(c.dataset for c in choices))
+    for c in choices:
+        prefix = f"{c.dataset} " if len(datasets) > 1 else ""
+        lines.append(f"  {prefix}{c}")
+    if comparisons:
+        where = "at the chosen layers, " if several else ""
+        lines.append(
+            f"paired comparisons ({where}same splits; undecided when the interval holds 0):"
+        )
+        lines += [f"  {c}" for c in comparisons]
     return "\n".join(lines)
 
 
-def save_rows(rows: Sequence[GridRow], out: str | Path, *, save_probes: bool = True) -> Path:
-    """Write ``results.json`` (records + full protocol results), ``results.csv`` and the probes.
+def compare_rows(rows: Sequence[GridRow], metric: str = "accuracy") -> dict[str, list[Comparison]]:
+    """Per dataset, every two probes compared at their CV-chosen hooks (:func:`compare_choices`).
 
-    Probes go to ``out/probes/<dataset>/<hook>/<probe>/`` (``config.json`` + safetensors).
+    Returns:
+        Dataset name -> its paired comparisons (each through :func:`lensprobe.compare`).
+    """
+    results = {(r.dataset, r.hook, r.probe): r.result for r in rows}
+    try:
+        choices = choose_layers([r.record() for r in rows])
+    except InputError as err:  # e.g. the same cell twice: nothing to pair unambiguously
+        logger.warning("probes not compared: %s", err)
+        return {}
+    out: dict[str, list[Comparison]] = {}
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        mine = [c for c in choices if c.dataset == dataset]
+        out[dataset] = compare_choices(mine, results, metric=metric)
+    return out
+
+
+def _comparison_to_dict(c: Comparison) -> dict[str, Any]:
+    d = asdict(c)
+    d["differences"] = list(c.differences)
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+
+
+def _comparison_from_dict(d: Mapping[str, Any]) -> Comparison:
+    d = dict(d)
+    d["differences"] = tuple(d["differences"])
+    for k in ("low", "high", "difference"):
+        d[k] = math.nan if d[k] is None else d[k]
+    return Comparison(**d)
+
+
+def save_rows(
+    rows: Sequence[GridRow],
+    out: str | Path,
+    *,
+    save_probes: bool = True,
+    comparisons: Mapping[str, Sequence[Comparison]] | None = None,
+) -> Path:
+    """Write ``results.json``, ``results.csv`` and the probes; :func:`load_results` reads them.
+
+    ``results.json`` holds the records, the full protocol results and the comparisons.
+    Every record carries the CV scores (``cv_accuracy``, ...) so :func:`choose_layer` can redo
+    the layer choice from either file. Probes go to ``out/probes/<dataset>/<hook>/<probe>/``
+    (``config.json`` + safetensors).
+
+    Args:
+        rows: The grid's rows.
+        out: The folder to write.
+        save_probes: Also save every refit probe.
+        comparisons: Dataset -> paired comparisons to store (default: :func:`compare_rows`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = [r.record() for r in rows]
+    if comparisons is None:
+        comparisons = compare_rows(rows)
     payload = {
         "records": records,
         "results": [
@@ -215,6 +337,11 @@ def save_rows(rows: Sequence[GridRow], out: str | Path, *, save_probes: bool = T
             }
             for r in rows
         ],
+        "comparisons": [
+            {"dataset": dataset, **_comparison_to_dict(c)}
+            for dataset, comps in comparisons.items()
+            for c in comps
+        ],
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     keys = list(dict.fromkeys(k for rec in records for k in rec))
@@ -226,6 +353,55 @@ def save_rows(rows: Sequence[GridRow], out: str | Path, *, save_probes: bool = T
         for r in rows:
             r.result.probe.save(out / "probes" / r.dataset / r.hook / r.probe)
     return out
+
+
+@dataclass(frozen=True)
+class SavedResults:
+    """What :func:`save_rows` wrote, read back by :func:`load_results`."""
+
+    records: list[dict[str, Any]]
+    """One flat record per (dataset, hook, probe), CV scores included."""
+    results: list[dict[str, Any]]
+    """The full protocol results (``ProtocolResult.to_dict()`` plus ids and ``test_rows``)."""
+    comparisons: dict[str, list[Comparison]]
+    """Dataset -> the paired comparisons stored with its results."""
+
+
+def load_results(path: str | Path) -> SavedResults:
+    """Read a results folder (or its ``results.json``) written by :func:`save_rows`.
+
+    Records of files written before the CV scores were recorded get them back from the stored
+    seed runs (:func:`~lensprobe.train.selection.cv_at_choice`).
+
+    Raises:
+        FileNotFoundError: No ``results.json`` there.
+        InputError: The file is not JSON or not a results file.
+    """
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found; pass the folder written by lensprobe train/run")
+    try:
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{file} is not valid JSON ({err}); rerun lensprobe train") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
+        raise InputError(f"{file} holds no 'results' list; rerun lensprobe train")
+    results = payload["results"]
+    records = payload.get("records") or [
+        {k: r.get(k) for k in ("dataset", "hook", "probe")} for r in results
+    ]
+    for rec, res in zip(records, results, strict=False):
+        if "cv_accuracy" not in rec and res.get("runs"):
+            rec.update({f"cv_{k}": v for k, v in cv_at_choice(res["runs"]).items()})
+            rec.setdefault("n_test", res.get("n_test"))
+            rec.setdefault("seeds", len(res["runs"]))
+            rec.update({k: v for k, v in res.get("metrics", {}).items() if k not in rec})
+    comparisons: dict[str, list[Comparison]] = {}
+    for c in payload.get("comparisons", []):
+        c = dict(c)
+        comparisons.setdefault(c.pop("dataset"), []).append(_comparison_from_dict(c))
+    return SavedResults(records=records, results=results, comparisons=comparisons)
 
 
 def add_entropy(rows: Sequence[GridRow], activations: Mapping[str, Any]) -> None:
@@ -246,12 +422,48 @@ def write_report(
     *,
     title: str,
     description: str | None = None,
+    comparisons: Sequence[Comparison] | None = None,
 ) -> Path:
-    """One HTML report for the rows of one dataset (entropy and examples on the test rows)."""
+    """One HTML report for the rows of one dataset (entropy and examples on the test rows).
+
+    Args:
+        rows: The dataset's grid rows.
+        activations: Hook name -> the activations the rows were trained on.
+        path: The HTML file.
+        title: Page title.
+        description: A line under the title.
+        comparisons: Paired comparisons to show (default: :func:`compare_rows`).
+    """
     from lensprobe.viz import ReportEntry, report
 
     entries = [
-        ReportEntry.from_result(r.result, activations[r.hook], label=r.probe, hook=r.hook)
+        ReportEntry.from_result(
+            r.result, activations[r.hook], label=r.probe, hook=r.hook, record=r.record()
+        )
         for r in rows
     ]
-    return report(entries, path, title=title, description=description)
+    if comparisons is None:
+        comparisons = [c for comps in compare_rows(rows).values() for c in comps]
+    return report(entries, path, title=title, description=description, comparisons=comparisons)
+
+
+__all__ = [
+    "DEFAULT_PROBES",
+    "TABLE_COLUMNS",
+    "GridRow",
+    "LayerChoice",
+    "ProbeSpec",
+    "SavedResults",
+    "add_entropy",
+    "choose_layer",
+    "choose_layers",
+    "compare_rows",
+    "describe",
+    "format_choices",
+    "format_table",
+    "load_results",
+    "parse_probes",
+    "run_grid",
+    "save_rows",
+    "write_report",
+]

@@ -43,7 +43,12 @@ def test_run_then_train_then_report_on_a_tiny_model(tiny_gemma3_dir, tmp_path, c
     assert code == 0
     printed = capsys.readouterr().out
     assert "attention-2" in printed and "H/H_unif" in printed
+    # every accuracy printed with its n and interval; the layer chosen by CV, then compared
+    assert printed.count("(95% bootstrap, 1 split, n_test=12)") == 4 + 2  # rows + choices
+    assert "attention-2: blocks." in printed and "chosen by CV accuracy" in printed
+    assert "attention-2" in printed.split("paired comparisons")[1]
     records = _records(out)
+    assert all(0.0 <= float(r["cv_accuracy"]) <= 1.0 for r in records)
     assert [(r["hook"], r["probe"]) for r in records] == [
         (h, p) for h in hooks.split(",") for p in ("attention-2", "mean")
     ]

@@ -6,16 +6,20 @@ from lensprobe.train.compare import Comparison, compare
 from lensprobe.train.config import TrainConfig
 from lensprobe.train.fit import FitResult, Members, fit, fit_members, predict_members
 from lensprobe.train.protocol import ProtocolConfig, ProtocolResult, SeedRun, run_protocol
+from lensprobe.train.selection import LayerChoice, choose_layer, choose_layers
 from lensprobe.train.split import stratified_folds, stratified_split
 
 __all__ = [
     "Comparison",
     "FitResult",
+    "LayerChoice",
     "Members",
     "ProtocolConfig",
     "ProtocolResult",
     "SeedRun",
     "TrainConfig",
+    "choose_layer",
+    "choose_layers",
     "compare",
     "fit",
     "fit_members",

@@ -4,8 +4,13 @@
 :class:`~lensprobe.train.ProtocolResult` with :meth:`ReportEntry.from_result`, or from saved parts
 (a loaded probe, its metrics, the activations and the test rows) — and writes one HTML file:
 
-- a table of the test metrics of every probe at every hook, and a figure of them (per layer when
-  there are several hooks), with the cross-validation curve over weight decay;
+- a table of the test metrics of every probe at every hook, each with ``n_test`` and its 95%
+  interval (t over seeds, or with one seed a bootstrap over the test rows), the CV accuracy of the
+  training part beside them, and a figure of them (per layer when there are several hooks), with
+  the cross-validation curve over weight decay;
+- with several hooks, the layer each probe's CV accuracy picks (never the test accuracy) and the
+  test score of the pick; paired comparisons of the probes (:func:`lensprobe.compare`, with
+  their verdict) at those layers;
 - for each attention probe, the entropy of every head against the uniform baseline (a figure and
   a table), the tokens each head reads most, and its top examples per head and per class;
 - for each pooled probe, its top examples per class, tokens coloured by their contribution.
@@ -21,6 +26,7 @@ import base64
 import datetime as _dt
 import html
 import io
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -34,11 +40,25 @@ from torch import Tensor
 
 from lensprobe.activations import Activations
 from lensprobe.analysis import AttentionEntropy, TopExamples, attention_entropy, top_examples
+from lensprobe.errors import InputError
 from lensprobe.probes import AttentionProbe, Probe
-from lensprobe.train import ProtocolResult
+from lensprobe.train import Comparison, ProtocolResult
+from lensprobe.train.selection import (
+    LayerChoice,
+    choose_layers,
+    compare_choices,
+    interval,
+    result_record,
+    splits_text,
+)
 from lensprobe.viz.widgets import Widget, entropy_html, entropy_props, page, top_examples_props
 
 __all__ = ["ReportEntry", "render_report", "report"]
+
+logger = logging.getLogger(__name__)
+
+HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "auroc")
+"""Metrics shown with their interval."""
 
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"),
@@ -73,6 +93,13 @@ class ReportEntry:
     """Training sequences."""
     n_test: int | None = None
     """Test sequences."""
+    record: Mapping[str, Any] | None = None
+    """The flat result record (:func:`lensprobe.train.selection.result_record`): the CV scores
+    (``cv_accuracy``, ...) the layer choice reads, the metrics' intervals and ``seeds``; none:
+    no CV score or interval is shown, and no layer is chosen."""
+    result: ProtocolResult | None = None
+    """The protocol result, when the entry was made from one (lets the report run the paired
+    comparisons itself)."""
 
     def __post_init__(self) -> None:
         if self.acts is not None and self.acts.d_model != self.probe.config.d_model:
@@ -100,6 +127,7 @@ class ReportEntry:
         *,
         label: str | None = None,
         hook: str | None = None,
+        record: Mapping[str, Any] | None = None,
     ) -> ReportEntry:
         """An entry for a protocol run (its probe, test metrics and test rows).
 
@@ -108,6 +136,8 @@ class ReportEntry:
             acts: The activations the protocol ran on (its test rows index them).
             label: Name in the report (default ``attention-<heads>`` or the probe kind).
             hook: Hook name (default: the probe's).
+            record: Its flat record (default: :func:`~lensprobe.train.selection.result_record`,
+                which with one seed bootstraps the test rows for the intervals).
         """
         cfg = result.probe.config
         if label is None:
@@ -123,6 +153,8 @@ class ReportEntry:
             cv_summary=tuple(result.cv_summary),
             n_train=int(result.train_rows.numel()),
             n_test=int(result.test_rows.numel()),
+            record=dict(record) if record is not None else result_record(result),
+            result=result,
         )
 
 
@@ -158,9 +190,23 @@ def _layer(hook: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _metrics_figure(entries: Sequence[ReportEntry]) -> str:
+def _errors(entries: Sequence[ReportEntry], metric: str) -> list[list[float]] | None:
+    """Matplotlib ``yerr`` (below, above) of each entry's 95% interval; None if any lacks one."""
+    below, above = [], []
+    for e in entries:
+        ci = interval(e.record, metric) if e.record is not None else None
+        value = e.metrics.get(metric, math.nan)
+        if ci is None or math.isnan(value):
+            return None
+        below.append(max(0.0, value - ci[0]))
+        above.append(max(0.0, ci[1] - value))
+    return [below, above]
+
+
+def _metrics_figure(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice] = ()) -> str:
     hooks = list(dict.fromkeys(e.hook_name for e in entries))
     labels = list(dict.fromkeys(e.label for e in entries))
+    picked = {(c.probe, c.hook) for c in choices if len(c.hooks) > 1}
     n_classes = max(e.probe.config.n_classes for e in entries)
     fig, axes = _figure(10.0, 3.4, ncols=2)
     for ax, (metric, title, chance) in zip(
@@ -172,31 +218,41 @@ def _metrics_figure(entries: Sequence[ReportEntry]) -> str:
             layers = [_layer(h) for h in hooks]
             xs = layers if all(v is not None for v in layers) else list(range(len(hooks)))
             for i, label in enumerate(labels):
-                pts = sorted(
-                    (xs[hooks.index(e.hook_name)], e.metrics.get(metric, math.nan))
-                    for e in entries
-                    if e.label == label
+                mine = sorted(
+                    (e for e in entries if e.label == label),
+                    key=lambda e: xs[hooks.index(e.hook_name)],
                 )
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
+                px = [xs[hooks.index(e.hook_name)] for e in mine]
+                py = [e.metrics.get(metric, math.nan) for e in mine]
+                colour = _COLOURS[i % len(_COLOURS)]
+                ax.errorbar(
+                    px,
+                    py,
+                    yerr=_errors(mine, metric),
                     marker="o",
-                    color=_COLOURS[i % len(_COLOURS)],
+                    color=colour,
                     label=label,
+                    capsize=2,
                 )
+                for x, y, e in zip(px, py, mine, strict=True):
+                    if (e.label, e.hook_name) in picked:
+                        ax.plot([x], [y], marker="*", markersize=14, color=colour)
             ax.set_xlabel("layer" if xs == layers else "hook")
         else:
-            values = [
-                next((e.metrics.get(metric, math.nan) for e in entries if e.label == lb), math.nan)
-                for lb in labels
-            ]
+            firsts = [next(e for e in entries if e.label == lb) for lb in labels]
+            values = [e.metrics.get(metric, math.nan) for e in firsts]
             bars = ax.bar(
-                labels, values, color=[_COLOURS[i % len(_COLOURS)] for i in range(len(labels))]
+                labels,
+                values,
+                yerr=_errors(firsts, metric),
+                capsize=3,
+                color=[_COLOURS[i % len(_COLOURS)] for i in range(len(labels))],
             )
-            ax.bar_label(bars, fmt="%.3f", fontsize=8)
+            ax.bar_label(bars, fmt="%.3f", fontsize=8, label_type="center")
             ax.set_xlabel(hooks[0])
         ax.axhline(chance, color="#888", linestyle="--", linewidth=1)
-        ax.set_title(title, fontsize=10)
+        star = "; star: the layer CV picks" if picked else ""
+        ax.set_title(f"{title} (bars: 95% interval{star})", fontsize=10)
         shown = [e.metrics.get(metric, math.nan) for e in entries]
         low = min([chance, *(v for v in shown if not math.isnan(v))])
         ax.set_ylim(max(0.0, low - 0.08), 1.02)
@@ -276,7 +332,8 @@ table.metrics th, table.metrics td { padding: 5px 11px; border-bottom: 1px solid
        text-align: right; }
 table.metrics th { background: #f6f8fa; }
 table.metrics td.left, table.metrics th.left { text-align: left; }
-table.metrics tr.best td { font-weight: 600; }
+table.metrics tr.chosen td { font-weight: 600; }
+table.metrics small.ci { color: #57606a; font-weight: 400; }
 img.figure { max-width: 100%; display: block; margin: 8px 0; }
 .card { border: 1px solid #d8dee4; border-radius: 8px; padding: 10px 14px; margin: 10px 0;
         background: #fff; }
@@ -300,33 +357,148 @@ def _anchor(entry: ReportEntry) -> str:
     return "probe-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{entry.hook_name}-{entry.label}").strip("-")
 
 
-def _metrics_table(entries: Sequence[ReportEntry]) -> str:
-    best: dict[str, float] = {}
-    for e in entries:
-        acc = e.metrics.get("accuracy", math.nan)
-        if not math.isnan(acc):
-            best[e.hook_name] = max(best.get(e.hook_name, -1.0), acc)
-    head = "".join(f"<th>{name}</th>" for _, name in METRIC_COLUMNS)
+def _records(entries: Sequence[ReportEntry]) -> list[dict[str, Any]] | None:
+    """One record per entry for the layer choice; None when an entry has no CV score."""
+    if not all(e.record is not None and "cv_accuracy" in e.record for e in entries):
+        return None
+    return [
+        {**(e.record or {}), "dataset": None, "hook": e.hook_name, "probe": e.label}
+        for e in entries
+    ]
+
+
+def _choices(entries: Sequence[ReportEntry]) -> list[LayerChoice]:
+    """The hook each probe's CV accuracy picks (empty without CV scores)."""
+    records = _records(entries)
+    if not records:
+        return []
+    try:
+        return choose_layers(records)
+    except InputError as err:  # e.g. the same probe twice at one hook: no choice to make
+        logger.warning("no layer chosen in the report: %s", err)
+        return []
+
+
+def _ci_cell(e: ReportEntry, key: str) -> str:
+    """A test metric, with its 95% interval when the entry's record has one."""
+    text = _fmt(e.metrics.get(key))
+    ci = interval(e.record, key) if e.record is not None else None
+    if ci is not None:
+        text += f' <small class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</small>'
+    return text
+
+
+def _splits_cell(e: ReportEntry) -> str:
+    if e.record is None:
+        return "–"
+    ci = interval(e.record, "accuracy")
+    how = "no interval" if ci is None else ("t" if ci[2] == "t" else "bootstrap")
+    return f"{html.escape(splits_text(e.record))} ({how})"
+
+
+def _metrics_table(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice]) -> str:
+    picked = {(c.probe, c.hook) for c in choices if len(c.hooks) > 1}
+    head = "".join(
+        f"<th>{name}{' [95%]' if key in HEADLINE_METRICS else ''}</th>"
+        for key, name in METRIC_COLUMNS
+    )
     rows = []
     for e in entries:
-        is_best = e.metrics.get("accuracy", math.nan) == best.get(e.hook_name)
-        cells = "".join(f"<td>{_fmt(e.metrics.get(key))}</td>" for key, _ in METRIC_COLUMNS)
+        is_pick = (e.label, e.hook_name) in picked
+        cv = e.record.get("cv_accuracy") if e.record is not None else None
+        cells = "".join(f"<td>{_ci_cell(e, key)}</td>" for key, _ in METRIC_COLUMNS)
         decay = "–" if e.weight_decay is None else f"{e.weight_decay:g}"
         split = "–" if e.n_train is None else f"{e.n_train} / {e.n_test}"
         name = html.escape(e.label)
         if e.acts is not None:
             name = f'<a href="#{_anchor(e)}">{name}</a>'
         rows.append(
-            f'<tr class="{"best" if is_best else ""}"><td class="left"><code>'
-            f'{html.escape(e.hook_name)}</code></td><td class="left">{name}</td>{cells}'
-            f"<td>{decay}</td><td>{split}</td></tr>"
+            f'<tr class="{"chosen" if is_pick else ""}"><td class="left"><code>'
+            f'{html.escape(e.hook_name)}</code></td><td class="left">{name}</td>'
+            f"<td>{_fmt(None if cv is None else float(cv))}</td>{cells}"
+            f"<td>{decay}</td><td>{split}</td><td>{_splits_cell(e)}</td></tr>"
         )
+    hooks = {e.hook_name for e in entries}
+    if picked:
+        bold = (
+            "Bold: the layer each probe's CV accuracy picks (the test part plays no role in the "
+            "choice; see below)."
+        )
+    elif len(hooks) > 1:
+        bold = "No CV scores recorded: no layer is chosen."
+    else:
+        bold = "One hook: no layer to choose."
     return (
         '<table class="metrics"><thead><tr><th class="left">hook</th><th class="left">probe</th>'
-        f"{head}<th>weight decay</th><th>train / test</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        '<div class="note">Test metrics of the refit probe; bold: best accuracy at the hook.</div>'
+        f"<th>CV accuracy</th>{head}<th>weight decay</th><th>n train / n test</th>"
+        f"<th>splits (interval)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<div class="note">Test metrics of the refit probe: the mean over the splits (each seed '
+        "draws its own train/test split), with a 95% interval: a Student-t interval over the "
+        "splits when there are several, else a percentile bootstrap over the one split's test "
+        "rows (which covers the test sample only). CV accuracy: the training part's "
+        "cross-validation accuracy at the chosen weight decay (mean over folds and splits). "
+        f"{bold}</div>"
     )
+
+
+def _choice_section(choices: Sequence[LayerChoice]) -> str:
+    """The layer each probe's CV picks and the test score of the pick."""
+    rows = []
+    for c in choices:
+        ci = interval(c.record, "accuracy")
+        acc = _fmt(c.test.get("accuracy"))
+        if ci is not None:
+            acc += f' <small class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</small>'
+        rows.append(
+            f'<tr><td class="left">{html.escape(c.probe)}</td><td class="left"><code>'
+            f"{html.escape(c.hook)}</code></td><td>{_fmt(c.cv_score)}</td><td>{acc}</td>"
+            f"<td>{c.n_test}</td><td>{html.escape(splits_text(c.record))}</td>"
+            f"<td>{len(c.hooks)}</td></tr>"
+        )
+    return (
+        '<h3 id="layer-choice">Layer chosen by cross-validation</h3>'
+        '<table class="metrics"><thead><tr><th class="left">probe</th><th class="left">chosen '
+        "hook</th><th>CV accuracy</th><th>test accuracy [95%]</th><th>n test</th><th>splits</th>"
+        f"<th>hooks compared</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<div class="note">Each probe\'s layer is the hook with the best cross-validation '
+        "accuracy on the training part (ties: lower CV log loss); its test accuracy, scored "
+        "once, is what is reported. Choosing by test accuracy would flatter every probe.</div>"
+    )
+
+
+def _comparisons_section(comparisons: Sequence[Comparison]) -> str:
+    """Paired comparisons (lp.compare) with their intervals and verdicts."""
+    rows = []
+    for c in comparisons:
+        who = {"a better": c.a, "b better": c.b}.get(c.verdict)
+        verdict = f"{html.escape(who)} better" if who else "undecided"
+        how = f"t over {c.n_seeds} splits" if c.method == "t" else "paired bootstrap, 1 split"
+        rows.append(
+            f'<tr><td class="left">{html.escape(c.a)}</td><td class="left">{html.escape(c.b)}'
+            f"</td><td>{html.escape(c.metric)}</td><td>{c.difference:+.3f}</td>"
+            f"<td>[{c.low:+.3f}, {c.high:+.3f}]</td><td>{how}</td><td>{c.n_test}</td>"
+            f'<td class="left">{verdict}</td></tr>'
+        )
+    return (
+        '<h3 id="comparisons">Paired comparisons</h3>'
+        '<table class="metrics"><thead><tr><th class="left">a</th><th class="left">b</th>'
+        "<th>metric</th><th>a − b</th><th>95% interval</th><th>interval</th><th>n test</th>"
+        f'<th class="left">verdict</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        '<div class="note">Each pair through <code>lp.compare</code>: both probes on the same '
+        "splits, the difference paired per split, its 95% interval a t-interval over the splits "
+        "(or, with one split, a paired bootstrap over its test rows). A difference whose "
+        "interval contains 0 is undecided.</div>"
+    )
+
+
+def _auto_comparisons(
+    entries: Sequence[ReportEntry], choices: Sequence[LayerChoice]
+) -> list[Comparison]:
+    """Comparisons at the chosen layers, when every entry carries its protocol result."""
+    if not choices or any(e.result is None for e in entries):
+        return []
+    results = {(None, e.hook_name, e.label): e.result for e in entries}
+    return compare_choices(choices, results)  # type: ignore[arg-type]
 
 
 def _visible(token: str) -> str:
@@ -394,6 +566,7 @@ def render_report(
     k: int = 5,
     n_tokens: int = 12,
     batch_size: int = 64,
+    comparisons: Sequence[Comparison] | None = None,
 ) -> str:
     """The report as an HTML string (see :func:`report`)."""
     items = [e if isinstance(e, ReportEntry) else ReportEntry.from_result(e) for e in entries]
@@ -431,11 +604,18 @@ def render_report(
             for e in analysed
         )
         parts.append(f"<nav><ul><li><a href='#metrics'>metrics</a></li>{links}</ul></nav>")
+    choices = _choices(items)
+    if comparisons is None:
+        comparisons = _auto_comparisons(items, choices)
     parts += [
         '<h2 id="metrics">Test metrics</h2>',
-        _metrics_table(items),
-        _metrics_figure(items),
+        _metrics_table(items, choices),
+        _metrics_figure(items, choices),
     ]
+    if any(len(c.hooks) > 1 for c in choices):
+        parts.append(_choice_section(choices))
+    if comparisons:
+        parts.append(_comparisons_section(comparisons))
     cv = _cv_figure(items)
     if cv:
         parts.append(cv)
@@ -464,6 +644,7 @@ def report(
     k: int = 5,
     n_tokens: int = 12,
     batch_size: int = 64,
+    comparisons: Sequence[Comparison] | None = None,
 ) -> Path:
     """Write one self-contained HTML page for a protocol run.
 
@@ -476,6 +657,9 @@ def report(
         k: Top examples per class and per head.
         n_tokens: Tokens per head in the "what each head reads" table.
         batch_size: Sequences per forward when analysing.
+        comparisons: Paired comparisons to show (:func:`lensprobe.compare` results); default:
+            when every entry carries its protocol result, each two probes at the layers their
+            CV picks; ``[]``: none.
 
     Returns:
         The path written.
@@ -491,6 +675,7 @@ def report(
         k=k,
         n_tokens=n_tokens,
         batch_size=batch_size,
+        comparisons=comparisons,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

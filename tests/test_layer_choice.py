@@ -1,0 +1,253 @@
+"""The layer is chosen by cross-validation on the training part, and every number shows its n.
+
+The data are built so that cross-validation and the test part disagree: at ``blocks.1`` the
+training part is cleanly separable but the test part has its features flipped (CV accuracy high,
+test accuracy low); at ``blocks.3`` the training part is noisy and the test part clean (CV
+accuracy low, test accuracy high). Choosing by test accuracy would pick ``blocks.3``; the
+protocol's own split function says which rows are the test part.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+import torch
+from test_analysis import make_acts
+
+import lensprobe as lp
+from lensprobe.cli import main
+from lensprobe.errors import InputError
+from lensprobe.experiment import (
+    choose_layer,
+    format_choices,
+    format_table,
+    load_results,
+    run_grid,
+    save_rows,
+)
+from lensprobe.train import ProtocolConfig
+from lensprobe.train.split import stratified_split
+from lensprobe.viz import ReportEntry, render_report
+
+N, LEN, D = 60, 3, 4
+CV_HOOK, TEST_HOOK = "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"
+
+
+def disagreeing_acts(seed: int = 0) -> dict[str, lp.Activations]:
+    """Two hooks of the same sequences where CV and the test part rank the hooks oppositely."""
+    base = make_acts(n=N, d=D, seed=seed)
+    labels = torch.arange(N) % 2
+    _, test_rows = stratified_split(labels, 0.2, seed=0)  # the protocol's split at split_seed 0
+    is_test = torch.zeros(N, dtype=torch.bool)
+    is_test[test_rows] = True
+    sign = (2.0 * labels - 1.0)[:, None, None]  # -1 / +1 per sequence
+    direction = torch.zeros(D)
+    direction[0] = 1.0
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(train_signal: float, train_noise: float, test_signal: float, test_noise: float):
+        signal = torch.where(is_test, test_signal, train_signal)[:, None, None]
+        noise = torch.where(is_test, test_noise, train_noise)[:, None, None]
+        return sign * signal * direction + noise * torch.randn(N, LEN, D, generator=gen)
+
+    values = {
+        CV_HOOK: hook(2.0, 0.3, -2.0, 0.3),  # clean training part, flipped test part
+        TEST_HOOK: hook(0.25, 1.0, 2.0, 0.3),  # noisy training part, clean test part
+    }
+    offsets = torch.arange(0, N * LEN + 1, LEN)
+    ids = torch.zeros(N * LEN, dtype=torch.long)
+    out = {}
+    for name, x in values.items():
+        meta = dataclasses.replace(base.meta, hook=name)
+        out[name] = lp.Activations(meta, x.reshape(N * LEN, D), offsets, ids, labels)
+    return out
+
+
+FAST = dict(weight_decays=(0.0, 0.1), n_folds=3)
+
+
+@pytest.fixture(scope="module")
+def grid():
+    acts = disagreeing_acts()
+    rows = run_grid(acts, ["mean"], dataset="toy", protocol=ProtocolConfig(**FAST))
+    return acts, rows
+
+
+def test_cv_and_test_disagree_on_the_constructed_grid(grid):
+    _, rows = grid
+    by_hook = {r.hook: r.result for r in rows}
+    cv = {
+        h: sum(
+            next(c["accuracy"] for c in run.cv_summary if c["weight_decay"] == run.weight_decay)
+            for run in res.runs
+        )
+        / len(res.runs)
+        for h, res in by_hook.items()
+    }
+    test = {h: res.metrics["accuracy"] for h, res in by_hook.items()}
+    assert max(cv, key=cv.get) == CV_HOOK and max(test, key=test.get) == TEST_HOOK
+
+
+def test_choose_layer_picks_by_cv_and_reports_the_test_score_of_the_pick(grid):
+    _, rows = grid
+    records = [r.record() for r in rows]
+    choice = choose_layer(records)
+    res = {r.hook: r.result for r in rows}[CV_HOOK]
+    run = res.runs[0]
+    cv = next(c for c in run.cv_summary if c["weight_decay"] == run.weight_decay)["accuracy"]
+    assert choice.hook == CV_HOOK and choice.probe == "mean" and choice.by == "cv_accuracy"
+    assert choice.cv_score == pytest.approx(cv, abs=1e-5)
+    assert choice.test["accuracy"] == pytest.approx(res.metrics["accuracy"], abs=1e-5)
+    assert choice.n_test == res.n_test == 12 and choice.seeds == 1
+    assert choice.hooks == (CV_HOOK, TEST_HOOK)
+    assert CV_HOOK in str(choice) and "n_test=12" in str(choice) and "1 split" in str(choice)
+    # the test part never decides: a test metric is refused with the fix
+    with pytest.raises(InputError, match="pass by='cv_accuracy'"):
+        choose_layer(records, by="accuracy")
+    # lower-is-better CV scores choose the minimum
+    assert choose_layer(records, by="cv_log_loss").hook == CV_HOOK
+
+
+def test_choose_layer_needs_one_group_and_a_cv_score():
+    recs = [
+        {"dataset": "d", "hook": h, "probe": p, "cv_accuracy": 0.5, "accuracy": 0.5, "n_test": 4}
+        for h in ("a", "b")
+        for p in ("mean", "last")
+    ]
+    with pytest.raises(InputError, match="pass dataset= and probe="):
+        choose_layer(recs)
+    assert choose_layer(recs, probe="last").hook == "a"  # a tie goes to the earlier record
+    recs[3]["cv_log_loss"], recs[1]["cv_log_loss"] = 0.1, 0.9  # ... unless CV log loss breaks it
+    assert choose_layer(recs, probe="last").hook == "b"
+    old = [{k: v for k, v in r.items() if k != "cv_accuracy"} for r in recs]
+    with pytest.raises(InputError, match="rerun lensprobe train"):
+        choose_layer(old, probe="mean")
+
+
+def test_results_files_round_trip_the_cv_score_and_the_choice(grid, tmp_path):
+    _, rows = grid
+    save_rows(rows, tmp_path, save_probes=False)
+    in_memory = [r.record() for r in rows]
+    saved = load_results(tmp_path)
+    with (tmp_path / "results.csv").open() as f:
+        from_csv = list(csv.DictReader(f))
+    for rec, back, row in zip(in_memory, saved.records, from_csv, strict=True):
+        assert back["cv_accuracy"] == rec["cv_accuracy"]
+        assert float(row["cv_accuracy"]) == pytest.approx(rec["cv_accuracy"])
+        assert float(row["accuracy_boot_low"]) == pytest.approx(rec["accuracy_boot_low"])
+    expected = choose_layer(in_memory)
+    for records in (saved.records, from_csv):  # JSON numbers and CSV strings
+        again = choose_layer(records)
+        assert (again.hook, again.cv_score, again.n_test) == (
+            expected.hook,
+            expected.cv_score,
+            expected.n_test,
+        )
+        assert again.test["accuracy"] == pytest.approx(expected.test["accuracy"])
+    # a results.json written before the CV scores were recorded gets them from its seed runs
+    payload = json.loads((tmp_path / "results.json").read_text())
+    for rec in payload["records"]:
+        del rec["cv_accuracy"]
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    assert choose_layer(load_results(tmp_path).records).hook == CV_HOOK
+
+
+def _row_html(page: str, hook: str, probe: str) -> str:
+    (row,) = re.findall(
+        rf"<tr[^>]*><td class=\"left\"><code>{re.escape(hook)}</code></td>"
+        rf"<td class=\"left\">(?:<a [^>]*>)?{re.escape(probe)}.*?</tr>",
+        page,
+    )
+    return row
+
+
+def test_report_bolds_the_cv_pick_and_shows_n_and_intervals(grid):
+    _, rows = grid
+    entries = [ReportEntry.from_result(r.result, label=r.probe, hook=r.hook) for r in rows]
+    page = render_report(entries)
+    picked, other = _row_html(page, CV_HOOK, "mean"), _row_html(page, TEST_HOOK, "mean")
+    assert picked.startswith('<tr class="chosen">') and other.startswith('<tr class="">')
+    for row, r in ((picked, rows[0]), (other, rows[1])):
+        rec = r.record()
+        assert f"[{rec['accuracy_boot_low']:.3f}, {rec['accuracy_boot_high']:.3f}]" in row
+        assert f"{rec['cv_accuracy']:.3f}" in row and f"{rec['n_train']} / 12" in row
+        assert "1 split (bootstrap)" in row
+    assert "Layer chosen by cross-validation" in page
+    assert "the test part plays no role in the choice" in page
+    assert "bold: best accuracy at the hook" not in page
+
+
+def test_report_intervals_over_seeds_and_comparisons_through_lp_compare():
+    acts = make_acts(n=60, seed=9, min_len=3)
+    kw = dict(FAST, seeds=(0, 1, 2))
+    mean = lp.run_protocol(acts, probe="mean", **kw)
+    last = lp.run_protocol(acts, probe="last", **kw)
+    page = render_report([ReportEntry.from_result(mean, acts), ReportEntry.from_result(last, acts)])
+    for res, probe in ((mean, "mean"), (last, "last")):
+        row = _row_html(page, acts.meta.hook, probe)
+        est = res.summary["accuracy"]
+        assert f"[{est.low:.3f}, {est.high:.3f}]" in row and "3 splits (t)" in row
+        auc = res.summary["auroc"]
+        assert f"[{auc.low:.3f}, {auc.high:.3f}]" in row
+    cmp = lp.compare(mean, last)
+    assert "Paired comparisons" in page
+    assert f"{cmp.difference:+.3f}</td><td>[{cmp.low:+.3f}, {cmp.high:+.3f}]" in page
+    who = {"a better": "mean better", "b better": "last better"}.get(cmp.verdict, "undecided")
+    assert who in page.split('id="comparisons"')[1]
+
+
+def test_table_and_choices_print_n_intervals_and_the_pick(grid):
+    _, rows = grid
+    records = [r.record() for r in rows]
+    table = format_table(records)
+    header, _, first, second = table.splitlines()
+    assert "CV pick" in header and "cv acc" in header and "n_test" in header
+    assert first.split()[2:4] == ["mean", "*"] and second.split()[2] == "mean"
+    assert "*" not in second and "boot, 1 split" in first
+    text = format_choices(records, [])
+    assert "chosen by cross-validation accuracy on the training part" in text
+    rec = records[0]
+    lo, hi = rec["accuracy_boot_low"], rec["accuracy_boot_high"]
+    assert (
+        f"mean: {CV_HOOK} (among 2 hooks, chosen by CV accuracy {rec['cv_accuracy']:.3f})" in text
+    )
+    assert f"{rec['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (95% bootstrap, 1 split, n_test=12)" in text
+
+
+def test_cli_train_chooses_by_cv_and_prints_n_and_intervals(tmp_path, capsys):
+    from lensprobe.store import write_store
+
+    store = tmp_path / "acts"
+    write_store(store, disagreeing_acts())
+    out = tmp_path / "out"
+    args = ["train", "--acts", str(store), "--probes", "mean,last", "--out", str(out)]
+    assert main([*args, "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    for res in json.loads((out / "results.json").read_text())[
+        "results"
+    ]:  # every per-row line and table row: n_test and the t-interval
+        acc = res["summary"]["accuracy"]
+        line = next(ln for ln in printed.splitlines() if f"  {res['hook']}  {res['probe']} " in ln)
+        assert f"[{acc['low']:.3f}, {acc['high']:.3f}] (95% t over 2 splits, n_test=12)" in line
+        assert "cv acc" in line
+    assert "interval" in printed and "t, 2 splits" in printed
+    saved = load_results(out)
+    for choice in ("mean", "last"):
+        c = choose_layer(saved.records, probe=choice)
+        assert f"{choice}: {c.hook} (among 2 hooks, chosen by CV accuracy" in printed
+    assert "paired comparisons (at the chosen layers" in printed
+    for comps in saved.comparisons.values():
+        for c in comps:
+            assert str(c) in printed
+    # the report command redoes the choice from the saved records and prints it again
+    assert main(["report", "--results", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert "chosen by CV accuracy" in again and "n_test=12" in again
+    page = (out / "report.html").read_text()
+    assert page.count('<tr class="chosen">') == 2 and "Paired comparisons" in page
+    assert not math.isnan(saved.records[0]["cv_accuracy"])
