@@ -383,3 +383,25 @@ def test_nan_activations_of_one_members_rows_name_that_member(optimizer):
     tc = TrainConfig(optimizer=optimizer, max_steps=20, early_stop_fraction=0.0)
     with pytest.raises(FloatingPointError, match=r"^member 7 \(weight decay 0.01\):"):
         fit_members(cfg, x, mask, y, members, tc)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_lbfgs_with_fewer_rows_than_features_matches_scikit_learn(k):
+    # 50 rows, 80 features: the fit is solved in the span of the rows' features, which must not
+    # move the optimum (each decay > 0 member against scikit-learn at C = 1 / (n_train * wd)).
+    x, mask, y = needle_data(n=50, pos=5, d=80, k=k, seed=14)
+    members = grid(50, n_row_sets=2)
+    cfg = ProbeConfig(kind="mean", d_model=80, n_outputs=1 if k == 2 else k)
+    r = fit_members(cfg, x, mask, y, members, TrainConfig(optimizer="lbfgs", lbfgs_tolerance=1e-9))
+    feats = MeanProbe.pool(x.masked_fill(~mask[..., None], 0), mask).double()
+    for i in range(len(members)):
+        wd, rows = float(members.weight_decay[i]), members.train[i]
+        if wd == 0:
+            continue
+        sk = LogisticRegression(C=1.0 / (int(rows.sum()) * wd), tol=1e-12, max_iter=100_000)
+        sk.fit(feats[rows].numpy(), y[rows].numpy())
+        z = feats @ r.params["weight"][i] + r.params["bias"][i]
+        ours = torch.sigmoid(z[:, 0]) if k == 2 else z.softmax(dim=1)
+        theirs = sk.predict_proba(feats.numpy())
+        theirs = theirs[:, 1] if k == 2 else theirs
+        assert np.abs(ours.numpy() - theirs).max() < 1e-5, f"member {i}, weight decay {wd}"

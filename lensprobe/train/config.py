@@ -20,7 +20,8 @@ class TrainConfig:
     """
 
     optimizer: Optimizer = "adamw"
-    """``adamw``: minibatches with early stopping. ``lbfgs``: full batch, strong-Wolfe line search."""
+    """``adamw``: minibatches with early stopping. ``lbfgs``: full batch, float64, each member of a
+    sweep with its own curvature history, backtracking line search and stopping test."""
     lr: float = 2e-3
     """AdamW learning rate."""
     batch_size: int = 32
@@ -37,9 +38,10 @@ class TrainConfig:
     early_stop_fraction: float = 0.15
     """AdamW: share of the training rows held out (stratified) to early-stop on; 0 disables."""
     lbfgs_max_iter: int = 500
-    """L-BFGS: most iterations."""
+    """L-BFGS: most iterations (per member)."""
     lbfgs_tolerance: float = 1e-7
-    """L-BFGS: stop when the largest gradient entry is below this."""
+    """L-BFGS: a member stops when its largest gradient entry is at most this (or when its
+    objective or its step changes by less than 1e-12, or its line search finds no decrease)."""
     seed: int = 0
     """Data order and the early-stopping slice."""
 
