@@ -234,6 +234,12 @@ def test_report_renders_in_chromium_without_errors(tmp_path: Path, browser: DevT
     entropy_rows = browser.evaluate(
         "document.querySelectorAll('.lensprobe-entropy tbody tr').length"
     )
+    metric_rows = browser.evaluate(
+        "[...document.querySelector('#metrics + table').tBodies[0].rows].map(r => r.innerText)"
+    )
+    verdicts = browser.evaluate(
+        "[...document.querySelector('#comparisons + table').tBodies[0].rows].map(r => r.innerText)"
+    )
 
     # switch the per-head widget to head 1: its list must become head 1's top examples
     browser.evaluate(SELECT_HEAD.replace("WIDGET", "0").replace("VALUE", "1"))
@@ -271,6 +277,18 @@ def test_report_renders_in_chromium_without_errors(tmp_path: Path, browser: DevT
     assert all("".join(e.tokens) in switched for e in expected.by_head[1])
     assert len(images) == 3 and all(images), "a matplotlib figure did not decode"
     assert entropy_rows == 2 + 1  # two heads and the overall row
+    # every shown metric row carries n and its interval; the comparison is lp.compare's
+    for row, res in zip(metric_rows, (att, mean), strict=True):
+        ci = res.bootstrap("accuracy", n_resamples=1000)
+        assert f"[{ci.low:.3f}, {ci.high:.3f}]" in row
+        assert f"/ {res.n_test}" in row and "1 split (bootstrap)" in row
+    cmp = lp.compare(att, mean)
+    (shown,) = verdicts
+    who = {"a better": "attention-2 better", "b better": "mean better"}.get(
+        cmp.verdict, "undecided"
+    )
+    assert f"{cmp.difference:+.3f}" in shown and f"[{cmp.low:+.3f}, {cmp.high:+.3f}]" in shown
+    assert shown.rstrip().endswith(who)
     assert problems == [], "the page logged errors:\n" + "\n".join(problems)
     offline = [u for u in requests if not u.startswith(("file:", "data:"))]
     assert offline == [], f"the report reached the network: {offline}"

@@ -280,7 +280,7 @@ def _cv_figure(entries: Sequence[ReportEntry]) -> str | None:
             ax.plot([xs[j]], [ys[j]], marker="*", markersize=13, color=_COLOURS[i % len(_COLOURS)])
     ax.set_xscale("log")
     ax.set_xlabel("weight decay (0 drawn at the left end)")
-    ax.set_title("cross-validation accuracy (star: chosen)", fontsize=10)
+    ax.set_title("cross-validation accuracy (star: the chosen weight decay)", fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     return _png(fig, "cross-validation accuracy against weight decay")
 
@@ -333,7 +333,7 @@ table.metrics th, table.metrics td { padding: 5px 11px; border-bottom: 1px solid
 table.metrics th { background: #f6f8fa; }
 table.metrics td.left, table.metrics th.left { text-align: left; }
 table.metrics tr.chosen td { font-weight: 600; }
-table.metrics small.ci { color: #57606a; font-weight: 400; }
+table.metrics small.ci { color: #57606a; font-weight: 400; white-space: nowrap; }
 img.figure { max-width: 100%; display: block; margin: 8px 0; }
 .card { border: 1px solid #d8dee4; border-radius: 8px; padding: 10px 14px; margin: 10px 0;
         background: #fff; }
