@@ -6,6 +6,11 @@ the same minibatch of activations in the same order, and each member's loss coun
 rows, so the members never interact: a member ends exactly where the same probe trained alone on
 the same rows (with the same data order) ends, but the activations are read once for all of them.
 
+With L-BFGS every member is its own optimisation too: its own curvature history, its own line
+search step and its own stopping test and iteration count (only the arithmetic is batched), so a
+member takes the same iterations and ends at the same point in any sweep, decay 0 on separable
+data included. It runs in float64.
+
 Pooled probes (mean / last / max) pool every sequence once up front; after that a fit only sees
 ``(row, d_model)`` features.
 
@@ -644,6 +649,9 @@ def _fit_adamw(
 ) -> FitResult:
     """Minibatch AdamW with per-member early stopping on each member's held-out rows.
 
+    Weight decay follows ``train.decay``: ``l2`` adds ``wd / 2 * ||W||^2`` to each member's
+    minibatch loss (the L-BFGS objective); ``decoupled`` shrinks ``W`` by ``1 - lr * wd`` each step.
+
     The early-stopping loss is evaluated at the end of the first epoch that completes
     ``eval_every`` steps since the last evaluation. A member whose loss has not dropped by more
     than ``min_delta`` for ``patience`` evaluations is finished: its best parameters are frozen, it is no longer computed,
@@ -690,12 +698,17 @@ def _fit_adamw(
                 loss = per_example_loss(data.logits(live_params, rows), labels[rows])
             member_loss = _member_mean(loss, w)
             went_bad = ~torch.isfinite(member_loss.detach())
+            if train.decay == "l2":  # wd / 2 * ||W||^2 in each member's loss, as L-BFGS
+                if live is None:
+                    member_loss = member_loss + _decay_penalty(cls, params, wd)
+                else:
+                    member_loss = member_loss + _decay_penalty(cls, live_params, wd[live])
             if live is not None:
                 went_bad = torch.zeros_like(active).index_put_((live,), went_bad)
             bad_step = torch.where(went_bad & (bad_step < 0), step + 1, bad_step)
             member_loss.sum().backward()
             with torch.no_grad():  # decoupled weight decay, per member
-                for name in decay:
+                for name in decay if train.decay == "decoupled" else ():
                     p = params[name]
                     p.mul_((1 - train.lr * wd).reshape(-1, *([1] * (p.ndim - 1))))
             opt.step()
@@ -799,10 +812,16 @@ def fit(
     """Train a copy of ``probe`` from its current parameters; ``probe`` itself is not changed.
 
     With AdamW, ``train.early_stop_fraction`` of the rows (stratified by label) are held out to
-    early-stop on. With L-BFGS every row trains.
+    early-stop on. With L-BFGS every row trains. The fit reads the tokens the trained probe's
+    ``forward`` reads (:func:`~lensprobe.probes.base.tokens_read`: without each sequence's first
+    token when ``probe.config.exclude_bos``), so pass the mask as captured.
 
     Returns:
         The trained probe, in eval mode, on ``x``'s device.
+
+    Raises:
+        InputError: Empty or non-finite activations, a bad mask, labels outside the classes.
+        FloatingPointError: The training loss became NaN/inf (e.g. too large a learning rate).
     """
     from lensprobe.errors import InputError
     from lensprobe.train.checks import check_activations
