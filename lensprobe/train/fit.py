@@ -784,15 +784,29 @@ def unscale_params(
     return {k: v / input_scale if k in scaled else v for k, v in params.items()}
 
 
-def token_scale(x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]) -> float:
+def token_scale(
+    x: Float[Tensor, "batch pos d_model"],
+    mask: Bool[Tensor, "batch pos"],
+    rows: Int[Tensor, " rows"] | None = None,
+) -> float:
     """Median norm of the valid token vectors, divided by ``sqrt(d_model)``.
 
     Dividing by it gives token entries of about unit size whatever the model's residual scale,
     so one learning rate and one weight-decay grid suit every model and layer.
+
+    Args:
+        x: Padded activations.
+        mask: The tokens that count.
+        rows: Only these sequences count (default: all); ``x`` is read in place, never copied.
     """
+    keep = mask
+    if rows is not None:
+        keep = torch.zeros(x.shape[0], dtype=torch.bool, device=mask.device)
+        keep[rows.to(mask.device)] = True
+        keep = mask & keep[:, None]
     norms = torch.cat(
         [
-            torch.linalg.vector_norm(x[i : i + 256].float(), dim=-1)[mask[i : i + 256]]
+            torch.linalg.vector_norm(x[i : i + 256].float(), dim=-1)[keep[i : i + 256]]
             for i in range(0, x.shape[0], 256)
         ]
     )

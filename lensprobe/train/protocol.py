@@ -687,8 +687,8 @@ def _run_seed(
         seed, config.weight_decays, split.fold, config.n_folds, rows_train, split.stop_rows, n
     )
     # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
-    read = tokens_read(probe_config, mask[rows_train])
-    scale = token_scale(x[rows_train], read) if config.normalize == "token_norm" else 1.0
+    read = tokens_read(probe_config, mask)
+    scale = token_scale(x, read, rows_train) if config.normalize == "token_norm" else 1.0
     params, steps, best_step = _fit(
         probe_config,
         x,
