@@ -16,7 +16,17 @@ def _records(out):
         return list(csv.DictReader(f))
 
 
-def test_run_then_train_then_report_on_a_tiny_model(tiny_gemma3_dir, tmp_path, capsys):
+@pytest.fixture
+def few_resamples(monkeypatch):
+    """Cheaper bootstrap intervals (the tests check that they are shown, not their precision)."""
+    import lensprobe.train.selection as selection
+
+    monkeypatch.setattr(selection, "BOOTSTRAP_RESAMPLES", 200)
+
+
+def test_run_then_train_then_report_on_a_tiny_model(
+    tiny_gemma3_dir, tmp_path, capsys, few_resamples
+):
     out = tmp_path / "run"
     hooks = "blocks.1.hook_resid_post,blocks.3.hook_resid_post"
     code = main(
@@ -104,6 +114,31 @@ def test_every_command_has_help(capsys):
     for name in ("demo", "run", "capture", "train", "report", "datasets"):
         assert main([name, "--help"]) == 0
         assert "usage: lensprobe " + name in capsys.readouterr().out
+
+
+def test_demo_prints_cv_choices_and_comparisons_per_task(
+    tiny_gemma3_dir, tmp_path, capsys, monkeypatch, few_resamples
+):
+    import lensprobe.cli as cli
+
+    load = cli._load_model
+    monkeypatch.setattr(cli, "_load_model", lambda name, backend: load(str(tiny_gemma3_dir), "hf"))
+    out = tmp_path / "demo"
+    hooks = "blocks.1.hook_resid_post,blocks.3.hook_resid_post"
+    args = ["demo", "--tasks", "facts,topics", "--hooks", hooks, "--probes", "mean,last"]
+    assert main([*args, "--n", "40", "--backend", "hf", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())
+    for task in ("facts", "topics"):
+        block = printed.split(f"\n{task}: layer chosen by cross-validation accuracy")[1]
+        for probe in ("mean", "last"):
+            recs = [r for r in saved["records"] if r["dataset"] == task and r["probe"] == probe]
+            pick = max(recs, key=lambda r: (r["cv_accuracy"], -r["cv_log_loss"]))
+            assert f"  {probe}: {pick['hook']} (among 2 hooks, chosen by CV accuracy" in block
+        assert "paired comparisons" in block.split("\n\n")[0]
+        comps = [c for c in saved["comparisons"] if c["dataset"] == task]
+        assert len(comps) == 1 and comps[0]["verdict"] in ("a better", "b better", "undecided")
+    assert printed.count("n_test=8") >= 8  # 8 cells, each line with its n
 
 
 @pytest.mark.slow
