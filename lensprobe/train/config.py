@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 Optimizer = Literal["adamw", "lbfgs"]
+Decay = Literal["decoupled", "l2"]
 
 
 @dataclass(frozen=True)
@@ -14,9 +15,11 @@ class TrainConfig:
 
     Weight decay is not here: it is what a sweep varies. It applies to the probe's weight
     matrices only (an attention probe's ``query`` and ``value``, a pooled probe's ``weight``), never
-    to biases or the position slope. With AdamW it is decoupled decay, ``p <- p * (1 - lr * wd)``
-    each step; with L-BFGS it is an L2 penalty ``wd / 2 * ||W||^2`` added to the mean loss (so
-    ``wd`` matches scikit-learn's ``LogisticRegression(C=1 / (n_train * wd))``).
+    to biases or the position slope. With L-BFGS it is always an L2 penalty ``wd / 2 * ||W||^2``
+    added to the mean loss (so ``wd`` matches scikit-learn's
+    ``LogisticRegression(C=1 / (n_train * wd))``). With AdamW, :attr:`decay` chooses between
+    that same penalty (``l2``, the default) and decoupled decay (``decoupled``,
+    ``p <- p * (1 - lr * wd)`` each step).
     """
 
     optimizer: Optimizer = "adamw"
@@ -42,12 +45,22 @@ class TrainConfig:
     lbfgs_tolerance: float = 1e-7
     """L-BFGS: a member stops when its largest gradient entry is at most this (or when its
     objective or its step changes by less than 1e-12, or its line search finds no decrease)."""
+    decay: Decay = "l2"
+    """How AdamW applies a member's weight decay ``wd`` (L-BFGS always uses ``l2``).
+    ``l2`` (default): ``wd / 2 * ||W||^2`` is added to each member's mean minibatch loss, the
+    objective L-BFGS minimises, so a decay means the same in both optimizers and shrinks the
+    weights towards the penalised optimum. ``decoupled``: ``p <- p * (1 - lr * wd)`` each step
+    (AdamW as published); at the default ``lr`` and a 1500-step budget it shrinks by at most
+    ``(1 - lr * wd) ** 1500`` (14% at ``wd = 0.1``, 0.3% at ``1e-3``), so the protocol's grid
+    barely changes the probe (measured in ``benchmarks/decay_modes.py``)."""
     seed: int = 0
     """Data order and the early-stopping slice."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "lbfgs"):
             raise ValueError(f"optimizer must be 'adamw' or 'lbfgs', got {self.optimizer!r}")
+        if self.decay not in ("decoupled", "l2"):
+            raise ValueError(f"decay must be 'decoupled' or 'l2', got {self.decay!r}")
         if self.min_delta < 0:
             raise ValueError(f"min_delta must be non-negative, got {self.min_delta}")
         if not 0.0 <= self.early_stop_fraction < 1.0:
