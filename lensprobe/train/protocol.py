@@ -72,7 +72,10 @@ class ProtocolConfig:
     optimizer: Literal["auto", "adamw", "lbfgs"] = "auto"
     """``auto``: AdamW for attention probes, L-BFGS for pooled probes (as in the study)."""
     weight_decays: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)
-    """The grid cross-validation chooses from."""
+    """The grid cross-validation chooses from. Each decay is an L2 penalty ``wd / 2 * ||W||^2``
+    on the (normalised) loss for both optimizers by default; AdamW's decoupled decay is
+    ``train.decay="decoupled"``, under which this grid barely moves the weights (see
+    :attr:`TrainConfig.decay`). The study's attention and ``-adamw`` columns use the default."""
     n_folds: int = 5
     """Cross-validation folds of the training part."""
     test_fraction: float = 0.2
