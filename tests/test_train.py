@@ -293,15 +293,16 @@ def test_lbfgs_attention_members_are_trained_alone():
             torch.testing.assert_close(batched.params[name][i : i + 1], value, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("decay", ["l2", "decoupled"])
 @pytest.mark.parametrize("kind", ["attention", "mean", "max"])
-def test_adamw_member_in_a_sweep_is_the_member_alone_for_every_decay(kind):
+def test_adamw_member_in_a_sweep_is_the_member_alone_for_every_decay(kind, decay):
     x, mask, y = needle_data(n=60, pos=6, d=16, k=3, seed=9)
     cfg = ProbeConfig(kind=kind, d_model=16, n_heads=2 if kind == "attention" else 1, n_outputs=3)
     n = x.shape[0]
     base = grid(n, n_row_sets=2)
     stop = ~base.train & (torch.arange(n) % 2 == 0)
     members = Members(base.weight_decay, (0, 1) * 4, base.train, stop)
-    tc = TrainConfig(max_steps=60, eval_every=4, patience=2, batch_size=16, lr=2e-2)
+    tc = TrainConfig(max_steps=60, eval_every=4, patience=2, batch_size=16, lr=2e-2, decay=decay)
     order = torch.arange(n)
     batched = fit_members(cfg, x, mask, y, members, tc, order_rows=order)
     for i in range(len(members)):
@@ -359,7 +360,7 @@ def test_adamw_member_that_diverges_is_named():
         stop=torch.zeros(2, 64, dtype=torch.bool),
     )
     # decoupled decay with lr * wd = 30 multiplies the weights by -29 every step: overflow
-    tc = TrainConfig(max_steps=200, lr=1.0, early_stop_fraction=0.0)
+    tc = TrainConfig(max_steps=200, lr=1.0, early_stop_fraction=0.0, decay="decoupled")
     cfg = ProbeConfig(kind="attention", d_model=8, n_heads=1)
     with pytest.raises(FloatingPointError, match=r"member 1 \(weight decay 30\):"):
         fit_members(cfg, x, mask, y, members, tc)

@@ -390,29 +390,41 @@ class _Objective:
         return f.detach(), g
 
     def _pooled(self, theta: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """The pooled (logistic / softmax regression) case, with its gradient written out."""
+        """The pooled (logistic / softmax regression) case, with its gradient written out.
+
+        The loss is :func:`per_example_loss`'s, computed with elementwise operations next to its
+        derivative (probabilities minus one-hot labels): on small problems every kernel launch
+        counts, and on a busy machine so does every multi-threaded one.
+        """
         assert self.features is not None and self.center is not None
         params = self.unflatten(theta)
         weight, center, wd = params["weight"], self.center[idx], self.wd[idx]
-        bias = params["bias"] - einsum(center, weight, "m d, m d c -> m c")
-        logits = einsum(self.features, weight, "b d, m d c -> m b c") + bias[:, None, :]
+        k, d, c = weight.shape
+        # all members' logits as one matrix product of the shared features
+        z = (self.features @ weight.permute(1, 0, 2).reshape(d, k * c)).view(-1, k, c)
+        bias = params["bias"] - (center[:, :, None] * weight).sum(dim=1)
+        z = z.permute(1, 0, 2) + bias[:, None, :]
+        if c == 1:
+            z1, target = z[..., 0], self.labels.to(z.dtype)
+            loss = z1.clamp_min(0) - z1 * target + torch.log1p(torch.exp(-z1.abs()))
+            dz = (torch.sigmoid(z1) - target)[..., None]
+        else:
+            top = z.amax(dim=-1, keepdim=True)
+            e = torch.exp(z - top)
+            total = e.sum(dim=-1, keepdim=True)
+            loss = (total.log() + top - (z * self.onehot).sum(dim=-1, keepdim=True))[..., 0]
+            dz = e / total - self.onehot
         share = self.share[idx]
         counted = share > 0  # other members' rows never count, even when not finite
-        loss = torch.where(counted, per_example_loss(logits, self.labels), 0.0) * share
+        loss = torch.where(counted, loss, 0.0) * share
         f = loss.sum(dim=1) + 0.5 * wd * weight.pow(2).flatten(1).sum(dim=1)
-        # d(mean loss)/d(logits): probabilities minus the one-hot labels, times each row's share
-        if logits.shape[-1] == 1:
-            dz = torch.sigmoid(logits) - self.labels.to(logits.dtype)[None, :, None]
-        else:
-            dz = logits.softmax(dim=-1) - self.onehot
-        dz = torch.where(counted[..., None], dz * share[..., None], 0.0)
+        dz = torch.where(counted[..., None], dz * share[..., None], 0.0)  # d f / d logits
         d_bias = dz.sum(dim=1)
-        d_weight = einsum(self.features, dz, "b d, m b c -> m d c")
-        d_weight = (
-            d_weight - einsum(center, d_bias, "m d, m c -> m d c") + wd[:, None, None] * weight
-        )
+        d_weight = (self.features.T @ dz.permute(1, 0, 2).reshape(-1, k * c)).view(d, k, c)
+        d_weight = d_weight.permute(1, 0, 2) - center[:, :, None] * d_bias[:, None, :]
+        d_weight = d_weight + wd[:, None, None] * weight
         grads = {"weight": d_weight, "bias": d_bias}
-        return f, torch.cat([grads[k].reshape(theta.shape[0], -1) for k in self.shapes], dim=1)
+        return f, torch.cat([grads[n].reshape(k, -1) for n in self.shapes], dim=1)
 
 
 def _nonfinite_error(members: Members, bad: Tensor, what: str) -> FloatingPointError:
