@@ -47,7 +47,7 @@ def test_l2_adamw_reaches_the_penalised_optimum(wd):
     probe = lp.MeanProbe(d_model=x.shape[-1])
     exact = lp.fit(probe, x, mask, y, weight_decay=wd, train=TrainConfig(optimizer="lbfgs"))
     long = TrainConfig(
-        lr=1e-2, batch_size=x.shape[0], max_steps=4000, early_stop_fraction=0.0, decay="l2"
+        lr=2e-2, batch_size=x.shape[0], max_steps=1000, early_stop_fraction=0.0, decay="l2"
     )
     adam = lp.fit(probe, x, mask, y, weight_decay=wd, train=long)
     w_exact, w_adam = exact.weight.detach(), adam.weight.detach()
