@@ -35,3 +35,19 @@ def random_probe(
         for p in probe.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * scale)
     return probe
+
+
+def token_task(
+    n: int, pos: int, d: int, k: int, seed: int, *, min_length: int, strength: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise sequences ``(n, pos, d)`` of random valid lengths (``min_length`` to ``pos``) where
+    one token at a random valid position carries the class (``strength`` times a random class
+    direction); labels cycle through ``k`` classes. Returns ``(x, mask, y)``."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    x = torch.randn(n, pos, d, generator=gen)
+    lengths = torch.randint(min_length, pos + 1, (n,), generator=gen)
+    mask = torch.arange(pos)[None] < lengths[:, None]
+    where = (torch.rand(n, generator=gen) * lengths).long()
+    x[torch.arange(n), where] += strength * torch.randn(k, d, generator=gen)[y]
+    return x, mask, y

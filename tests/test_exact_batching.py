@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from probe_helpers import token_task
 
 import lensprobe as lp
 from lensprobe.train import TrainConfig
@@ -24,14 +25,7 @@ ADAMW = TrainConfig(max_steps=40, eval_every=5, patience=2, lr=2e-2, batch_size=
 
 def separable_task(n=60, pos=8, d=64, k=2, seed=0):
     """n < d: each class is carried by one token at a random position, on noise."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % k
-    x = torch.randn(n, pos, d, generator=gen)
-    lengths = torch.randint(3, pos + 1, (n,), generator=gen)
-    mask = torch.arange(pos)[None] < lengths[:, None]
-    where = (torch.rand(n, generator=gen) * lengths).long()
-    x[torch.arange(n), where] += 2 * torch.randn(k, d, generator=gen)[y]
-    return x, mask, y
+    return token_task(n, pos, d, k, seed, min_length=3, strength=2.0)
 
 
 def assert_same_runs(batched, sequential, *, rtol: float, atol: float) -> None:

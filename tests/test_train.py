@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from probe_helpers import token_task
 from sklearn.linear_model import LogisticRegression
 
 from lensprobe.probes import AttentionProbe, LastTokenProbe, MaxProbe, MeanProbe, ProbeConfig
@@ -15,15 +16,7 @@ from lensprobe.train import Members, TrainConfig, fit, fit_members, stratified_s
 
 def needle_data(n=160, pos=12, d=16, k=2, seed=0):
     """Sequences of noise where one token at a random position carries the class."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % k
-    x = torch.randn(n, pos, d, generator=gen)
-    lengths = torch.randint(4, pos + 1, (n,), generator=gen)
-    mask = torch.arange(pos)[None] < lengths[:, None]
-    where = (torch.rand(n, generator=gen) * lengths).long()
-    directions = torch.randn(k, d, generator=gen) * 3
-    x[torch.arange(n), where] += directions[y]
-    return x, mask, y
+    return token_task(n, pos, d, k, seed, min_length=4, strength=3.0)
 
 
 def words_as_token_embeddings(texts: list[str], d: int = 48, max_len: int = 40):
