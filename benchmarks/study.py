@@ -1,19 +1,28 @@
 """The attention-probes study's comparison, rerun on Gemma 3 270M over the offline datasets.
 
-For every classification dataset of ``../shared/data`` (one per folder, stratified subsample of
-``--n`` texts), the residual stream of the bundled Gemma 3 270M is captured once at three layers,
-and seven probes go through the study's protocol (80/20 split, weight decay by 5-fold CV, refit,
-test) with several seeds: attention probes with 1, 2 and 8 heads (AdamW), mean and last-token
-probes with L-BFGS (the study's choice) and with AdamW.
+For each classification dataset of ``../shared/data`` (one per folder, stratified subsample of
+``--n`` texts), the residual stream of the bundled Gemma 3 270M is captured once at several
+layers, and each probe goes through the protocol (``lensprobe.run_protocol``) with ``--seeds``
+seeds, each an independent stratified 80/20 split with its own 5-fold CV choice of weight decay,
+refit and test. Attention probes and ``-adamw`` probes train with AdamW, ``mean`` / ``last`` with
+L-BFGS.
 
-    python benchmarks/study.py                           # the default run (about 40 min, 2 CPUs)
-    python benchmarks/study.py --datasets sst2,ag_news --layers 9 --seeds 1 --n 200
+The tables never choose anything on the test part: each probe's layer is the one with the best CV
+accuracy (``lp.choose_layer``), and probe kinds are compared with ``lp.compare`` (paired on the
+same splits, 95% t-interval over the splits, ``undecided`` when it contains 0), each at its
+CV-chosen layer. Every accuracy is printed with its interval and ``n_test``.
+
+    python benchmarks/study.py                      # the README's run: 6 datasets, 5 probes
+    python benchmarks/study.py --datasets all --probes attention-1,attention-2,attention-8,mean,last
+    python benchmarks/study.py --datasets sst2 --layers 9 --probes attention-8,mean --seeds 3
 
 Resumable: each dataset is captured once into ``OUT/acts/<dataset>`` (a store that resumes by
 itself), each (dataset, layer, probe) cell is written to ``OUT/cells/<dataset>/<hook>/<probe>.json``
-as soon as it is done, and a rerun skips the cells whose file exists. Every run rebuilds, from all
-cell files, ``OUT/results.csv``, ``OUT/results.md``, ``OUT/entropy.csv`` and ``OUT/study.png``.
-Only ``OUT/acts`` is large; it is not meant for version control.
+as soon as it is done (with each seed's split, test labels and test logits, which is what the
+paired comparisons read), and a rerun skips the cells whose file exists. Every run rebuilds, from
+all cell files, ``OUT/results.csv``, ``OUT/comparisons.csv``, ``OUT/results.md``,
+``OUT/entropy.csv`` and ``OUT/study.png``. Only ``OUT/acts`` is large; it is not meant for version
+control.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,19 @@ PROBES: tuple[str, ...] = (
     "last-adamw",
 )
 """The probes of the comparison (specs of ``lensprobe.experiment.ProbeSpec``)."""
+
+DEFAULT_PROBES: tuple[str, ...] = ("attention-8", "mean", "last", "mean-adamw", "last-adamw")
+"""The probes of the README's run (attention-1 and -2 left out for time on a 2-core CPU)."""
+
+DEFAULT_DATASETS: tuple[str, ...] = (
+    "geometry_of_truth/cities",
+    "sst2",
+    "massive_scenario",
+    "refusal_harmful_harmless",
+    "sms_spam",
+    "tweet_eval_emotion",
+)
+"""The README's run: the first six entries of :data:`TASKS` (the shortest texts)."""
 
 MIN_PER_CLASS = 8
 """Fewest rows a class may keep in a subsample: 5-fold CV needs 5 in the 80 % training part."""
@@ -91,7 +113,7 @@ TASKS: tuple[Task, ...] = (
 )
 """Every classification folder of the offline collection, one entry each (short texts first)."""
 
-SETTINGS_KEYS = ("n", "max_length", "seeds", "backend", "model", "max_steps")
+SETTINGS_KEYS = ("n", "max_length", "seeds", "backend", "model", "max_steps", "decay")
 """Settings a finished cell depends on; a rerun with other values needs another ``--out``."""
 
 log = logging.getLogger("study")
@@ -114,13 +136,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--n", type=int, default=160, help="texts per dataset, stratified subsample (default 160)"
     )
     ap.add_argument("--layers", default="4,9,13", help="layers i of blocks.{i}.hook_resid_post")
-    ap.add_argument("--seeds", type=int, default=2, help="seeds per probe (default 2)")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds per probe, each an independent split (default 3; at least 2 for intervals)",
+    )
     ap.add_argument(
         "--datasets",
-        default=",".join(t.name for t in TASKS),
-        help="registry names (default: one per classification folder of --data-dir)",
+        default=",".join(DEFAULT_DATASETS),
+        help="registry names, or 'all' (one per classification folder of --data-dir); default: "
+        "the first six",
     )
-    ap.add_argument("--probes", default=",".join(PROBES), help="probe specs")
+    ap.add_argument("--probes", default=",".join(DEFAULT_PROBES), help="probe specs")
     ap.add_argument("--max-length", type=int, default=128, help="tokens per text, BOS included")
     ap.add_argument(
         "--backend", default="transformer_lens", choices=["transformer_lens", "nnsight", "hf"]
@@ -129,6 +157,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=16, help="texts per forward in capture")
     ap.add_argument(
         "--max-steps", type=int, default=None, help="most AdamW steps (default: protocol's)"
+    )
+    ap.add_argument(
+        "--decay",
+        default=None,
+        choices=["decoupled", "l2"],
+        help="how AdamW applies weight decay (default: TrainConfig's)",
     )
     ap.add_argument(
         "--threads",
@@ -144,6 +178,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.layers = [int(x) for x in _csv_list(args.layers)]
     args.datasets = _csv_list(args.datasets)
     args.probes = _csv_list(args.probes)
+    if args.datasets == ["all"]:
+        args.datasets = [t.name for t in TASKS]
+    if args.decay is None:
+        from lensprobe.train import TrainConfig
+
+        args.decay = TrainConfig().decay
     if args.n < 1 or args.seeds < 1 or args.max_length < 2:
         ap.error("--n and --seeds must be positive and --max-length at least 2")
     return args
@@ -336,7 +376,21 @@ def run_cell(task: Task, layer: int, spec: Any, acts: Any, base: Any) -> dict[st
         cell["record"]["mean_steps"] = round(sum(steps) / len(steps), 1)
     cell["config"] = summary["config"]
     cell["input_scale"] = summary["input_scale"]
+    cell["classes"] = summary["classes"]
+    cell["runs"] = [run_payload(run) for run in result.runs]
     return cell
+
+
+def run_payload(run: Any) -> dict[str, Any]:
+    """What a paired comparison needs of one seed: its split, test labels and test logits."""
+    d = run.to_dict()
+    d.update(
+        train_rows=run.train_rows.tolist(),
+        test_rows=run.test_rows.tolist(),
+        test_labels=run.test_labels.tolist(),
+        test_logits=[[round(float(v), 6) for v in row] for row in run.test_logits.tolist()],
+    )
+    return d
 
 
 def run_study(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
@@ -348,7 +402,9 @@ def run_study(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> 
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = parse_probes(args.probes)
-    train = TrainConfig() if args.max_steps is None else TrainConfig(max_steps=args.max_steps)
+    train = TrainConfig(decay=args.decay)
+    if args.max_steps is not None:
+        train = replace(train, max_steps=args.max_steps)
     base = ProtocolConfig(seeds=tuple(range(args.seeds)), train=train)
     model = ModelHolder(args.model, args.backend)
     tasks = [task_for(name) for name in args.datasets]
@@ -388,9 +444,11 @@ def run_study(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> 
 # --- tables and plot -------------------------------------------------------------------------------
 
 
-def read_cells(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Result records, entropy rows and capture infos of every cell file under ``out``."""
-    records, entropy, captures = [], [], {}
+def read_cells(
+    out: Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], dict[tuple, Any]]:
+    """Records, entropy rows, capture infos and the cells by (dataset, hook, probe), under ``out``."""
+    records, entropy, captures, cells_by_key = [], [], {}, {}
     cells = out / "cells"
     for info in sorted(cells.glob("*/capture.json")):
         data = json.loads(info.read_text(encoding="utf-8"))
@@ -400,6 +458,7 @@ def read_cells(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], d
         rec = dict(cell["record"])
         rec = {"dataset": rec.pop("dataset"), "layer": cell["layer"], **rec}
         records.append(rec)
+        cells_by_key[(rec["dataset"], rec["hook"], rec["probe"])] = cell
         for seed in (cell.get("entropy") or {}).get("per_seed", []):
             for head in seed["per_head"]:
                 entropy.append(
@@ -411,7 +470,52 @@ def read_cells(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], d
                         **head,
                     }
                 )
-    return records, entropy, captures
+    return records, entropy, captures, cells_by_key
+
+
+def result_of(cell: dict[str, Any]) -> Any:
+    """A cell's protocol result, rebuilt from its file for :func:`lensprobe.compare`.
+
+    It holds what a paired comparison reads (each seed's split, test labels, test logits and
+    metrics); the probes and the out-of-fold logits are not stored.
+    """
+    import torch
+
+    from lensprobe.train.protocol import ProtocolConfig, ProtocolResult, SeedRun
+
+    if "runs" not in cell:
+        raise SystemExit(
+            "a cell file has no per-seed runs (written by an older study.py); rerun it"
+        )
+    runs = [
+        SeedRun(
+            seed=r["seed"],
+            split_seed=r["split_seed"],
+            train_rows=torch.tensor(r["train_rows"]),
+            test_rows=torch.tensor(r["test_rows"]),
+            weight_decay=r["weight_decay"],
+            metrics=r["metrics"],
+            cv_summary=r["cv_summary"],
+            test_logits=torch.tensor(r["test_logits"], dtype=torch.float64),
+            test_labels=torch.tensor(r["test_labels"]),
+            cv_logits=torch.empty(0, 1),
+            thresholds=r["thresholds"],
+            input_scale=r["input_scale"],
+            probe=None,  # type: ignore[arg-type]
+        )
+        for r in cell["runs"]
+    ]
+    metrics = {k: sum(r.metrics[k] for r in runs) / len(runs) for k in runs[0].metrics}
+    return ProtocolResult(
+        config=ProtocolConfig.from_dict(cell["config"]),
+        runs=runs,
+        classes=tuple(cell.get("classes", ())),
+        metrics=metrics,
+        summary={},
+        cv_table=[],
+        cv_summary=cell["cv_summary"],
+        seconds=float(cell["record"].get("seconds", 0.0)),
+    )
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -443,73 +547,223 @@ def _order(records: list[dict[str, Any]], key: str, preferred: Sequence[Any]) ->
     return [p for p in preferred if p in seen] + sorted(p for p in seen if p not in preferred)
 
 
-def _grid(records: list[dict[str, Any]]) -> tuple[dict, dict, list, list, list, list]:
-    """Accuracy and entropy ratio by (dataset, layer, probe); datasets, layers and probes in
-    display order; the datasets with every cell."""
-    acc = {(r["dataset"], r["layer"], r["probe"]): r["accuracy"] for r in records}
-    ent = {(r["dataset"], r["layer"], r["probe"]): r.get("entropy_ratio") for r in records}
+@dataclass
+class Study:
+    """Everything the tables read: the records, the CV layer choices and the paired comparisons."""
+
+    records: list[dict[str, Any]]
+    datasets: list[str]
+    layers: list[int]
+    probes: list[str]
+    choices: dict[tuple[str, str], Any]
+    """(dataset, probe) -> :class:`lensprobe.train.selection.LayerChoice` (every layer present)."""
+    comparisons: list[tuple[str, Any, Any]]
+    """(dataset, comparison with its t-interval over splits, the same with a paired bootstrap over
+    the test rows), each pair at its CV-chosen layers (:func:`lensprobe.compare`)."""
+
+
+def analyse(records: list[dict[str, Any]], cells: dict[tuple, Any]) -> Study:
+    """Choose each probe's layer by CV and compare the pairs of :data:`PAIRS` on the same splits."""
+    from dataclasses import replace as dc_replace
+
+    import lensprobe as lp
+
     datasets = _order(records, "dataset", [t.name for t in TASKS])
     layers = sorted({r["layer"] for r in records})
     probes = _order(records, "probe", PROBES)
-    complete = [d for d in datasets if all((d, la, p) in acc for la in layers for p in probes)]
-    return acc, ent, datasets, layers, probes, complete
+    have = {(r["dataset"], r["layer"], r["probe"]) for r in records}
+    choices = {}
+    for d in datasets:
+        for p in probes:
+            if all((d, la, p) in have for la in layers):  # a choice among every layer only
+                choices[(d, p)] = lp.choose_layer(records, dataset=d, probe=p, by="cv_accuracy")
+    comparisons = []
+    for a, b in PAIRS:
+        for d in datasets:
+            if (d, a) not in choices or (d, b) not in choices:
+                continue
+            ca, cb = choices[(d, a)], choices[(d, b)]
+            ra, rb = result_of(cells[(d, ca.hook, a)]), result_of(cells[(d, cb.hook, b)])
+            c = lp.compare(ra, rb, "accuracy")
+            boot = lp.compare(ra, rb, "accuracy", method="bootstrap", n_resamples=1000)
+            comparisons.append((d, dc_replace(c, a=a, b=b), boot))
+    return Study(records, datasets, layers, probes, choices, comparisons)
+
+
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("attention-8", "mean"),
+    ("attention-8", "last"),
+    ("attention-1", "mean"),
+    ("attention-8", "attention-1"),
+    ("mean", "mean-adamw"),
+    ("last", "last-adamw"),
+)
+"""The comparisons reported (first minus second), where both probes were run."""
+
+
+def _layer_of(hook: str) -> str:
+    return hook.removeprefix("blocks.").split(".")[0]
+
+
+def _with_interval(rec: dict[str, Any]) -> str:
+    low, high = rec.get("accuracy_low"), rec.get("accuracy_high")
+    text = _fmt(rec.get("accuracy"))
+    if low is None or high is None:
+        return text
+    return f"{text} [{max(float(low), 0.0):.2f}, {min(float(high), 1.0):.2f}]"
 
 
 def markdown(
-    records: list[dict[str, Any]],
+    study: Study,
     captures: dict[str, Any],
     settings: dict[str, Any],
+    entropy: dict[tuple[str, int, str], Any],
 ) -> str:
-    """The results page: sizes, per-dataset best-layer accuracy, summaries, head-to-heads."""
-    acc, ent, datasets, layers, probes, complete = _grid(records)
+    """The results page: settings, CV-chosen-layer accuracy, paired comparisons, sizes, cost."""
+    s = study
+    seeds = settings.get("seeds")
+    n_tests = sorted({int(r["n_test"]) for r in s.records})
+    commands = settings.get("commands") or [settings.get("command", "")]
     lines = [
         "# The attention-probes study on Gemma 3 270M",
         "",
-        f"Command: `{settings.get('command', '')}`",
+        "Commands (in order; each resumes the same folder):",
+        "",
+        *[f"    {c}" for c in commands],
         "",
         f"Model {settings.get('model')} ({settings.get('backend')}), residual stream after "
-        f"layers {', '.join(map(str, layers))} (`blocks.{{i}}.hook_resid_post`), texts cut at "
-        f"{settings.get('max_length')} tokens, {settings.get('n')} texts per dataset "
-        f"(stratified subsample; see sizes), protocol: 80/20 stratified split, weight decay in "
-        f"{{0, 1e-3, 1e-2, 1e-1}} by 5-fold CV, refit, test; metrics averaged over "
-        f"{settings.get('seeds')} seeds. `mean` / `last`: L-BFGS; `-adamw`: the same probe "
-        "trained with AdamW; attention probes: AdamW.",
+        f"layers {', '.join(map(str, s.layers))} (`blocks.{{i}}.hook_resid_post`), texts cut at "
+        f"{settings.get('max_length')} tokens, {settings.get('n')} texts per dataset (see sizes). "
+        f"Protocol: {seeds} seeds, each an independent stratified 80/20 split (its own folds and "
+        "its own weight-decay choice); weight decay in {0, 1e-3, 1e-2, 1e-1} by 5-fold CV on the "
+        "training part, refit, test once. `mean` / `last`: L-BFGS; `-adamw` and attention "
+        f"probes: AdamW with weight decay as `{settings.get('decay')}` "
+        "(`TrainConfig.decay`). Test rows per split: "
+        f"n_test = {', '.join(map(str, n_tests))}.",
         "",
-        "## Test accuracy per dataset (best of the layers for each probe)",
+        "## Test accuracy at the layer chosen by cross-validation",
         "",
-        "Each probe's best layer is picked on the test accuracy, which flatters every probe "
-        "alike; `results.csv` has every layer.",
+        "Each probe's layer is the one with the best CV accuracy on the training parts "
+        "(`lp.choose_layer`; mean over folds and seeds), never the test accuracy; the test "
+        f"accuracy of that layer is shown: mean over {seeds} splits [95% t-interval over the "
+        "splits, clipped to [0, 1]] and the chosen layer (Lk). `–`: not run.",
         "",
     ]
     rows = []
-    for d in datasets:
+    for d in s.datasets:
         info = captures.get(d, {})
         k = len(info.get("class_counts", {})) or "?"
-        best = [
-            max((acc[(d, la, p)] for la in layers if (d, la, p) in acc), default=None)
-            for p in probes
+        n_test = {int(r["n_test"]) for r in s.records if r["dataset"] == d}
+        cells = []
+        for p in s.probes:
+            ch = s.choices.get((d, p))
+            cells.append(
+                "–" if ch is None else f"{_with_interval(ch.record)} (L{_layer_of(ch.hook)})"
+            )
+        rows.append([d, str(info.get("n", "?")), str(k), "/".join(map(str, n_test)), *cells])
+    lines += _table(["dataset", "n", "classes", "n_test", *s.probes], rows)
+    complete = [d for d in s.datasets if all((d, p) in s.choices for p in s.probes)]
+    if complete:
+        means = [_mean([s.choices[(d, p)].test["accuracy"] for d in complete]) for p in s.probes]
+        lines += [
+            "",
+            f"Mean of the above over the {len(complete)} datasets with every probe "
+            f"({', '.join(complete)}): "
+            + ", ".join(f"{p} {_fmt(m)}" for p, m in zip(s.probes, means, strict=True))
+            + ". Plain means of per-dataset point estimates; the paired comparisons below are "
+            "what can be trusted.",
         ]
-        top = max((b for b in best if b is not None), default=None)
-        cells = ["–" if b is None else (f"**{b:.3f}**" if b == top else f"{b:.3f}") for b in best]
-        rows.append([d, str(info.get("n", "?")), str(k), *cells])
-    lines += _table(["dataset", "n", "classes", *probes], rows)
+    if s.comparisons:
+        lines += [
+            "",
+            "## Paired comparisons (`lp.compare`, each probe at its CV-chosen layer)",
+            "",
+            f"Difference in test accuracy, first minus second, on the same {seeds} splits: mean "
+            "[95% t-interval over the splits] and its verdict (`undecided` when the interval "
+            "contains 0); beside it the paired bootstrap over the test rows (1000 resamples), "
+            "which covers the test sample only. With 3 splits a t-interval is wide, except when "
+            "every split gives the same difference: then it has zero width (marked `0-width`) "
+            "although the test sample alone could flip it; read those verdicts with the bootstrap.",
+            "",
+        ]
+        rows = []
+        for d, c, boot in s.comparisons:
+            who = {"a better": c.a, "b better": c.b}.get(c.verdict)
+            flat = " (0-width)" if c.high - c.low < 1e-12 else ""
+            rows.append(
+                [
+                    f"{c.a} vs {c.b}",
+                    d,
+                    f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}]{flat}",
+                    (f"{who} better" if who else "undecided"),
+                    f"[{boot.low:+.3f}, {boot.high:+.3f}]",
+                    str(c.n_test),
+                ]
+            )
+        lines += _table(
+            [
+                "comparison",
+                "dataset",
+                "difference [95% t]",
+                "verdict (t)",
+                "bootstrap 95%",
+                "n_test per split",
+            ],
+            rows,
+        )
+        lines += ["", "Verdicts per comparison, over the datasets:", ""]
+        rows = []
+        for a, b in PAIRS:
+            cs = [c for _, c, _ in s.comparisons if (c.a, c.b) == (a, b)]
+            if cs:
+                rows.append(
+                    [
+                        f"{a} vs {b}",
+                        str(len(cs)),
+                        str(sum(c.verdict == "a better" for c in cs)),
+                        str(sum(c.verdict == "b better" for c in cs)),
+                        str(sum(c.verdict == "undecided" for c in cs)),
+                        str(sum(c.verdict != "undecided" and c.high - c.low < 1e-12 for c in cs)),
+                        f"{_mean([c.difference for c in cs]):+.3f}",
+                    ]
+                )
+        lines += _table(
+            [
+                "comparison",
+                "datasets",
+                "first better",
+                "second better",
+                "undecided",
+                "of the decided: 0-width",
+                "mean diff",
+            ],
+            rows,
+        )
     lines += [
         "",
-        f"## Mean test accuracy over the {len(complete)} datasets with every cell",
+        "## Every layer (for reference; the layer used above is chosen by CV)",
+        "",
+        "Test accuracy, mean over splits and over the datasets with every cell; CV accuracy "
+        "(training parts) in brackets.",
         "",
     ]
+    full = [
+        d
+        for d in s.datasets
+        if all(any(r["dataset"] == d and r["probe"] == p for r in s.records) for p in s.probes)
+    ]
+    by = {(r["dataset"], r["layer"], r["probe"]): r for r in s.records}
     rows = []
-    for la in layers:
-        rows.append(
-            [f"layer {la}"] + [_fmt(_mean([acc[(d, la, p)] for d in complete])) for p in probes]
-        )
-    rows.append(
-        ["best layer"]
-        + [_fmt(_mean([max(acc[(d, la, p)] for la in layers) for d in complete])) for p in probes]
-    )
-    lines += _table(["", *probes], rows)
-    attn = [p for p in probes if p.startswith("attention")]
-    if attn:
+    for la in s.layers:
+        row = [f"layer {la}"]
+        for p in s.probes:
+            test = _mean([by[(d, la, p)]["accuracy"] for d in full if (d, la, p) in by])
+            cv = _mean([by[(d, la, p)].get("cv_accuracy") for d in full if (d, la, p) in by])
+            row.append(f"{_fmt(test)} ({_fmt(cv)})")
+        rows.append(row)
+    lines += _table(["", *s.probes], rows)
+    attn = [p for p in s.probes if p.startswith("attention")]
+    if attn and entropy:
         lines += [
             "",
             "## Attention entropy / uniform entropy (test rows, mean over heads, seeds, datasets)",
@@ -520,45 +774,18 @@ def markdown(
         ]
         rows = [
             [f"layer {la}"]
-            + [_fmt(_mean([ent[(d, la, p)] for d in complete]), ".2f") for p in attn]
-            for la in layers
+            + [
+                _fmt(
+                    _mean([entropy.get((d, la, p)) for d in s.datasets if (d, la, p) in by]), ".2f"
+                )
+                for p in attn
+            ]
+            for la in s.layers
         ]
         lines += _table(["", *attn], rows)
-    pairs = [
-        ("attention-8", "mean"),
-        ("attention-8", "last"),
-        ("attention-8", "attention-1"),
-        ("attention-2", "attention-1"),
-        ("mean", "mean-adamw"),
-        ("last", "last-adamw"),
-    ]
-    pairs = [(a, b) for a, b in pairs if a in probes and b in probes]
-    if pairs:
-        lines += [
-            "",
-            "## Head to head, over every (dataset, layer) cell",
-            "",
-            "Wins / ties / losses of the first probe (a tie: within 0.005), and the mean "
-            "difference in test accuracy.",
-            "",
-        ]
-        rows = []
-        for a, b in pairs:
-            diffs = [acc[(d, la, a)] - acc[(d, la, b)] for d in complete for la in layers]
-            w = sum(x > 0.005 for x in diffs)
-            lo = sum(x < -0.005 for x in diffs)
-            mean_diff = _mean(diffs)
-            rows.append(
-                [
-                    f"{a} vs {b}",
-                    f"{w} / {len(diffs) - w - lo} / {lo}",
-                    "–" if mean_diff is None else f"{mean_diff:+.3f}",
-                ]
-            )
-        lines += _table(["comparison", "W / T / L", "mean diff"], rows)
     lines += ["", "## Sizes", ""]
     rows = []
-    for d in datasets:
+    for d in s.datasets:
         info = captures.get(d, {})
         task = task_for(d)
         counts = info.get("class_counts", {})
@@ -576,12 +803,19 @@ def markdown(
             ]
         )
     lines += _table(["dataset", "folder", "n", "classes", "tokens", "truncated", "note"], rows)
-    seconds = sum(r.get("seconds", 0.0) for r in records)
+    lines += ["", "## Cost", ""]
+    rows = []
+    for p in s.probes:
+        secs = [float(r.get("seconds", 0.0)) for r in s.records if r["probe"] == p]
+        rows.append([p, str(len(secs)), f"{sum(secs) / 60:.1f}"])
+    lines += _table(["probe", "cells", "training min (summed)"], rows)
+    seconds = sum(float(r.get("seconds", 0.0)) for r in s.records)
     capture_s = sum(c.get("capture_seconds", 0.0) for c in captures.values())
     lines += [
         "",
-        f"Training time summed over cells: {seconds / 60:.1f} min; capture: {capture_s / 60:.1f} "
-        "min (a shared 2-core CPU).",
+        f"{len(s.records)} cells ({seeds} splits each): training {seconds / 60:.1f} min summed "
+        f"over cells, capture {capture_s / 60:.1f} min, on a 2-core CPU shared with other jobs "
+        "(load average 4-7 during the run), one torch thread per process.",
         "",
     ]
     return "\n".join(lines)
@@ -591,68 +825,43 @@ def _range_text(k: int, lo: int, hi: int) -> str:
     return f"{k} classes, {lo} each" if lo == hi else f"{k} classes, {lo}-{hi} each"
 
 
-def plot(records: list[dict[str, Any]], captures: dict[str, Any], path: Path) -> None:
-    """Mean accuracy per layer, entropy ratio per layer, and best-layer accuracy per dataset."""
+def plot(study: Study, captures: dict[str, Any], path: Path) -> None:
+    """Per dataset: each probe's test accuracy at its CV-chosen layer, with its interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc, ent, datasets, layers, probes, complete = _grid(records)
-    base = [p for p in probes if not p.endswith("-adamw")]
-    colors = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(base)}
-    for i, p in enumerate(p for p in probes if p.endswith("-adamw")):  # same hue, hatched
-        colors[p] = colors.get(
-            p.removesuffix("-adamw"), plt.get_cmap("tab10")((len(base) + i) % 10)
-        )
-    styles = {p: "--" if p.endswith("-adamw") else "-" for p in probes}
-
-    fig = plt.figure(figsize=(14, 9), layout="constrained")
-    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.1])
-    ax = fig.add_subplot(grid[0, 0])
-    for p in probes:
-        ys = [_mean([acc[(d, la, p)] for d in complete]) for la in layers]
-        ax.plot(layers, ys, styles[p], marker="o", color=colors[p], label=p)
-    ax.set(
-        xlabel="layer",
-        ylabel="test accuracy",
-        title=f"mean over {len(complete)} datasets",
-        xticks=layers,
-    )
-    ax.legend(fontsize=8)
-    ax = fig.add_subplot(grid[0, 1])
-    for p in [p for p in probes if p.startswith("attention")]:
-        ys = [_mean([ent[(d, la, p)] for d in complete]) for la in layers]
-        ax.plot(layers, ys, marker="o", color=colors[p], label=p)
-    ax.set(
-        xlabel="layer",
-        ylabel="entropy / uniform entropy",
-        title="attention entropy (test rows)",
-        xticks=layers,
-        ylim=(0, 1.05),
-    )
-    ax.legend(fontsize=8)
-    ax = fig.add_subplot(grid[1, :])
-    width = 0.8 / max(len(probes), 1)
-    for i, p in enumerate(probes):
-        xs = [j + (i - (len(probes) - 1) / 2) * width for j in range(len(datasets))]
-        ys = [
-            max((acc[(d, la, p)] for la in layers if (d, la, p) in acc), default=math.nan)
-            for d in datasets
-        ]
+    s = study
+    fig, ax = plt.subplots(figsize=(12, 5), layout="constrained")
+    width = 0.8 / max(len(s.probes), 1)
+    cmap = plt.get_cmap("tab10")
+    for i, p in enumerate(s.probes):
+        xs, ys, err = [], [], [[], []]
+        for j, d in enumerate(s.datasets):
+            ch = s.choices.get((d, p))
+            if ch is None:
+                continue
+            acc = ch.test["accuracy"]
+            low = float(ch.record.get("accuracy_low", acc))
+            high = float(ch.record.get("accuracy_high", acc))
+            xs.append(j + (i - (len(s.probes) - 1) / 2) * width)
+            ys.append(acc)
+            err[0].append(acc - max(low, 0.0))
+            err[1].append(min(high, 1.0) - acc)
         hatch = "//" if p.endswith("-adamw") else None
-        alpha = 0.55 if p.endswith("-adamw") else 1.0
-        ax.bar(xs, ys, width, color=colors[p], alpha=alpha, label=p, hatch=hatch, lw=0)
-    for j, d in enumerate(datasets):  # majority-class share: what a constant guess scores
+        ax.bar(xs, ys, width, color=cmap(i % 10), label=p, hatch=hatch, lw=0)
+        ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor="k", lw=0.8, capsize=2)
+    for j, d in enumerate(s.datasets):  # majority-class share: what a constant guess scores
         counts = list(captures.get(d, {}).get("class_counts", {}).values())
         if counts:
-            share = max(counts) / sum(counts)
             label = "majority class" if j == 0 else None
+            share = max(counts) / sum(counts)
             ax.plot([j - 0.45, j + 0.45], [share, share], "k:", lw=1.2, label=label)
-    ax.set_xticks(range(len(datasets)), datasets, rotation=25, ha="right", fontsize=8)
-    ax.set(ylabel="test accuracy (best layer)", ylim=(0, 1.12), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1])
-    ax.legend(fontsize=8, ncol=len(probes) + 1, loc="upper center")
-    fig.suptitle("Attention probes vs mean / last-token probes, Gemma 3 270M")
+    ax.set_xticks(range(len(s.datasets)), s.datasets, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="test accuracy (layer chosen by CV)", ylim=(0, 1.12))
+    ax.legend(fontsize=8, ncol=len(s.probes) + 1, loc="upper center")
+    ax.set_title("Gemma 3 270M: test accuracy at each probe's CV-chosen layer, 95% t over splits")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -660,7 +869,7 @@ def plot(records: list[dict[str, Any]], captures: dict[str, Any], path: Path) ->
 
 
 def write_outputs(out: Path, settings: dict[str, Any]) -> None:
-    records, entropy, captures = read_cells(out)
+    records, entropy, captures, cells = read_cells(out)
     if not records:
         log.warning("no finished cells under %s", out)
         return
@@ -674,12 +883,39 @@ def write_outputs(out: Path, settings: dict[str, Any]) -> None:
             probe_order.get(r["probe"], 99),
         )
     )
+    study = analyse(records, cells)
     write_csv(out / "results.csv", records)
     if entropy:
         write_csv(out / "entropy.csv", entropy)
-    write_atomic(out / "results.md", markdown(records, captures, settings))
-    plot(records, captures, out / "study.png")
-    log.info("wrote %s/results.{csv,md}, entropy.csv and study.png", out)
+    comparisons = [
+        {
+            "dataset": d,
+            "a": c.a,
+            "b": c.b,
+            "metric": c.metric,
+            "difference": round(c.difference, 5),
+            "low": round(c.low, 5),
+            "high": round(c.high, 5),
+            "n_seeds": c.n_seeds,
+            "n_test": c.n_test,
+            "verdict": c.verdict,
+            "boot_low": round(boot.low, 5),
+            "boot_high": round(boot.high, 5),
+            "layer_a": _layer_of(study.choices[(d, c.a)].hook),
+            "layer_b": _layer_of(study.choices[(d, c.b)].hook),
+        }
+        for d, c, boot in study.comparisons
+    ]
+    if comparisons:
+        write_csv(out / "comparisons.csv", comparisons)
+    ratios = {
+        (r["dataset"], r["layer"], r["probe"]): r.get("entropy_ratio")
+        for r in records
+        if r.get("entropy_ratio") is not None
+    }
+    write_atomic(out / "results.md", markdown(study, captures, settings, ratios))
+    plot(study, captures, out / "study.png")
+    log.info("wrote %s/results.{csv,md}, comparisons.csv, entropy.csv and study.png", out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -691,6 +927,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(raw)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "benchmarks/study.py", *raw])
     settings = {
         "n": args.n,
         "max_length": args.max_length,
@@ -698,15 +935,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backend": args.backend,
         "model": args.model,
         "max_steps": args.max_steps,
-        "command": shlex.join(["python", "benchmarks/study.py", *raw]),
+        "decay": args.decay,
+        "command": command,
     }
+    path = out / "settings.json"
     if args.report_only:
-        path = out / "settings.json"
         if path.exists():
             settings = json.loads(path.read_text(encoding="utf-8"))
     else:
         check_settings(out, settings)
-        settings = json.loads((out / "settings.json").read_text(encoding="utf-8"))
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        commands = settings.setdefault("commands", [settings["command"]])
+        if command not in commands:  # every command that wrote cells here, in order
+            commands.append(command)
+            write_json(path, settings)
         t = time.perf_counter()
         run_study(args, out, settings)
         log.info("study finished in %.1f min", (time.perf_counter() - t) / 60)
