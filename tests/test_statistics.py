@@ -127,6 +127,28 @@ def test_compare_pairs_two_probe_kinds_on_the_same_splits():
     assert same.difference == 0 and same.verdict == "undecided"
 
 
+def test_compare_never_trusts_a_zero_width_t_interval():
+    """Seeds that all differ by the same amount estimate no spread: ``auto`` falls back to the
+    paired bootstrap, and an explicit ``t`` (an interval of zero width) decides nothing."""
+    import dataclasses
+
+    mx, last = run("max"), run("last")
+    shifted = dataclasses.replace(
+        last,
+        runs=[
+            dataclasses.replace(
+                rb, metrics={**rb.metrics, "accuracy": ra.metrics["accuracy"] - 0.05}
+            )
+            for ra, rb in zip(mx.runs, last.runs, strict=True)
+        ],
+    )
+    auto = lp.compare(mx, shifted, n_resamples=300)
+    assert auto.differences == pytest.approx((0.05,) * len(mx.runs))
+    assert auto.method == "bootstrap" and auto.low < auto.high
+    t = lp.compare(mx, shifted, method="t")
+    assert t.low == pytest.approx(t.high) and t.verdict == "undecided"
+
+
 def test_compare_with_one_seed_is_a_paired_bootstrap():
     mx, last = run("max", seeds=(0,)), run("last", seeds=(0,))
     c = lp.compare(mx, last, n_resamples=300)

@@ -110,7 +110,9 @@ def compare(
         method: ``t``: Student-t interval over the per-seed differences (needs two or more
             seeds; covers the variation of the split and the initialisation). ``bootstrap``:
             paired bootstrap over the test rows, the same resampled rows for both probes (covers
-            the test sample only). ``auto``: ``t`` with two or more seeds, else ``bootstrap``.
+            the test sample only). ``auto``: ``t`` with two or more seeds whose differences
+            vary, else ``bootstrap`` (``t`` over identical differences has zero width: its
+            verdict is ``undecided``).
         confidence: Coverage of the interval.
         n_resamples: Bootstrap resamples.
         seed: Seed of the bootstrap.
@@ -129,8 +131,11 @@ def compare(
     diffs = np.array(
         [ra.metrics[metric] - rb.metrics[metric] for ra, rb in zip(a.runs, b.runs, strict=True)]
     )
+    # Identical per-seed differences give a t-interval of zero width: no estimate of the spread
+    # at all, not certainty. ``auto`` then uses the paired bootstrap over the test rows.
+    degenerate = len(diffs) >= 2 and float(np.ptp(diffs)) == 0.0
     if method == "auto":
-        method = "t" if len(diffs) >= 2 else "bootstrap"
+        method = "t" if len(diffs) >= 2 and not degenerate else "bootstrap"
     if method == "t":
         if len(diffs) < 2:
             raise InputError(
@@ -150,7 +155,7 @@ def compare(
         raise InputError(f"method must be 'auto', 't' or 'bootstrap', got {method!r}")
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     verdict: Literal["a better", "b better", "undecided"] = "undecided"
-    if not (math.isnan(low) or math.isnan(high)):
+    if not (math.isnan(low) or math.isnan(high) or (method == "t" and degenerate)):
         if sign * low > 0 and sign * high > 0:
             verdict = "a better"
         elif sign * low < 0 and sign * high < 0:
