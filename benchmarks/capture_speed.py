@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from lensprobe.capturing import capture as lp_capture
-from lensprobe.capturing.batching import collate, length_batches, tokenize
+from lensprobe.batching import collate, length_batches, tokenize
 from lensprobe.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]

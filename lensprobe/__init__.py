@@ -47,7 +47,7 @@ _LAZY: dict[str, str] = {
     "ActivationsMeta": "lensprobe.activations",
     "CaptureResult": "lensprobe.activations",
     "CaptureStats": "lensprobe.activations",
-    "UnknownHookError": "lensprobe.capturing",
+    "UnknownHookError": "lensprobe.backends.names",
     "LensprobeError": "lensprobe.errors",
     "attach": "lensprobe.hooks",
     "Readout": "lensprobe.hooks",
@@ -91,7 +91,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lensprobe import analysis, data, errors, metrics, probes, train, viz
     from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
     from lensprobe.analysis import attention_entropy, explain, token_contributions, top_examples
-    from lensprobe.capturing import UnknownHookError, capture
+    from lensprobe.backends.names import UnknownHookError
+    from lensprobe.capturing import capture
     from lensprobe.data import TextDataset, list_datasets, load_dataset
     from lensprobe.errors import LensprobeError
     from lensprobe.experiment import ProbeSpec, run_grid

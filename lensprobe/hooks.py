@@ -9,7 +9,7 @@ activations at a hook (:func:`edit_activations`; steering and patching build on 
 How it works, for every backend:
 
 - *Where*: a TransformerLens name resolves to the bridge's ``HookPoint``; on nnsight and Hugging
-  Face models it is translated to a module's input or output by :mod:`lensprobe.capturing.names`
+  Face models it is translated to a module's input or output by :mod:`lensprobe.backends.names`
   (module paths such as ``model.layers.9`` work too). Hooks are plain PyTorch hooks on those
   modules, registered for the ``with`` block and removed in ``finally``, so they compose with the
   user's own ``run_with_hooks`` hooks, nnsight traces and ``generate``.
@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from lensprobe.capturing.hf import StopForward
+from lensprobe.backends.hf import StopForward
 from lensprobe.probes.base import Probe
 
 logger = logging.getLogger(__name__)
@@ -302,14 +302,14 @@ def resolve_hook(model: Any, hook: str) -> HookTarget:
         The resolved :class:`HookTarget`.
 
     Raises:
-        lensprobe.capturing.names.UnknownHookError: The model has no such hook (nearest names
+        lensprobe.backends.names.UnknownHookError: The model has no such hook (nearest names
             listed).
         TypeError: A model no backend understands.
     """
     from lensprobe.capturing import detect_backend
-    from lensprobe.capturing import nnsight as nnsight_backend
-    from lensprobe.capturing import transformer_lens as tl_backend
-    from lensprobe.capturing.names import UnknownHookError, nearest_names, resolve_sites
+    from lensprobe.backends import nnsight as nnsight_backend
+    from lensprobe.backends import transformer_lens as tl_backend
+    from lensprobe.backends.names import UnknownHookError, nearest_names, resolve_sites
 
     if not isinstance(hook, str) or not hook:
         raise TypeError(
@@ -670,7 +670,7 @@ def attach(
 
     Raises:
         ValueError: No hook given and none recorded in the probe.
-        lensprobe.capturing.names.UnknownHookError: The model has no such hook.
+        lensprobe.backends.names.UnknownHookError: The model has no such hook.
     """
     if not isinstance(probe, Probe):
         raise TypeError(

@@ -134,7 +134,7 @@ def _token_ids(model: Any, text: str | Sequence[int] | Tensor, tokenizer: Any, b
         return ids
     if not isinstance(text, str):
         return torch.as_tensor(list(text), dtype=torch.long)
-    from lensprobe.capturing.batching import tokenize
+    from lensprobe.batching import tokenize
 
     if tokenizer is None:
         raise ValueError(
@@ -145,7 +145,7 @@ def _token_ids(model: Any, text: str | Sequence[int] | Tensor, tokenizer: Any, b
 
 def _run(model: Any, backend: str, ids: Tensor) -> None:
     """One forward of ``ids (batch, pos)`` (every token valid, no KV cache), stopped early."""
-    from lensprobe.capturing.nnsight import underlying_module
+    from lensprobe.backends.nnsight import underlying_module
 
     try:
         with torch.no_grad():
@@ -198,7 +198,7 @@ def patch_positions(
             the probe's hook (a patch there cannot change the readout).
     """
     from lensprobe.capturing import detect_backend
-    from lensprobe.capturing.batching import token_strings
+    from lensprobe.batching import token_strings
 
     probe_hook = probe_hook or probe.config.hook
     if probe_hook is None:
@@ -228,8 +228,8 @@ def patch_positions(
     if pos.numel() == 0 or bool(((pos < 0) | (pos >= n)).any()):
         raise ValueError(f"positions must be indices in [0, {n}), got {pos.tolist()}")
 
-    from lensprobe.capturing.hf import model_device
-    from lensprobe.capturing.nnsight import underlying_module
+    from lensprobe.backends.hf import model_device
+    from lensprobe.backends.nnsight import underlying_module
 
     module = underlying_module(model) if backend == "nnsight" else model
     device = model_device(module)

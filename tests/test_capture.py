@@ -15,8 +15,8 @@ import torch
 
 from lensprobe.activations import Activations, CaptureResult
 from lensprobe.capturing import UnknownHookError, capture, detect_backend
-from lensprobe.capturing.batching import collate, length_batches, tokenize
-from lensprobe.capturing.names import TABLES, resolve_sites
+from lensprobe.batching import collate, length_batches, tokenize
+from lensprobe.backends.names import TABLES, resolve_sites
 from lensprobe.store import StoreWriter
 
 BACKENDS = ["hf", "nnsight", "transformer_lens"]

@@ -10,7 +10,7 @@ import torch
 from probe_helpers import random_probe as _random_probe
 
 from lensprobe.capturing import capture
-from lensprobe.capturing.names import UnknownHookError
+from lensprobe.backends.names import UnknownHookError
 from lensprobe.hooks import Readout, attach, edit_activations, resolve_hook
 from lensprobe.probes import AttentionProbe, MeanProbe
 

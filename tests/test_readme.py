@@ -33,7 +33,7 @@ def test_capture_stays_callable_after_its_subpackage_is_imported():
     import sys
 
     code = (
-        "import sys, lensprobe.capturing.hf, lensprobe as lp\n"
+        "import sys, lensprobe.capturing, lensprobe as lp\n"
         "m = sys.modules['lensprobe.capturing']\n"
         "assert callable(lp.capture) and lp.capture is m.capture, type(lp.capture)\n"
     )

@@ -25,12 +25,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
-from lensprobe.capturing import hf as hf_backend
-from lensprobe.capturing import nnsight as nnsight_backend
-from lensprobe.capturing import transformer_lens as tl_backend
-from lensprobe.capturing.batching import Tokenized, collate, length_batches, token_strings, tokenize
-from lensprobe.capturing.hf import Runner
-from lensprobe.capturing.names import UnknownHookError, resolve_sites
+from lensprobe.backends import hf as hf_backend
+from lensprobe.backends import nnsight as nnsight_backend
+from lensprobe.backends import transformer_lens as tl_backend
+from lensprobe.batching import Tokenized, collate, length_batches, token_strings, tokenize
+from lensprobe.backends.hf import Runner
+from lensprobe.backends.names import UnknownHookError, resolve_sites
 from lensprobe.errors import InputError
 from lensprobe.models import display_name
 from lensprobe.store import (

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lensprobe.capturing.batching import Batch
-from lensprobe.capturing.hf import Runner, eval_mode, forward_kwargs, model_device, site_order
-from lensprobe.capturing.names import Site, resolve_sites
+from lensprobe.batching import Batch
+from lensprobe.backends.hf import Runner, eval_mode, forward_kwargs, model_device, site_order
+from lensprobe.backends.names import Site, resolve_sites
 
 __all__ = ["is_nnsight_model", "open_runner", "underlying_module"]
 
@@ -54,7 +54,7 @@ def open_runner(model: Any, hooks: Sequence[str]) -> Iterator[Runner]:
         hooks: Hook names (TransformerLens names of the model's family, or module paths).
 
     Yields:
-        A :class:`~lensprobe.capturing.hf.Runner`.
+        A :class:`~lensprobe.backends.hf.Runner`.
     """
     import nnsight
 

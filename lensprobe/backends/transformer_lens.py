@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lensprobe.capturing.batching import Batch
-from lensprobe.capturing.hf import Runner, StopForward, eval_mode, first_tensor, model_device
-from lensprobe.capturing.names import UnknownHookError, nearest_names
+from lensprobe.batching import Batch
+from lensprobe.backends.hf import Runner, StopForward, eval_mode, first_tensor, model_device
+from lensprobe.backends.names import UnknownHookError, nearest_names
 
 __all__ = ["check_hooks", "is_transformer_lens_model", "open_runner", "underlying_hf"]
 
@@ -71,7 +71,7 @@ def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
         hooks: Names from ``model.hook_dict``.
 
     Yields:
-        A :class:`~lensprobe.capturing.hf.Runner`.
+        A :class:`~lensprobe.backends.hf.Runner`.
     """
     check_hooks(model, hooks)
     names = list(dict.fromkeys(hooks))

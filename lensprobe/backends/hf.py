@@ -1,6 +1,6 @@
 """Capture from a plain Hugging Face model with PyTorch forward hooks.
 
-Hook names are translated to module sites by :mod:`lensprobe.capturing.names`. One forward hook (a
+Hook names are translated to module sites by :mod:`lensprobe.backends.names`. One forward hook (a
 pre-hook for ``input`` sites) per site stores its tensor; the hook that completes the set raises
 an internal exception that ends the forward, so nothing after the deepest site runs (in particular
 not the unembedding). Hooks are registered for the whole capture and removed in ``finally``.
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lensprobe.capturing.batching import Batch
-from lensprobe.capturing.names import Site, resolve_sites
+from lensprobe.batching import Batch
+from lensprobe.backends.names import Site, resolve_sites
 
 __all__ = ["Runner", "first_tensor", "forward_kwargs", "open_runner", "site_order"]
 
