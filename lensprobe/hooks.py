@@ -306,7 +306,7 @@ def resolve_hook(model: Any, hook: str) -> HookTarget:
             listed).
         TypeError: A model no backend understands.
     """
-    from lensprobe.capturing import detect_backend
+    from lensprobe.backends import detect_backend
     from lensprobe.backends import nnsight as nnsight_backend
     from lensprobe.backends import transformer_lens as tl_backend
     from lensprobe.backends.names import UnknownHookError, nearest_names, resolve_sites

@@ -197,7 +197,7 @@ def patch_positions(
             message), a position is out of range, no hook is known, or the patch hook runs after
             the probe's hook (a patch there cannot change the readout).
     """
-    from lensprobe.capturing import detect_backend
+    from lensprobe.backends import detect_backend
     from lensprobe.batching import token_strings
 
     probe_hook = probe_hook or probe.config.hook

@@ -173,21 +173,38 @@ def main() -> None:
     print("largest functions:")
     for name, n in result["largest_functions"]:
         print(f"  {n:5d}  {name}")
-    print(f"functions over 80 lines: {result['functions_over_80_lines']}, "
-          f"over 60: {result['functions_over_60_lines']}")
+    print(
+        f"functions over 80 lines: {result['functions_over_80_lines']}, "
+        f"over 60: {result['functions_over_60_lines']}"
+    )
     print(f"public names (lensprobe.__all__): {result['public_names']}")
     print(f"  {', '.join(result['names'])}")
     print(f"import cycles (at import time): {len(result['import_cycles'])}")
     for component in result["import_cycles"]:
         print(f"  {' <-> '.join(component)}")
-    print("import cycles counting imports inside functions: "
-          f"{len(result['deferred_import_cycles'])}")
+    print(
+        f"import cycles counting imports inside functions: {len(result['deferred_import_cycles'])}"
+    )
     for component in result["deferred_import_cycles"]:
         print(f"  {' <-> '.join(component)}")
-    print(json.dumps({k: result[k] for k in (
-        "files", "lines", "functions_over_80_lines", "functions_over_60_lines", "public_names")}
-        | {"import_cycles": len(result["import_cycles"]),
-           "deferred_import_cycles": len(result["deferred_import_cycles"])}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "files",
+                    "lines",
+                    "functions_over_80_lines",
+                    "functions_over_60_lines",
+                    "public_names",
+                )
+            }
+            | {
+                "import_cycles": len(result["import_cycles"]),
+                "deferred_import_cycles": len(result["deferred_import_cycles"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

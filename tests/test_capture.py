@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from lensprobe.activations import Activations, CaptureResult
-from lensprobe.capturing import UnknownHookError, capture, detect_backend
+from lensprobe.backends import detect_backend
+from lensprobe.backends.names import TABLES, UnknownHookError, resolve_sites
 from lensprobe.batching import collate, length_batches, tokenize
-from lensprobe.backends.names import TABLES, resolve_sites
+from lensprobe.capturing import capture
 from lensprobe.store import StoreWriter
 
 BACKENDS = ["hf", "nnsight", "transformer_lens"]

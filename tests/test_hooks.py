@@ -9,8 +9,8 @@ import pytest
 import torch
 from probe_helpers import random_probe as _random_probe
 
-from lensprobe.capturing import capture
 from lensprobe.backends.names import UnknownHookError
+from lensprobe.capturing import capture
 from lensprobe.hooks import Readout, attach, edit_activations, resolve_hook
 from lensprobe.probes import AttentionProbe, MeanProbe
 

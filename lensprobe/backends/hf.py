@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lensprobe.batching import Batch
 from lensprobe.backends.names import Site, resolve_sites
+from lensprobe.batching import Batch
 
 __all__ = ["Runner", "first_tensor", "forward_kwargs", "open_runner", "site_order"]
 

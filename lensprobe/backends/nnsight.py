@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lensprobe.batching import Batch
 from lensprobe.backends.hf import Runner, eval_mode, forward_kwargs, model_device, site_order
 from lensprobe.backends.names import Site, resolve_sites
+from lensprobe.batching import Batch
 
 __all__ = ["is_nnsight_model", "open_runner", "underlying_module"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lensprobe.batching import Batch
 from lensprobe.backends.hf import Runner, StopForward, eval_mode, first_tensor, model_device
 from lensprobe.backends.names import UnknownHookError, nearest_names
+from lensprobe.batching import Batch
 
 __all__ = ["check_hooks", "is_transformer_lens_model", "open_runner", "underlying_hf"]
 

@@ -15,22 +15,20 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from lensprobe import backends
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
-from lensprobe.backends import hf as hf_backend
-from lensprobe.backends import nnsight as nnsight_backend
-from lensprobe.backends import transformer_lens as tl_backend
-from lensprobe.batching import Tokenized, collate, length_batches, token_strings, tokenize
+from lensprobe.backends import detect_backend
 from lensprobe.backends.hf import Runner
-from lensprobe.backends.names import UnknownHookError, resolve_sites
+from lensprobe.backends.names import UnknownHookError
+from lensprobe.batching import Tokenized, collate, length_batches, token_strings, tokenize
 from lensprobe.errors import InputError
 from lensprobe.models import display_name
 from lensprobe.store import (
@@ -46,52 +44,6 @@ from lensprobe.store import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["UnknownHookError", "capture", "check_capture_out", "check_texts", "detect_backend"]
-
-BackendName = Literal["transformer_lens", "nnsight", "hf"]
-
-
-def detect_backend(model: Any) -> BackendName:
-    """Which backend runs ``model``.
-
-    Raises:
-        TypeError: For a model no backend understands (the message says what to pass).
-    """
-    if nnsight_backend.is_nnsight_model(model):
-        return "nnsight"
-    if tl_backend.is_transformer_lens_model(model):
-        return "transformer_lens"
-    if isinstance(model, nn.Module) and hasattr(getattr(model, "config", None), "model_type"):
-        return "hf"
-    raise TypeError(
-        f"capture() cannot run a {type(model).__module__}.{type(model).__name__}: pass a "
-        "TransformerLens TransformerBridge (or HookedRootModule), an nnsight model "
-        "(nnsight.NNsight(hf_model) or TransformersModel) or a Hugging Face PreTrainedModel, "
-        "e.g. lensprobe.load_model('gemma-3-270m', backend='hf')"
-    )
-
-
-def _hf_module(model: Any, backend: BackendName) -> nn.Module | None:
-    if backend == "nnsight":
-        return nnsight_backend.underlying_module(model)
-    if backend == "transformer_lens":
-        return tl_backend.underlying_hf(model)
-    return model
-
-
-def _model_id(model: Any, backend: BackendName) -> str:
-    module = _hf_module(model, backend)
-    path = getattr(getattr(module, "config", None), "name_or_path", "") or ""
-    if not path and backend == "transformer_lens":
-        path = getattr(getattr(model, "cfg", None), "model_name", "") or ""
-    return display_name(str(path)) or type(module or model).__name__
-
-
-def _open(model: Any, backend: BackendName, hooks: list[str]) -> AbstractContextManager[Runner]:
-    if backend == "nnsight":
-        return nnsight_backend.open_runner(model, hooks)
-    if backend == "transformer_lens":
-        return tl_backend.open_runner(model, hooks)
-    return hf_backend.open_runner(model, hooks)
 
 
 def _labels(
@@ -297,12 +249,7 @@ def capture(
         raise ValueError(
             f"{type(model).__name__} has no .tokenizer; pass tokenizer=AutoTokenizer.from_pretrained(...)"
         )
-    if backend == "transformer_lens":
-        tl_backend.check_hooks(model, hook_list)  # fail before tokenising
-    else:
-        module = _hf_module(model, backend)
-        assert module is not None
-        resolve_sites(module, hook_list)
+    backends.check_hooks(model, backend, hook_list)  # fail before tokenising
 
     tokenized = tokenize(tok, text_list, max_length=max_length, prepend_bos=prepend_bos)
     lengths = tokenized.lengths
@@ -313,7 +260,7 @@ def capture(
     strs = token_strings(tok, tokenized.ids) if keep_texts else None
 
     base_meta = {
-        "model_id": model_id or _model_id(model, backend),
+        "model_id": model_id or backends.model_id(model, backend),
         "backend": backend,
         "dtype": str(dtype).removeprefix("torch."),
         "tokenizer": display_name(str(getattr(tok, "name_or_path", "") or type(tok).__name__)),
@@ -359,7 +306,7 @@ def capture(
     try:
         progress_bar.update(n - sum(plan[k][1] - plan[k][0] for k in todo))
         if todo:
-            with _open(model, backend, hook_list) as runner:
+            with backends.open_runner(model, backend, hook_list) as runner:
                 for k in todo:
                     start, stop = plan[k]
                     buffers = _capture_range(
