@@ -17,6 +17,66 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lensprobe"
 
 
+# Layers, lowest first: a module may import modules of an earlier layer, or of its own subpackage
+# (``lensprobe.train.fit`` -> ``lensprobe.train.split``); never the root package ``lensprobe``.
+# docs/architecture.md says what each one owns.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "_types"),
+    ("metrics", "models"),
+    ("batching",),
+    ("activations",),
+    ("backends",),
+    ("probes",),
+    ("data",),
+    ("storage", "store"),
+    ("capturing",),
+    ("hooks",),
+    ("train",),
+    ("analysis",),
+    ("steering", "patching"),
+    ("viz",),
+    ("experiment",),
+    ("cli",),
+    ("__main__",),
+)
+
+
+def top_name(module: str) -> str:
+    """``lensprobe.train.fit`` -> ``train``; the root package -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def layer_of(module: str) -> int | None:
+    """Index of ``module``'s layer in :data:`LAYERS` (None: not placed, or the root package)."""
+    name = top_name(module)
+    for i, names in enumerate(LAYERS):
+        if name in names:
+            return i
+    return None
+
+
+def layering_problems(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that go up a layer, sideways between two top-level modules, or to the root."""
+    problems = []
+    for module, targets in sorted(graph.items()):
+        if module == "lensprobe":
+            continue
+        here = layer_of(module)
+        if here is None:
+            problems.append(f"{module} is in no layer: add it to LAYERS in scripts/structure.py")
+            continue
+        for target in sorted(targets):
+            there = layer_of(target)
+            if target == "lensprobe":
+                problems.append(f"{module} imports the root package: import the defining module")
+            elif top_name(target) == top_name(module):
+                continue
+            elif there is None or there >= here:
+                problems.append(f"{module} (layer {here}) imports {target} (layer {there})")
+    return problems
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -38,8 +98,15 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
+def is_deprecation_shim(node: ast.AST) -> bool:
+    """A function that warns ``DeprecationWarning``: it may import lazily what replaced it."""
+    return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+        isinstance(n, ast.Name) and n.id == "DeprecationWarning" for n in ast.walk(node)
+    )
+
+
 def package_imports(
-    tree: ast.Module, module: str, is_package: bool, deferred: bool = False
+    tree: ast.Module, module: str, is_package: bool, modules: set[str], deferred: bool = False
 ) -> set[str]:
     """Modules of the package that ``module`` imports: at import time, or anywhere (``deferred``)."""
     found: set[str] = set()
@@ -47,7 +114,8 @@ def package_imports(
     def visit(body):
         for node in body:
             if deferred and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                visit(node.body)
+                if not is_deprecation_shim(node):
+                    visit(node.body)
                 continue
             if isinstance(node, ast.If) and _is_type_checking(node):
                 continue
@@ -69,9 +137,12 @@ def package_imports(
                 else:
                     target = node.module or ""
                 if target.startswith("lensprobe"):
-                    found.add(target)
-                    for alias in node.names:
-                        found.add(f"{target}.{alias.name}")
+                    # ``from lensprobe import backends`` imports the submodule, not the root's names
+                    names = {f"{target}.{alias.name}" for alias in node.names}
+                    submodules = names & modules
+                    found.update(submodules)
+                    if names - submodules:
+                        found.add(target)
 
     visit(tree.body)
     return found
@@ -82,7 +153,7 @@ def import_graph(deferred: bool = False) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in sources.items():
         tree = ast.parse(path.read_text())
-        targets = package_imports(tree, module, path.name == "__init__.py", deferred)
+        targets = package_imports(tree, module, path.name == "__init__.py", set(sources), deferred)
         graph[module] = {t for t in targets if t in sources and t != module}
     return graph
 
@@ -154,6 +225,7 @@ def measure(top: int) -> dict:
         "names": names,
         "import_cycles": cycles(graph),
         "deferred_import_cycles": cycles(import_graph(deferred=True)),
+        "layering_problems": layering_problems(import_graph(deferred=True)),
     }
 
 
@@ -170,41 +242,26 @@ def main() -> None:
     print("largest files:")
     for name, n in result["largest_files"]:
         print(f"  {n:5d}  {name}")
-    print("largest functions:")
+    print("largest functions (docstrings count):")
     for name, n in result["largest_functions"]:
         print(f"  {n:5d}  {name}")
-    print(
-        f"functions over 80 lines: {result['functions_over_80_lines']}, "
-        f"over 60: {result['functions_over_60_lines']}"
-    )
+    over_80, over_60 = result["functions_over_80_lines"], result["functions_over_60_lines"]
+    print(f"functions over 80 lines: {over_80}, over 60: {over_60}")
     print(f"public names (lensprobe.__all__): {result['public_names']}")
     print(f"  {', '.join(result['names'])}")
-    print(f"import cycles (at import time): {len(result['import_cycles'])}")
-    for component in result["import_cycles"]:
-        print(f"  {' <-> '.join(component)}")
-    print(
-        f"import cycles counting imports inside functions: {len(result['deferred_import_cycles'])}"
+    sections = (
+        ("import cycles (at import time)", "import_cycles", " <-> ".join),
+        ("import cycles counting imports inside functions", "deferred_import_cycles", " <-> ".join),
+        ("imports against the layers (LAYERS)", "layering_problems", str),
     )
-    for component in result["deferred_import_cycles"]:
-        print(f"  {' <-> '.join(component)}")
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in (
-                    "files",
-                    "lines",
-                    "functions_over_80_lines",
-                    "functions_over_60_lines",
-                    "public_names",
-                )
-            }
-            | {
-                "import_cycles": len(result["import_cycles"]),
-                "deferred_import_cycles": len(result["deferred_import_cycles"]),
-            }
-        )
-    )
+    counts = {}
+    for title, key, show in sections:
+        counts[key] = len(result[key])
+        print(f"{title}: {counts[key]}")
+        for item in result[key]:
+            print(f"  {show(item)}")
+    keys = ("files", "lines", "functions_over_80_lines", "functions_over_60_lines", "public_names")
+    print(json.dumps({k: result[k] for k in keys} | counts))
 
 
 if __name__ == "__main__":
