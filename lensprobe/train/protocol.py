@@ -357,6 +357,315 @@ def mean_metric(runs: list[SeedRun], name: str, rows: list[Tensor] | None = None
     return sum(values) / len(values)
 
 
+def run_protocol(
+    data: Any,
+    labels: Any = None,
+    *,
+    mask: Bool[Tensor, "batch pos"] | Tensor | None = None,
+    config: ProtocolConfig | None = None,
+    progress: bool | str = False,
+    **overrides: Any,
+) -> ProtocolResult:
+    """Train and evaluate one probe kind on one hook's activations, as the study does.
+
+    Inputs are checked before any compute (empty or non-finite activations, rows without a
+    valid token, a bad mask, single-class labels: :class:`lensprobe.errors.InputError` naming
+    where and how to fix it). Then each seed of ``config.seeds``, independently:
+
+    1. splits the sequences into a stratified training and test part (split seed
+       ``split_seed + seed``; every seed's split is drawn before any training);
+    2. cross-validates: every weight decay x fold member, and each decay's refit member,
+       train in one batched fit; each fold member is scored on its held-out fold;
+    3. chooses the weight decay with the best mean CV score;
+    4. refits and tests: the chosen decay's refit member becomes the probe, scored once on
+       the test part.
+
+    Args:
+        data: ``Activations`` of one hook (labels, hook and model recorded in it), or padded
+            activations ``(batch, pos, d_model)``.
+        labels: One label per sequence (default: the labels stored in ``data``): integers of
+            any values, strings or booleans, mapped to classes ``0..k-1`` in sorted order
+            (:attr:`ProtocolResult.classes`); labels other than ``0..k-1`` become the probe's
+            ``class_names``.
+        mask: Valid tokens of a padded tensor, bool ``(batch, pos)`` (default: all valid).
+        config: Protocol settings (default: the study's).
+        progress: Show a progress bar over the optimisation steps (a string labels it).
+        **overrides: Fields of :class:`ProtocolConfig` to replace, e.g.
+            ``run_protocol(acts, probe="attention", n_heads=8)``.
+
+    Returns:
+        Per-seed runs, test metrics (mean, standard deviation, t-interval over seeds), the first
+        seed's refit probe and chosen weight decay, and the CV table.
+    """
+    start = time.perf_counter()
+    config = replace(config or ProtocolConfig(), **overrides) if overrides else config
+    config = config or ProtocolConfig()
+    x, mask, labels, classes, meta = _resolve_data(data, labels, mask)
+    train = config.resolved_train
+    probe_config = _probe_config(config, x.shape[-1], len(classes), meta)
+    splits = [_split(labels, config, train, seed) for seed in config.seeds]
+    bar = _StepBar.for_protocol(progress, config, train)
+    runs: list[SeedRun] = []
+    cv_table: list[dict[str, Any]] = []
+    try:
+        for seed, split in zip(config.seeds, splits, strict=True):
+            cv = _cross_validate(probe_config, config, train, x, mask, labels, seed, split, bar)
+            chosen = _choose_decay(cv.summary, config.select_by)
+            runs.append(_refit_and_test(probe_config, cv, chosen, labels, x.device))
+            cv_table += cv.rows
+    finally:
+        bar.close()
+    return _protocol_result(config, runs, classes, cv_table, time.perf_counter() - start)
+
+
+# --- 1. split --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One seed's rows: train/test split, folds of the training part, early-stopping slice."""
+
+    split_seed: int
+    train_rows: Tensor
+    test_rows: Tensor
+    fold: Tensor
+    stop_rows: Tensor
+
+    def fold_of(self, n: int) -> Int[Tensor, " batch"]:
+        """The fold of each of the ``n`` rows (-1: not in the training part)."""
+        fold_of = torch.full((n,), -1, dtype=torch.long)
+        fold_of[self.train_rows] = self.fold
+        return fold_of
+
+
+def _split(labels: Tensor, config: ProtocolConfig, train: TrainConfig, seed: int) -> _Split:
+    """Step 1, the split of one seed: stratified, seeded with ``config.split_seed + seed``.
+
+    The training part is cut into ``config.n_folds`` stratified folds; with AdamW and early
+    stopping, a stratified slice of it is held out for every member to early-stop on.
+    """
+    split_seed = config.split_seed + seed
+    train_rows, test_rows = stratified_split(labels, config.test_fraction, seed=split_seed)
+    fold = stratified_folds(labels[train_rows], config.n_folds, seed=split_seed)
+    stop_rows = torch.empty(0, dtype=torch.long)
+    if train.optimizer == "adamw" and train.early_stop_fraction > 0:
+        _, held = stratified_split(
+            labels[train_rows], train.early_stop_fraction, seed=train.seed + split_seed
+        )
+        stop_rows = train_rows[held]
+    return _Split(split_seed, train_rows, test_rows, fold, stop_rows)
+
+
+# --- 2. cross-validate -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SeedCV:
+    """One seed's trained members (folds and refits) and their cross-validation scores."""
+
+    seed: int
+    split: _Split
+    keys: list[tuple[float, int]]
+    """(weight decay, fold) of each member; fold -1 is the decay's refit member."""
+    logits: Float[Tensor, "member batch n_outputs"]
+    """Every member's logits on every row (float32, CPU)."""
+    params: dict[str, Tensor]
+    """Every member's parameters, reading raw activations."""
+    scale: float
+    """The input scale the members trained at."""
+    rows: list[dict[str, Any]]
+    """One row per (weight decay, fold): CV metrics on the fold and optimizer steps."""
+    summary: list[dict[str, float]]
+    """One row per weight decay: :attr:`rows` averaged over the folds."""
+
+
+def _cross_validate(
+    probe_config: ProbeConfig,
+    config: ProtocolConfig,
+    train: TrainConfig,
+    x: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+    seed: int,
+    split: _Split,
+    bar: _StepBar,
+) -> _SeedCV:
+    """Step 2 (with step 3's refit members): train one seed's members, score each fold member.
+
+    Every weight decay has one member per fold, trained on the other folds, and one refit
+    member trained on the whole training part; all of them train as one batched fit (or one
+    at a time with ``execution="sequential"``) on activations divided by the seed's token
+    scale. Each fold member is scored on the fold it did not train on.
+    """
+    n = x.shape[0]
+    members, keys = _members_for_seed(seed, config, split, n)
+    # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
+    read = tokens_read(probe_config, mask)
+    scale = token_scale(x, read, split.train_rows) if config.normalize == "token_norm" else 1.0
+    train = replace(train, seed=train.seed + seed)
+    params, steps, best_step = _fit(
+        probe_config,
+        x,
+        mask,
+        labels.to(x.device),
+        members,
+        train,
+        split.train_rows,
+        config.execution,
+        scale,
+        bar,
+    )
+    logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
+    params = unscale_params(probe_config, params, scale)
+    rows = _fold_scores(keys, logits, labels, split.fold_of(n), seed, steps, best_step)
+    summary = _summarise(rows, config.weight_decays)
+    return _SeedCV(seed, split, keys, logits, params, scale, rows, summary)
+
+
+def _fold_scores(
+    keys: list[tuple[float, int]],
+    logits: Tensor,
+    labels: Tensor,
+    fold_of: Tensor,
+    seed: int,
+    steps: Tensor,
+    best_step: Tensor,
+) -> list[dict[str, Any]]:
+    """One CV row per fold member: its metrics on the fold it did not train on, and its steps."""
+    rows = []
+    for i, (wd, f) in enumerate(keys):
+        if f < 0:
+            continue
+        held = (fold_of == f).nonzero().flatten()
+        row: dict[str, Any] = {"weight_decay": wd, "seed": seed, "fold": f}
+        row.update(classification_metrics(logits[i, held], labels[held]))
+        row.update(steps=int(steps[i]), best_step=int(best_step[i]))
+        rows.append(row)
+    return rows
+
+
+# --- 3. choose -------------------------------------------------------------------------------
+
+
+def _choose_decay(summary: list[dict[str, float]], select_by: str) -> float:
+    """Step 3: the weight decay with the best CV score (ties: lower CV log loss, then smaller)."""
+    sign = 1.0 if select_by == "log_loss" else -1.0
+
+    def key(row: dict[str, float]) -> tuple[float, float, float]:
+        score = row[select_by]
+        score = math.inf if math.isnan(score) else sign * score
+        return (round(score, 12), row["log_loss"], row["weight_decay"])
+
+    return min(summary, key=key)["weight_decay"]
+
+
+# --- 4. refit and test -----------------------------------------------------------------------
+
+
+def _refit_and_test(
+    probe_config: ProbeConfig, cv: _SeedCV, chosen: float, labels: Tensor, device: torch.device
+) -> SeedRun:
+    """Step 4: the chosen decay's refit member as the seed's probe, scored once on the test part.
+
+    Binary tasks fix their TPR-at-FPR thresholds on the out-of-fold logits of the training part
+    at the chosen decay (training data only), then apply them to the test logits.
+    """
+    split = cv.split
+    cv_logits = _out_of_fold(cv, chosen)[split.train_rows]
+    thresholds: dict[str, float] = {}
+    if probe_config.n_outputs == 1:
+        thresholds = monitoring_thresholds(cv_logits, labels[split.train_rows])
+    refit = cv.keys.index((chosen, -1))
+    test_logits = cv.logits[refit, split.test_rows]
+    test_labels = labels[split.test_rows]
+    probe = probe_class(probe_config.kind).from_member(
+        probe_config, {k: v[refit : refit + 1] for k, v in cv.params.items()}, 0
+    )
+    return SeedRun(
+        seed=cv.seed,
+        split_seed=split.split_seed,
+        train_rows=split.train_rows,
+        test_rows=split.test_rows,
+        weight_decay=chosen,
+        metrics=classification_metrics(test_logits, test_labels, thresholds=thresholds),
+        cv_summary=cv.summary,
+        test_logits=test_logits,
+        test_labels=test_labels,
+        cv_logits=cv_logits,
+        thresholds=thresholds,
+        input_scale=cv.scale,
+        probe=probe.to(device).eval(),
+    )
+
+
+def _out_of_fold(cv: _SeedCV, chosen: float) -> Float[Tensor, "batch n_outputs"]:
+    """Out-of-fold logits at the chosen decay, one row per sequence.
+
+    Each training row is scored by the fold member that did not train on it; rows outside the
+    training part are left unset.
+    """
+    fold_of = cv.split.fold_of(cv.logits.shape[1])
+    oof = torch.empty(cv.logits.shape[1], cv.logits.shape[-1])
+    for i, (wd, f) in enumerate(cv.keys):
+        if wd == chosen and f >= 0:
+            oof[fold_of == f] = cv.logits[i, fold_of == f]
+    return oof
+
+
+# --- the result ------------------------------------------------------------------------------
+
+
+def _protocol_result(
+    config: ProtocolConfig,
+    runs: list[SeedRun],
+    classes: tuple[Any, ...],
+    cv_table: list[dict[str, Any]],
+    seconds: float,
+) -> ProtocolResult:
+    """The seeds' runs with their test metrics averaged, a t-interval each, and the CV tables."""
+    metrics = {name: sum(r.metrics[name] for r in runs) / len(runs) for name in runs[0].metrics}
+    summary = {
+        name: estimate(name, [r.metrics[name] for r in runs], runs[0].n_test) for name in metrics
+    }
+    logger.info(
+        "%s probe (n_heads=%d): weight decay %s, test accuracy %s",
+        config.probe,
+        config.n_heads,
+        [r.weight_decay for r in runs],
+        summary["accuracy"],
+    )
+    return ProtocolResult(
+        config=config,
+        runs=runs,
+        classes=classes,
+        metrics=metrics,
+        summary=summary,
+        cv_table=cv_table,
+        cv_summary=_summarise(cv_table, config.weight_decays),
+        seconds=seconds,
+    )
+
+
+_CV_KEYS = ("weight_decay", "seed", "fold", "steps", "best_step")
+
+
+def _summarise(cv_rows: list[dict[str, Any]], weight_decays: tuple[float, ...]) -> list[dict]:
+    """One row per weight decay: each CV metric averaged over the rows (NaN values skipped)."""
+    names = [k for k in dict.fromkeys(k for r in cv_rows for k in r) if k not in _CV_KEYS]
+    out = []
+    for wd in weight_decays:
+        rows = [r for r in cv_rows if r["weight_decay"] == wd]
+        summary = {"weight_decay": wd}
+        for name in names:
+            values = [r[name] for r in rows if name in r and not math.isnan(r[name])]
+            summary[name] = sum(values) / len(values) if values else math.nan
+        out.append(summary)
+    return out
+
+
+# --- inputs, members, fits -------------------------------------------------------------------
+
+
 def _resolve_data(
     data: Any, labels: Any, mask: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...], dict[str, Any]]:
@@ -407,25 +716,41 @@ def _resolve_data(
     return x, mask, ids, classes, meta  # type: ignore[return-value]
 
 
+def _probe_config(
+    config: ProtocolConfig, d_model: int, n_classes: int, meta: dict[str, Any]
+) -> ProbeConfig:
+    """The probe every member is an instance of.
+
+    The protocol's kind and heads, the data's width and classes, and what the data recorded
+    (hook, model, capture settings, class names, whether BOS was prepended).
+    """
+    exclude_bos = config.bos == "drop" or (config.bos == "auto" and meta.get("prepend_bos", False))
+    return ProbeConfig(
+        kind=config.probe,
+        d_model=d_model,
+        n_outputs=1 if n_classes == 2 else n_classes,
+        n_heads=config.n_heads,
+        position=config.position,
+        hook=meta.get("hook"),
+        model_id=meta.get("model_id"),
+        class_names=meta.get("class_names"),
+        capture=meta.get("capture") or {},
+        exclude_bos=exclude_bos,
+    )
+
+
 def _members_for_seed(
-    seed: int,
-    weight_decays: tuple[float, ...],
-    fold: Tensor,
-    n_folds: int,
-    train_rows: Tensor,
-    stop_rows: Tensor,
-    n: int,
+    seed: int, config: ProtocolConfig, split: _Split, n: int
 ) -> tuple[Members, list[tuple[float, int]]]:
     """Members (decay x (folds + refit)) and their (decay, fold) keys; fold -1 is the refit."""
     in_train = torch.zeros(n, dtype=torch.bool)
-    in_train[train_rows] = True
+    in_train[split.train_rows] = True
     in_stop = torch.zeros(n, dtype=torch.bool)
-    in_stop[stop_rows] = True
-    fold_of = torch.full((n,), -1, dtype=torch.long)
-    fold_of[train_rows] = fold
+    in_stop[split.stop_rows] = True
+    fold_of = split.fold_of(n)
     keys, train, stop = [], [], []
-    for wd in weight_decays:
-        for f in [*range(n_folds), -1]:
+    for wd in config.weight_decays:
+        for f in [*range(config.n_folds), -1]:
             held = fold_of == f if f >= 0 else torch.zeros(n, dtype=torch.bool)
             keys.append((wd, f))
             train.append(in_train & ~in_stop & ~held)
@@ -507,6 +832,17 @@ class _StepBar:
 
             self.bar = tqdm(total=n_fits * budget, desc=label, unit="step", leave=False)
 
+    @classmethod
+    def for_protocol(
+        cls, progress: bool | str, config: ProtocolConfig, train: TrainConfig
+    ) -> _StepBar:
+        """The bar of a protocol run: one fit per seed (batched) or per member (sequential)."""
+        budget = train.max_steps if train.optimizer == "adamw" else train.lbfgs_max_iter
+        per_seed = len(config.weight_decays) * (config.n_folds + 1)
+        n_fits = len(config.seeds) * (1 if config.execution == "batched" else per_seed)
+        label = progress if isinstance(progress, str) else (config.probe if progress else None)
+        return cls(label, n_fits, budget)
+
     def step(self, done: int) -> None:
         if self.bar is not None:
             self.bar.update(max(0, self.offset + min(done, self.budget) - self.bar.n))
@@ -518,235 +854,3 @@ class _StepBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _select(summary: list[dict[str, float]], select_by: str) -> float:
-    """Weight decay with the best CV score (ties: lower CV log loss, then smaller decay)."""
-    sign = 1.0 if select_by == "log_loss" else -1.0
-
-    def key(row: dict[str, float]) -> tuple[float, float, float]:
-        score = row[select_by]
-        score = math.inf if math.isnan(score) else sign * score
-        return (round(score, 12), row["log_loss"], row["weight_decay"])
-
-    return min(summary, key=key)["weight_decay"]
-
-
-def run_protocol(
-    data: Any,
-    labels: Any = None,
-    *,
-    mask: Bool[Tensor, "batch pos"] | Tensor | None = None,
-    config: ProtocolConfig | None = None,
-    progress: bool | str = False,
-    **overrides: Any,
-) -> ProtocolResult:
-    """Train and evaluate one probe kind on one hook's activations, as the study does.
-
-    Each seed of ``config.seeds`` is a full, independent run of the protocol on its own
-    stratified split (split seed ``split_seed + seed``): CV on its training part chooses its
-    weight decay, its refit probe is scored once on its test part. Inputs are checked before
-    any compute: empty or non-finite activations, rows without a valid token, a mask of the
-    wrong shape or dtype and single-class labels are errors (:class:`lensprobe.errors.InputError`)
-    that say where and how to fix them.
-
-    Args:
-        data: ``Activations`` of one hook (labels, hook and model recorded in it), or padded
-            activations ``(batch, pos, d_model)``.
-        labels: One label per sequence (default: the labels stored in ``data``): integers of
-            any values, strings or booleans. They are mapped to classes ``0..k-1`` in sorted
-            order (:attr:`ProtocolResult.classes`); labels other than ``0..k-1`` become the
-            probe's ``class_names``.
-        mask: Valid tokens of a padded tensor, bool ``(batch, pos)`` (default: all valid); any
-            other tensor is a named error.
-        config: Protocol settings (default: the study's).
-        progress: Show a progress bar over the optimisation steps (a string labels it).
-        **overrides: Fields of :class:`ProtocolConfig` to replace, e.g.
-            ``run_protocol(acts, probe="attention", n_heads=8)``.
-
-    Returns:
-        Per-seed runs, test metrics (mean, standard deviation, t-interval over seeds), the first
-        seed's refit probe and chosen weight decay, and the CV table.
-    """
-    start = time.perf_counter()
-    config = (
-        replace(config or ProtocolConfig(), **overrides)
-        if overrides
-        else (config or ProtocolConfig())
-    )
-    x, mask, labels, classes, meta = _resolve_data(data, labels, mask)
-    train = config.resolved_train
-    n_classes = len(classes)
-    exclude_bos = config.bos == "drop" or (config.bos == "auto" and meta.get("prepend_bos", False))
-    probe_config = ProbeConfig(
-        kind=config.probe,
-        d_model=x.shape[-1],
-        n_outputs=1 if n_classes == 2 else n_classes,
-        n_heads=config.n_heads,
-        position=config.position,
-        hook=meta.get("hook"),
-        model_id=meta.get("model_id"),
-        class_names=meta.get("class_names"),
-        capture=meta.get("capture") or {},
-        exclude_bos=exclude_bos,
-    )
-    splits = [_split(labels, config, train, seed) for seed in config.seeds]  # errors first
-
-    budget = train.max_steps if train.optimizer == "adamw" else train.lbfgs_max_iter
-    n_fits = len(config.seeds) * (
-        1 if config.execution == "batched" else len(config.weight_decays) * (config.n_folds + 1)
-    )
-    label = progress if isinstance(progress, str) else (config.probe if progress else None)
-    bar = _StepBar(label, n_fits, budget)
-    cv_table: list[dict[str, Any]] = []
-    runs: list[SeedRun] = []
-    try:
-        for seed, split in zip(config.seeds, splits, strict=True):
-            run, rows = _run_seed(probe_config, config, train, x, mask, labels, seed, split, bar)
-            runs.append(run)
-            cv_table += rows
-    finally:
-        bar.close()
-    metrics = {name: sum(r.metrics[name] for r in runs) / len(runs) for name in runs[0].metrics}
-    summary = {
-        name: estimate(name, [r.metrics[name] for r in runs], runs[0].n_test) for name in metrics
-    }
-    logger.info(
-        "%s probe (n_heads=%d): weight decay %s, test accuracy %s",
-        config.probe,
-        config.n_heads,
-        [r.weight_decay for r in runs],
-        summary["accuracy"],
-    )
-    return ProtocolResult(
-        config=config,
-        runs=runs,
-        classes=classes,
-        metrics=metrics,
-        summary=summary,
-        cv_table=cv_table,
-        cv_summary=_summarise(cv_table, config.weight_decays),
-        seconds=time.perf_counter() - start,
-    )
-
-
-@dataclass(frozen=True)
-class _Split:
-    """One seed's rows: train/test split, folds of the training part, early-stopping slice."""
-
-    split_seed: int
-    train_rows: Tensor
-    test_rows: Tensor
-    fold: Tensor
-    stop_rows: Tensor
-
-
-def _split(labels: Tensor, config: ProtocolConfig, train: TrainConfig, seed: int) -> _Split:
-    """The split of one seed: stratified, seeded with ``config.split_seed + seed``."""
-    split_seed = config.split_seed + seed
-    train_rows, test_rows = stratified_split(labels, config.test_fraction, seed=split_seed)
-    fold = stratified_folds(labels[train_rows], config.n_folds, seed=split_seed)
-    stop_rows = torch.empty(0, dtype=torch.long)
-    if train.optimizer == "adamw" and train.early_stop_fraction > 0:
-        _, held = stratified_split(
-            labels[train_rows], train.early_stop_fraction, seed=train.seed + split_seed
-        )
-        stop_rows = train_rows[held]
-    return _Split(split_seed, train_rows, test_rows, fold, stop_rows)
-
-
-_CV_KEYS = ("weight_decay", "seed", "fold", "steps", "best_step")
-
-
-def _summarise(cv_rows: list[dict[str, Any]], weight_decays: tuple[float, ...]) -> list[dict]:
-    """One row per weight decay: each CV metric averaged over the rows (NaN values skipped)."""
-    names = [k for k in dict.fromkeys(k for r in cv_rows for k in r) if k not in _CV_KEYS]
-    out = []
-    for wd in weight_decays:
-        rows = [r for r in cv_rows if r["weight_decay"] == wd]
-        summary = {"weight_decay": wd}
-        for name in names:
-            values = [r[name] for r in rows if name in r and not math.isnan(r[name])]
-            summary[name] = sum(values) / len(values) if values else math.nan
-        out.append(summary)
-    return out
-
-
-def _run_seed(
-    probe_config: ProbeConfig,
-    config: ProtocolConfig,
-    train: TrainConfig,
-    x: Tensor,
-    mask: Tensor,
-    labels: Tensor,
-    seed: int,
-    split: _Split,
-    bar: _StepBar,
-) -> tuple[SeedRun, list[dict[str, Any]]]:
-    """One seed's protocol: fit all members, choose the decay by CV, score the refit on test."""
-    n = x.shape[0]
-    rows_train = split.train_rows
-    members, keys = _members_for_seed(
-        seed, config.weight_decays, split.fold, config.n_folds, rows_train, split.stop_rows, n
-    )
-    # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
-    read = tokens_read(probe_config, mask)
-    scale = token_scale(x, read, rows_train) if config.normalize == "token_norm" else 1.0
-    params, steps, best_step = _fit(
-        probe_config,
-        x,
-        mask,
-        labels.to(x.device),
-        members,
-        replace(train, seed=train.seed + seed),
-        rows_train,
-        config.execution,
-        scale,
-        bar,
-    )
-    logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
-    params = unscale_params(probe_config, params, scale)
-    fold_of = torch.full((n,), -1, dtype=torch.long)
-    fold_of[rows_train] = split.fold
-    cv_rows = []
-    for i, (wd, f) in enumerate(keys):
-        if f < 0:
-            continue
-        rows = (fold_of == f).nonzero().flatten()
-        row: dict[str, Any] = {"weight_decay": wd, "seed": seed, "fold": f}
-        row.update(classification_metrics(logits[i, rows], labels[rows]))
-        row.update(steps=int(steps[i]), best_step=int(best_step[i]))
-        cv_rows.append(row)
-    seed_summary = _summarise(cv_rows, config.weight_decays)
-    chosen = _select(seed_summary, config.select_by)
-    # Out-of-fold logits of the training part at the chosen decay fix the TPR thresholds.
-    oof = torch.empty(n, logits.shape[-1])
-    for i, (wd, f) in enumerate(keys):
-        if wd == chosen and f >= 0:
-            oof[fold_of == f] = logits[i, fold_of == f]
-    cv_logits = oof[rows_train]
-    thresholds: dict[str, float] = {}
-    if probe_config.n_outputs == 1:
-        thresholds = monitoring_thresholds(cv_logits, labels[rows_train])
-    refit = keys.index((chosen, -1))
-    test_logits = logits[refit, split.test_rows]
-    test_labels = labels[split.test_rows]
-    probe = probe_class(config.probe).from_member(
-        probe_config, {k: v[refit : refit + 1] for k, v in params.items()}, 0
-    )
-    run = SeedRun(
-        seed=seed,
-        split_seed=split.split_seed,
-        train_rows=rows_train,
-        test_rows=split.test_rows,
-        weight_decay=chosen,
-        metrics=classification_metrics(test_logits, test_labels, thresholds=thresholds),
-        cv_summary=seed_summary,
-        test_logits=test_logits,
-        test_labels=test_labels,
-        cv_logits=cv_logits,
-        thresholds=thresholds,
-        input_scale=scale,
-        probe=probe.to(x.device).eval(),
-    )
-    return run, cv_rows
