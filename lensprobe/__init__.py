@@ -1,5 +1,10 @@
 """lensprobe: attention probes at TransformerLens / nnsight hook names.
 
+The top level holds what a researcher types: the verbs (``load_model``, ``capture``,
+``run_protocol``, ``attach``, ``steer``, ...) and the main classes (the probes, ``Activations``, the
+two configs). Result and record types live in their submodules (``lp.train.ProtocolResult``,
+``lp.viz.ReportEntry``, ``lensprobe.activations.CaptureStats``, ...).
+
 Public names are imported lazily (PEP 562), so ``import lensprobe`` stays cheap and optional
 backends (TransformerLens, nnsight, circuitsvis, datasets) load only when used.
 """
@@ -7,6 +12,7 @@ backends (TransformerLens, nnsight, circuitsvis, datasets) load only when used.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -14,53 +20,33 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     "load_model": "lensprobe.models",
+    "load_dataset": "lensprobe.data",
+    "capture": "lensprobe.capturing",
+    "Activations": "lensprobe.activations",
     "AttentionProbe": "lensprobe.probes",
     "MeanProbe": "lensprobe.probes",
     "LastTokenProbe": "lensprobe.probes",
     "MaxProbe": "lensprobe.probes",
-    "Probe": "lensprobe.probes",
-    "ProbeConfig": "lensprobe.probes",
     "load_probe": "lensprobe.probes",
     "TrainConfig": "lensprobe.train",
     "ProtocolConfig": "lensprobe.train",
-    "ProtocolResult": "lensprobe.train",
     "fit": "lensprobe.train",
     "run_protocol": "lensprobe.train",
-    "compare": "lensprobe.train",
-    "Comparison": "lensprobe.train",
     "choose_layer": "lensprobe.train",
-    "LayerChoice": "lensprobe.train",
-    "classification_metrics": "lensprobe.metrics",
-    "load_dataset": "lensprobe.data",
-    "list_datasets": "lensprobe.data",
-    "TextDataset": "lensprobe.data",
+    "compare": "lensprobe.train",
     "attention_entropy": "lensprobe.analysis",
     "top_examples": "lensprobe.analysis",
-    "token_contributions": "lensprobe.analysis",
-    "explain": "lensprobe.analysis",
     "report": "lensprobe.viz",
-    "ReportEntry": "lensprobe.viz",
-    "ProbeSpec": "lensprobe.experiment",
-    "run_grid": "lensprobe.experiment",
-    "capture": "lensprobe.capturing",
-    "Activations": "lensprobe.activations",
-    "ActivationsMeta": "lensprobe.activations",
-    "CaptureResult": "lensprobe.activations",
-    "CaptureStats": "lensprobe.activations",
-    "UnknownHookError": "lensprobe.backends.names",
-    "LensprobeError": "lensprobe.errors",
     "attach": "lensprobe.hooks",
-    "Readout": "lensprobe.hooks",
     "edit_activations": "lensprobe.hooks",
     "steer": "lensprobe.steering",
     "ablate": "lensprobe.steering",
     "class_directions": "lensprobe.steering",
-    "head_directions": "lensprobe.steering",
     "patch_positions": "lensprobe.patching",
-    "PatchResult": "lensprobe.patching",
+    "LensprobeError": "lensprobe.errors",
 }
 
-# public submodules reachable as attributes (lp.viz.probe_attention(...))
+# public submodules reachable as attributes (lp.viz.attention_widget(...))
 _SUBMODULES: tuple[str, ...] = (
     "viz",
     "data",
@@ -71,7 +57,33 @@ _SUBMODULES: tuple[str, ...] = (
     "train",
 )
 
+# top-level names of lensprobe 0.1 that moved to their submodule: name -> where it lives now.
+# ``lp.<name>`` still works, with a DeprecationWarning, until the next release.
+_MOVED: dict[str, str] = {
+    "ActivationsMeta": "lensprobe.activations",
+    "CaptureResult": "lensprobe.activations",
+    "CaptureStats": "lensprobe.activations",
+    "Probe": "lensprobe.probes",
+    "ProbeConfig": "lensprobe.probes",
+    "ProtocolResult": "lensprobe.train",
+    "Comparison": "lensprobe.train",
+    "LayerChoice": "lensprobe.train",
+    "classification_metrics": "lensprobe.metrics",
+    "TextDataset": "lensprobe.data",
+    "list_datasets": "lensprobe.data",
+    "explain": "lensprobe.analysis",
+    "token_contributions": "lensprobe.analysis",
+    "ReportEntry": "lensprobe.viz",
+    "ProbeSpec": "lensprobe.experiment",
+    "run_grid": "lensprobe.experiment",
+    "UnknownHookError": "lensprobe.backends.names",
+    "Readout": "lensprobe.hooks",
+    "head_directions": "lensprobe.steering",
+    "PatchResult": "lensprobe.patching",
+}
+
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
@@ -80,7 +92,21 @@ def __getattr__(name: str) -> Any:
         return value
     if name in _SUBMODULES:
         return importlib.import_module(f"lensprobe.{name}")
+    if name in _MOVED:
+        return _moved(name)
     raise AttributeError(f"module 'lensprobe' has no attribute {name!r}")
+
+
+def _moved(name: str) -> Any:
+    """A name that left the top level, with a DeprecationWarning that says where it lives now."""
+    home = _MOVED[name]
+    warnings.warn(
+        f"lensprobe.{name} is deprecated and leaves the top level in the next release; use "
+        f"{home}.{name} (from {home} import {name})",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module(home), name)
 
 
 def __dir__() -> list[str]:
@@ -89,36 +115,28 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from lensprobe import analysis, data, errors, metrics, probes, train, viz
-    from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
-    from lensprobe.analysis import attention_entropy, explain, token_contributions, top_examples
-    from lensprobe.backends.names import UnknownHookError
+    from lensprobe.activations import Activations
+    from lensprobe.analysis import attention_entropy, top_examples
     from lensprobe.capturing import capture
-    from lensprobe.data import TextDataset, list_datasets, load_dataset
+    from lensprobe.data import load_dataset
     from lensprobe.errors import LensprobeError
-    from lensprobe.experiment import ProbeSpec, run_grid
-    from lensprobe.hooks import Readout, attach, edit_activations
-    from lensprobe.metrics import classification_metrics
+    from lensprobe.hooks import attach, edit_activations
     from lensprobe.models import load_model
-    from lensprobe.patching import PatchResult, patch_positions
+    from lensprobe.patching import patch_positions
     from lensprobe.probes import (
         AttentionProbe,
         LastTokenProbe,
         MaxProbe,
         MeanProbe,
-        Probe,
-        ProbeConfig,
         load_probe,
     )
-    from lensprobe.steering import ablate, class_directions, head_directions, steer
+    from lensprobe.steering import ablate, class_directions, steer
     from lensprobe.train import (
-        Comparison,
-        LayerChoice,
         ProtocolConfig,
-        ProtocolResult,
         TrainConfig,
         choose_layer,
         compare,
         fit,
         run_protocol,
     )
-    from lensprobe.viz import ReportEntry, report
+    from lensprobe.viz import report

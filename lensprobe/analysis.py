@@ -140,7 +140,7 @@ def _require_attention(probe: Probe, what: str) -> AttentionProbe:
         raise TypeError(
             f"{what} needs an AttentionProbe, got a {probe.config.kind} probe: a mean probe's "
             "attention is uniform (entropy ratio 1) and a last-token probe's is one-hot (ratio 0); "
-            "use lp.token_contributions to see which tokens a pooled probe reads"
+            "use lp.analysis.token_contributions to see which tokens a pooled probe reads"
         )
     return probe
 

@@ -318,8 +318,8 @@ def test_inline_widgets_draw_every_token_and_switch_heads(tmp_path: Path, browse
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         probe.query.copy_(torch.randn(probe.query.shape, generator=gen))
-    attention = viz.probe_attention(probe, acts, index=3)
-    contributions = viz.token_contributions(lp.MeanProbe(acts.d_model), acts, index=3)
+    attention = viz.attention_widget(probe, acts, index=3)
+    contributions = viz.contributions_widget(lp.MeanProbe(acts.d_model), acts, index=3)
     # what a notebook shows: each output carries its own copy of the library (_repr_html_)
     path = tmp_path / "widgets.html"
     outputs = attention._repr_html_() + contributions._repr_html_()

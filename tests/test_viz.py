@@ -15,6 +15,7 @@ from lensprobe import viz
 from lensprobe.analysis import attention_entropy, top_examples
 from lensprobe.train import TrainConfig
 from lensprobe.viz import ReportEntry, render_report, report
+from lensprobe.viz.widgets import entropy_html
 
 RENDER_CALL = re.compile(r"CircuitsVis\.render\(\"([\w-]+)\", CircuitsVis\.(\w+), (.*)\);</script>")
 
@@ -115,7 +116,7 @@ def test_entropy_props_follow_the_analysis():
         assert row["mean_uniform"] == pytest.approx(expected["mean_uniform"])
     assert props["overall"]["n_heads"] == 3 and props["n_sequences"] == 15
     json.dumps(props, allow_nan=False)
-    table = viz.entropy_html(props)
+    table = entropy_html(props)
     assert table.count("<tr") == 1 + 3 + 1  # header, heads, overall
 
 
@@ -134,7 +135,7 @@ def test_widgets_inline_circuitsvis_and_never_touch_the_network(monkeypatch):
     monkeypatch.setattr(cv_render, "internet_on", no_network)
     acts = make_acts(n=10)
     probe = randomised("attention", n_heads=2, scale=0.5)
-    widget = viz.probe_attention(probe, acts, index=4)
+    widget = viz.attention_widget(probe, acts, index=4)
     html = widget._repr_html_()
     assert "var CircuitsVis" in html and "unpkg.com" not in html and "sourceMappingURL" not in html
     ((uid, component, props),) = embedded_props(html)
@@ -144,7 +145,11 @@ def test_widgets_inline_circuitsvis_and_never_touch_the_network(monkeypatch):
     assert "row 4" in widget.header and "label <b>c0</b>" in widget.header
     # the library is inlined once per page, not once per widget
     text = viz.page(
-        [widget, viz.top_examples(probe, acts, k=2, view="head"), viz.entropy(probe, acts)]
+        [
+            widget,
+            viz.top_examples_widget(probe, acts, k=2, view="head"),
+            viz.entropy_widget(probe, acts),
+        ]
     )
     assert text.count("var CircuitsVis") == 1 and len(embedded_props(text)) == 2
 
@@ -152,7 +157,7 @@ def test_widgets_inline_circuitsvis_and_never_touch_the_network(monkeypatch):
 def test_a_hostile_token_cannot_break_out_of_the_script():
     acts = make_acts(n=3)
     acts.token_strs[1][0] = "</script><script>alert(1)</script>"
-    widget = viz.probe_attention(randomised("attention"), acts, index=1)
+    widget = viz.attention_widget(randomised("attention"), acts, index=1)
     html = widget.html(include_library=False)
     assert "</script><script>alert" not in html
     ((_, _, props),) = embedded_props(html)
@@ -162,21 +167,54 @@ def test_a_hostile_token_cannot_break_out_of_the_script():
 def test_contribution_widget_for_pooled_probes_and_errors():
     acts = make_acts(n=6)
     probe = randomised("max", n_outputs=1)
-    widget = viz.token_contributions(probe, acts, index=2)
+    widget = viz.contributions_widget(probe, acts, index=2)
     assert widget.props["labels"] == ["to c0", "to c1"]
     values = torch.tensor(widget.props["values"])
     torch.testing.assert_close(values[:, 0], -values[:, 1])
     with pytest.raises(TypeError, match="token_contributions"):
-        viz.probe_attention(probe, acts)
+        viz.attention_widget(probe, acts)
     with pytest.raises(TypeError, match="activations"):
-        viz.top_examples(probe)
+        viz.top_examples_widget(probe)
 
 
 def test_widget_save_writes_a_standalone_page(tmp_path):
     acts = make_acts(n=5)
-    path = viz.probe_attention(randomised("attention"), acts, 0).save(tmp_path / "w.html")
+    path = viz.attention_widget(randomised("attention"), acts, 0).save(tmp_path / "w.html")
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.count("var CircuitsVis") == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("probe_attention", "attention_widget"),
+        ("token_contributions", "contributions_widget"),
+        ("top_examples", "top_examples_widget"),
+        ("entropy", "entropy_widget"),
+    ],
+)
+def test_old_widget_names_warn_and_name_the_new_one(old, new):
+    with pytest.warns(DeprecationWarning, match=f"lp.viz.{new}"):
+        widget = getattr(viz, old)
+    assert widget is getattr(viz, new)
+    assert old not in viz.__all__ and new in viz.__all__
+
+
+def test_no_public_name_means_two_things():
+    """A name exported by the top level and by a public submodule is the same object in both."""
+    import importlib
+
+    seen: dict[str, tuple[str, object]] = {}
+    for module_name in ["lensprobe", *(f"lensprobe.{m}" for m in lp._SUBMODULES)]:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            value = getattr(module, name)
+            if name in seen and isinstance(value, type(importlib)):
+                continue  # a submodule attribute (lp.metrics) next to the module itself
+            if name in seen:
+                where, other = seen[name]
+                assert value is other, f"{name}: {where}.{name} and {module_name}.{name} differ"
+            seen.setdefault(name, (module_name, value))
 
 
 # -- the report (structure; the browser test checks the rendering) ---------------------------

@@ -1,12 +1,13 @@
 """Views of what a probe reads: circuitsvis widgets and the self-contained HTML report.
 
 Widgets render inline in Jupyter and offline in any browser (the circuitsvis JavaScript is
-inlined, never fetched); each one's data comes from a pure ``*_props`` function::
+inlined, never fetched); each is named ``<what it draws>_widget`` and its data comes from a pure
+``*_props`` function::
 
-    lp.viz.probe_attention(probe, acts, index=0)        # one example, every head switchable
-    lp.viz.token_contributions(probe, acts, index=0)    # each token's share of each class score
-    lp.viz.top_examples(lp.top_examples(probe, acts), view="head")
-    lp.viz.entropy(lp.attention_entropy(probe, acts))
+    lp.viz.attention_widget(probe, acts, index=0)       # one example, every head switchable
+    lp.viz.contributions_widget(probe, acts, index=0)   # each token's share of each class score
+    lp.viz.top_examples_widget(lp.top_examples(probe, acts), view="head")
+    lp.viz.entropy_widget(lp.attention_entropy(probe, acts))
 
 The report (``lp.viz.report``) puts the metrics of a protocol run, the entropy of every head and
 the top examples on one page.
@@ -14,38 +15,57 @@ the top examples on one page.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from lensprobe.viz.reporting import ReportEntry, render_report, report
 from lensprobe.viz.widgets import (
     Widget,
     attention_props,
-    circuitsvis_js,
-    entropy,
-    entropy_html,
+    attention_widget,
+    contributions_widget,
     entropy_props,
+    entropy_widget,
     page,
-    probe_attention,
-    script_json,
-    token_contributions,
     token_values_props,
-    top_examples,
     top_examples_props,
+    top_examples_widget,
 )
 
 __all__ = [
     "ReportEntry",
     "Widget",
     "attention_props",
-    "circuitsvis_js",
-    "entropy",
-    "entropy_html",
+    "attention_widget",
+    "contributions_widget",
     "entropy_props",
+    "entropy_widget",
     "page",
-    "probe_attention",
     "render_report",
     "report",
-    "script_json",
-    "token_contributions",
     "token_values_props",
-    "top_examples",
     "top_examples_props",
+    "top_examples_widget",
 ]
+
+_RENAMED: dict[str, str] = {
+    "probe_attention": "attention_widget",
+    "token_contributions": "contributions_widget",
+    "top_examples": "top_examples_widget",
+    "entropy": "entropy_widget",
+}
+"""Widget names of lensprobe 0.1 -> their names now (the old ones go in the next release)."""
+
+
+def __getattr__(name: str) -> Any:
+    """The renamed widgets under their old names, with a DeprecationWarning naming the new one."""
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module 'lensprobe.viz' has no attribute {name!r}")
+    warnings.warn(
+        f"lp.viz.{name} is deprecated and will be removed in the next release; use "
+        f"lp.viz.{new} (the same widget)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[new]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import importlib.metadata
 import io
 import logging
 import math
@@ -558,56 +559,67 @@ def _entry_section(entry: ReportEntry, k: int, n_tokens: int, batch_size: int) -
     return parts
 
 
-def render_report(
-    entries: Sequence[ReportEntry | ProtocolResult],
-    *,
-    title: str = "lensprobe report",
-    description: str | None = None,
-    k: int = 5,
-    n_tokens: int = 12,
-    batch_size: int = 64,
-    comparisons: Sequence[Comparison] | None = None,
-) -> str:
-    """The report as an HTML string (see :func:`report`)."""
-    items = [e if isinstance(e, ReportEntry) else ReportEntry.from_result(e) for e in entries]
-    if not items:
-        raise ValueError("a report needs at least one entry (ReportEntry or ProtocolResult)")
-    items.sort(key=lambda e: (_layer(e.hook_name) or 0, e.hook_name))
-    from lensprobe import __version__
+_HOW_TO_READ = (
+    '<h2>How to read this page</h2><div class="note"><p>Entropy is in nats. A head that '
+    "spreads its attention evenly over the n valid tokens of a sequence has entropy log n "
+    "(ratio 1); one that attends to a single token has entropy 0 (ratio 0). Sequences of one "
+    "token are left out of the ratios.</p><p>Top examples are exact (every analysed sequence "
+    "is scored). Each starts with an uncoloured tag <code>#row label score</code>; for a binary "
+    "probe, class 1 is ranked by the logit and class 0 by minus the logit. Tokens are "
+    "coloured by a head's attention (blue), or by their contribution to the class score "
+    "(blue up, red down; contributions of all tokens plus the bias give the logit). Use the "
+    "selectors to switch class, head, colouring and page.</p></div>"
+)
 
+
+def _version() -> str:
+    """The installed lensprobe's version (``unknown`` when it runs from an uninstalled tree)."""
+    try:
+        return importlib.metadata.version("lensprobe")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _title_block(items: Sequence[ReportEntry], title: str, description: str | None) -> list[str]:
+    """The title, the description, the facts line (model, hooks, probes, classes, when, version)."""
     models = sorted({e.probe.config.model_id for e in items if e.probe.config.model_id})
     class_names = next(
         (e.probe.config.class_names for e in items if e.probe.config.class_names), None
     )
+    classes = ", ".join(class_names) if class_names else str(items[0].probe.config.n_classes)
     facts = [
         ("model", ", ".join(models) or "–"),
         ("hooks", str(len({e.hook_name for e in items}))),
         ("probes", str(len(items))),
-        (
-            "classes",
-            ", ".join(class_names) if class_names else str(items[0].probe.config.n_classes),
-        ),
+        ("classes", classes),
         ("created", _dt.datetime.now().strftime("%Y-%m-%d %H:%M")),
-        ("lensprobe", __version__),
+        ("lensprobe", _version()),
     ]
-    analysed = [e for e in items if e.acts is not None]
-    parts: list[Any] = [
+    spans = "".join(f"<span>{html.escape(k)}: <b>{html.escape(v)}</b></span>" for k, v in facts)
+    return [
         f"<h1>{html.escape(title)}</h1>",
         f'<div class="sub">{html.escape(description)}</div>' if description else "",
-        '<div class="facts">'
-        + "".join(f"<span>{html.escape(k_)}: <b>{html.escape(v)}</b></span>" for k_, v in facts)
-        + "</div>",
+        f'<div class="facts">{spans}</div>',
     ]
-    if analysed:
-        links = "".join(
-            f'<li><a href="#{_anchor(e)}">{html.escape(e.label)} at {html.escape(e.hook_name)}</a></li>'
-            for e in analysed
-        )
-        parts.append(f"<nav><ul><li><a href='#metrics'>metrics</a></li>{links}</ul></nav>")
+
+
+def _navigation(analysed: Sequence[ReportEntry]) -> str:
+    """Links to the metrics and to each analysed probe's section."""
+    links = "".join(
+        f'<li><a href="#{_anchor(e)}">{html.escape(e.label)} at {html.escape(e.hook_name)}</a></li>'
+        for e in analysed
+    )
+    return f"<nav><ul><li><a href='#metrics'>metrics</a></li>{links}</ul></nav>"
+
+
+def _metrics_sections(
+    items: Sequence[ReportEntry], comparisons: Sequence[Comparison] | None
+) -> list[str]:
+    """The metrics table and figure, the layer choice, the comparisons and the CV figure."""
     choices = _choices(items)
     if comparisons is None:
         comparisons = _auto_comparisons(items, choices)
-    parts += [
+    parts = [
         '<h2 id="metrics">Test metrics</h2>',
         _metrics_table(items, choices),
         _metrics_figure(items, choices),
@@ -619,25 +631,11 @@ def render_report(
     cv = _cv_figure(items)
     if cv:
         parts.append(cv)
-    for e in analysed:
-        parts += _entry_section(e, k, n_tokens, batch_size)
-    parts.append(
-        '<h2>How to read this page</h2><div class="note"><p>Entropy is in nats. A head that '
-        "spreads its attention evenly over the n valid tokens of a sequence has entropy log n "
-        "(ratio 1); one that attends to a single token has entropy 0 (ratio 0). Sequences of one "
-        "token are left out of the ratios.</p><p>Top examples are exact (every analysed sequence "
-        "is scored). Each starts with an uncoloured tag <code>#row label score</code>; for a binary "
-        "probe, class 1 is ranked by the logit and class 0 by minus the logit. Tokens are "
-        "coloured by a head's attention (blue), or by their contribution to the class score "
-        "(blue up, red down; contributions of all tokens plus the bias give the logit). Use the "
-        "selectors to switch class, head, colouring and page.</p></div>"
-    )
-    return page(parts, title=title, css=CSS)
+    return parts
 
 
-def report(
+def render_report(
     entries: Sequence[ReportEntry | ProtocolResult],
-    path: str | Path,
     *,
     title: str = "lensprobe report",
     description: str | None = None,
@@ -645,13 +643,12 @@ def report(
     n_tokens: int = 12,
     batch_size: int = 64,
     comparisons: Sequence[Comparison] | None = None,
-) -> Path:
-    """Write one self-contained HTML page for a protocol run.
+) -> str:
+    """The report as an HTML string.
 
     Args:
         entries: One :class:`ReportEntry` per probe and hook (``ReportEntry.from_result(res,
             acts)``); a bare ``ProtocolResult`` gives a metrics-only entry.
-        path: The HTML file to write (parent directories are created).
         title: Page title.
         description: A line under the title (dataset, settings).
         k: Top examples per class and per head.
@@ -662,21 +659,43 @@ def report(
             CV picks; ``[]``: none.
 
     Returns:
+        The whole page (it loads nothing from the network).
+    """
+    items = [e if isinstance(e, ReportEntry) else ReportEntry.from_result(e) for e in entries]
+    if not items:
+        raise ValueError("a report needs at least one entry (ReportEntry or ProtocolResult)")
+    items.sort(key=lambda e: (_layer(e.hook_name) or 0, e.hook_name))
+    analysed = [e for e in items if e.acts is not None]
+    parts: list[Any] = _title_block(items, title, description)
+    if analysed:
+        parts.append(_navigation(analysed))
+    parts += _metrics_sections(items, comparisons)
+    for e in analysed:
+        parts += _entry_section(e, k, n_tokens, batch_size)
+    parts.append(_HOW_TO_READ)
+    return page(parts, title=title, css=CSS)
+
+
+def report(
+    entries: Sequence[ReportEntry | ProtocolResult], path: str | Path, **options: Any
+) -> Path:
+    """Write one self-contained HTML page for a protocol run.
+
+    Args:
+        entries: One :class:`ReportEntry` per probe and hook (``ReportEntry.from_result(res,
+            acts)``); a bare ``ProtocolResult`` gives a metrics-only entry.
+        path: The HTML file to write (parent directories are created).
+        **options: ``title``, ``description``, ``k``, ``n_tokens``, ``batch_size`` and
+            ``comparisons``, as :func:`render_report` takes them.
+
+    Returns:
         The path written.
 
     Example:
         >>> res = lp.run_protocol(acts, probe="attention", n_heads=8)
-        >>> lp.report([lp.ReportEntry.from_result(res, acts)], "report.html")
+        >>> lp.report([lp.viz.ReportEntry.from_result(res, acts)], "report.html")
     """
-    html_text = render_report(
-        entries,
-        title=title,
-        description=description,
-        k=k,
-        n_tokens=n_tokens,
-        batch_size=batch_size,
-        comparisons=comparisons,
-    )
+    html_text = render_report(entries, **options)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html_text, encoding="utf-8")

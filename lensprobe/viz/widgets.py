@@ -5,14 +5,14 @@ JavaScript *inlined* (circuitsvis' ``local_src`` way: no CDN, no network probe),
 it with or without internet and a saved page opens from disk. What each widget shows comes
 from a pure function that returns plain JSON-ready ``dict`` props (tests check those):
 
-- :func:`attention_props` / :func:`probe_attention`: one example's tokens coloured by each probe
+- :func:`attention_props` / :func:`attention_widget`: one example's tokens coloured by each probe
   head's attention (circuitsvis ``ColoredTokensMulti``: hover or click a head to switch; hover a
   token for every head's weight).
-- :func:`token_values_props` / :func:`token_contributions`: one example's tokens coloured by their
+- :func:`token_values_props` / :func:`contributions_widget`: one example's tokens coloured by their
   share of each logit, for any probe kind.
-- :func:`top_examples_props` / :func:`top_examples`: the top-k sequences per class or per head
+- :func:`top_examples_props` / :func:`top_examples_widget`: the top-k sequences per class or per head
   (circuitsvis ``TopkSamples``), each led by an uncoloured tag ``#row label score``.
-- :func:`entropy_props` / :func:`entropy`: mean attention entropy per head against the uniform
+- :func:`entropy_props` / :func:`entropy_widget`: mean attention entropy per head against the uniform
   baseline (a plain HTML table with bars; circuitsvis has no chart).
 
 Token strings are HTML-escaped in the props, because circuitsvis inserts tokens as HTML (a token
@@ -26,7 +26,8 @@ import html
 import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -43,24 +44,24 @@ from lensprobe.analysis import (
     _class_names,
     attention_entropy,
     explain,
+    top_examples,
 )
-from lensprobe.analysis import top_examples as _top_examples
 from lensprobe.probes import AttentionProbe, Probe
 
 __all__ = [
     "Widget",
     "attention_props",
+    "attention_widget",
     "circuitsvis_js",
-    "entropy",
+    "contributions_widget",
     "entropy_html",
     "entropy_props",
+    "entropy_widget",
     "page",
-    "probe_attention",
     "script_json",
-    "token_contributions",
     "token_values_props",
-    "top_examples",
     "top_examples_props",
+    "top_examples_widget",
 ]
 
 _FONT = "font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif;"
@@ -258,6 +259,54 @@ def _tag(example: Example, class_names: Sequence[str], score_name: str) -> str:
     return html.escape(text, quote=False)  # circuitsvis renders tokens as HTML
 
 
+@dataclass(frozen=True)
+class _View:
+    """One way of listing top examples: which lists, how they are labelled, how tokens are coloured."""
+
+    lists: tuple[tuple[Example, ...], ...]
+    list_labels: list[str]
+    colourings: list[str]
+    values: Callable[[Example, int, int], Tensor]
+    """``values(example, list index, colouring index)``: one value per token."""
+    score_name: str
+
+
+def _class_view(top: TopExamples) -> _View:
+    """One list per class, coloured by the contribution to its logit or by one head's attention."""
+    n_heads = len(top.by_head)
+    colourings = ["contribution to the class logit"]
+    colourings += [f"attention of head {h}" for h in range(n_heads)]
+
+    def values(e: Example, i: int, j: int) -> Tensor:
+        if j == 0:
+            return _class_values(e, i, top.n_outputs)
+        assert e.attention is not None
+        return e.attention[:, j - 1]
+
+    labels = [f"class {c}: {top.class_names[c]}" for c in range(len(top.by_class))]
+    return _View(top.by_class, labels, colourings, values, "score")
+
+
+def _head_view(top: TopExamples) -> _View:
+    """One list per head, coloured by its attention or (one-logit probes) its contribution."""
+    if not top.by_head:
+        raise ValueError(
+            f"a {top.probe_kind} probe has no heads; use view='class' for its top examples"
+        )
+    colourings = ["attention"]
+    if top.n_outputs == 1:
+        colourings.append("contribution to the logit")
+
+    def values(e: Example, i: int, j: int) -> Tensor:
+        assert e.attention is not None and e.head_contributions is not None
+        if j == 0:
+            return e.attention[:, i]
+        return e.head_contributions[:, i, 0]
+
+    labels = [f"head {h}" for h in range(len(top.by_head))]
+    return _View(top.by_head, labels, colourings, values, "peak")
+
+
 def top_examples_props(
     top: TopExamples, view: Literal["class", "head"] = "class"
 ) -> dict[str, Any]:
@@ -275,60 +324,31 @@ def top_examples_props(
         ``{"tokens", "activations"}`` nested ``[list][colouring][sample][token]``, with the names
         and labels of both selector dimensions.
     """
-    names = top.class_names
-    if view == "class":
-        lists = top.by_class
-        list_labels = [f"class {c}: {names[c]}" for c in range(len(lists))]
-        n_heads = 0 if not top.by_head else len(top.by_head)
-        colourings = ["contribution to the class logit"]
-        colourings += [f"attention of head {h}" for h in range(n_heads)]
-
-        def values(e: Example, i: int, j: int) -> Tensor:
-            if j == 0:
-                return _class_values(e, i, top.n_outputs)
-            assert e.attention is not None
-            return e.attention[:, j - 1]
-
-        score_name = "score"
-    elif view == "head":
-        if not top.by_head:
-            raise ValueError(
-                f"a {top.probe_kind} probe has no heads; use view='class' for its top examples"
-            )
-        lists = top.by_head
-        list_labels = [f"head {h}" for h in range(len(lists))]
-        colourings = ["attention"]
-        if top.n_outputs == 1:
-            colourings.append("contribution to the logit")
-
-        def values(e: Example, i: int, j: int) -> Tensor:
-            assert e.attention is not None and e.head_contributions is not None
-            if j == 0:
-                return e.attention[:, i]
-            return e.head_contributions[:, i, 0]
-
-        score_name = "peak"
-    else:
+    if view not in ("class", "head"):
         raise ValueError(f"view must be 'class' or 'head', got {view!r}")
-
-    tokens: list[list[list[list[str]]]] = []
-    activations: list[list[list[list[float]]]] = []
-    for i, examples in enumerate(lists):
-        tok_rows, act_rows = [], []
-        for j in range(len(colourings)):
-            tok_rows.append(
-                [[_tag(e, names, score_name), *_escape_tokens(e.tokens)] for e in examples]
-            )
-            act_rows.append([[0.0, *(_num(v) for v in values(e, i, j).tolist())] for e in examples])
-        tokens.append(tok_rows)
-        activations.append(act_rows)
+    v = _class_view(top) if view == "class" else _head_view(top)
+    names, n_colourings = top.class_names, len(v.colourings)
+    tokens = [
+        [
+            [[_tag(e, names, v.score_name), *_escape_tokens(e.tokens)] for e in examples]
+            for _ in range(n_colourings)
+        ]
+        for examples in v.lists
+    ]
+    activations = [
+        [
+            [[0.0, *(_num(x) for x in v.values(e, i, j).tolist())] for e in examples]
+            for j in range(n_colourings)
+        ]
+        for i, examples in enumerate(v.lists)
+    ]
     return {
         "tokens": tokens,
         "activations": activations,
         "zerothDimensionName": "Class" if view == "class" else "Head",
         "firstDimensionName": "Colour by",
-        "zerothDimensionLabels": list_labels,
-        "firstDimensionLabels": colourings,
+        "zerothDimensionLabels": v.list_labels,
+        "firstDimensionLabels": v.colourings,
     }
 
 
@@ -405,7 +425,7 @@ def _example_header(example: Example, class_names: Sequence[str], title: str) ->
 # -- widgets -------------------------------------------------------------------------------------
 
 
-def probe_attention(probe: Probe, acts: Data, index: int = 0) -> Widget:
+def attention_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
     """Each probe head's attention over the tokens of one example (switch heads by hovering).
 
     Args:
@@ -418,8 +438,9 @@ def probe_attention(probe: Probe, acts: Data, index: int = 0) -> Widget:
     """
     if not isinstance(probe, AttentionProbe):
         raise TypeError(
-            f"probe_attention needs an AttentionProbe, got a {probe.config.kind} probe; "
-            "lp.viz.token_contributions(probe, acts, index) shows which tokens it reads"
+            f"attention_widget needs an AttentionProbe, got a {probe.config.kind} probe; "
+            "lp.viz.contributions_widget(probe, acts, index) shows which tokens it reads (its "
+            "values: lp.analysis.token_contributions)"
         )
     example = explain(probe, acts, index)
     assert example.attention is not None
@@ -434,7 +455,7 @@ def probe_attention(probe: Probe, acts: Data, index: int = 0) -> Widget:
     )
 
 
-def token_contributions(probe: Probe, acts: Data, index: int = 0) -> Widget:
+def contributions_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
     """Each token's share of each class score for one example (any probe kind).
 
     For a one-logit probe the columns are the score of class 0 (minus the logit) and of class 1
@@ -452,7 +473,7 @@ def token_contributions(probe: Probe, acts: Data, index: int = 0) -> Widget:
     )
 
 
-def top_examples(
+def top_examples_widget(
     top: TopExamples | Probe,
     acts: Data | None = None,
     *,
@@ -471,8 +492,8 @@ def top_examples(
     """
     if isinstance(top, Probe):
         if acts is None:
-            raise TypeError("pass the activations too: lp.viz.top_examples(probe, acts)")
-        top = _top_examples(top, acts, k=k, rows=rows)
+            raise TypeError("pass the activations too: lp.viz.top_examples_widget(probe, acts)")
+        top = top_examples(top, acts, k=k, rows=rows)
     what = "class logit" if view == "class" else "peak attention of each head"
     header = (
         f'<div style="font-size:13px;color:#333"><b>top {top.k} of {top.n_rows} sequences by '
@@ -486,7 +507,7 @@ def top_examples(
     )
 
 
-def entropy(
+def entropy_widget(
     ent: AttentionEntropy | Probe,
     acts: Data | None = None,
     *,
@@ -502,7 +523,7 @@ def entropy(
     """
     if isinstance(ent, Probe):
         if acts is None:
-            raise TypeError("pass the activations too: lp.viz.entropy(probe, acts)")
+            raise TypeError("pass the activations too: lp.viz.entropy_widget(probe, acts)")
         ent = attention_entropy(ent, acts, rows=rows)
     props = entropy_props(ent)
     header = (

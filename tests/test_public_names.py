@@ -1,0 +1,30 @@
+"""The top level holds the verbs and main classes; names that moved still work for one release."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import lensprobe as lp
+
+
+def test_the_top_level_is_small_and_importable():
+    names = [n for n in lp.__all__ if not n.startswith("_")]
+    assert len(names) <= 35, names
+    for name in names:
+        assert getattr(lp, name) is not None
+
+
+@pytest.mark.parametrize("name", sorted(lp._MOVED))
+def test_moved_names_warn_and_point_to_their_home(name):
+    home = lp._MOVED[name]
+    with pytest.warns(DeprecationWarning, match=rf"use {home}\.{name}\b"):
+        value = getattr(lp, name)
+    assert value is getattr(importlib.import_module(home), name)
+    assert name not in lp.__all__
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        lp.no_such_name  # noqa: B018
