@@ -26,7 +26,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lensprobe._types import Acts, Mask, ProbeAttention
-from lensprobe.probes.base import Probe, ProbeConfig, check_inputs
+from lensprobe.probes.base import Probe, check_inputs
+from lensprobe.probes.config import ProbeConfig
 
 
 def token_distance(
@@ -72,18 +73,12 @@ class AttentionProbe(Probe):
         class_names: tuple[str, ...] | None = None,
         config: ProbeConfig | None = None,
     ):
-        if config is None:
-            config = ProbeConfig(
-                kind="attention",
-                d_model=d_model,
-                n_heads=n_heads,
-                n_outputs=n_outputs,
-                position=position,
-                hook=hook,
-                model_id=model_id,
-                class_names=class_names,
+        super().__init__(
+            config
+            or self.config_from(
+                d_model, n_outputs, hook, model_id, class_names, n_heads=n_heads, position=position
             )
-        super().__init__(config)
+        )
 
     @classmethod
     def param_shapes(cls, config: ProbeConfig) -> dict[str, tuple[int, ...]]:

@@ -1,4 +1,4 @@
-"""What every probe shares: its config, the ``forward(x, mask)`` contract, save and load.
+"""What every probe shares: the ``forward(x, mask)`` contract and the tokens a probe reads.
 
 Every probe kind writes its math once, for parameters with a leading ``member`` dimension
 (``forward_members``). A lone probe is the one-member case of the same function, so a probe
@@ -7,97 +7,17 @@ trained inside a batched sweep and the same probe trained alone run identical co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from lensprobe._types import Acts, Logits, Mask
-
-ProbeKind = Literal["attention", "mean", "last", "max"]
-PROBE_KINDS: tuple[str, ...] = ("attention", "mean", "last", "max")
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-DIGEST_KEY = "digest"
-"""Key of ``config.json`` holding :func:`probe_digest` of the config and the weights saved with it."""
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Everything needed to rebuild a probe: its kind, its shapes, and where it reads."""
-
-    kind: ProbeKind
-    """Which probe: ``attention``, or a linear probe on ``mean``/``last``/``max`` pooled tokens."""
-    d_model: int
-    """Width of the activations the probe reads."""
-    n_outputs: int = 1
-    """1 for a binary task (one logit), k for a k-class task (k logits)."""
-    n_heads: int = 1
-    """Probe heads (attention probes only; 1 for pooled probes)."""
-    position: Literal["last", "first"] = "last"
-    """Attention probes: the token positions are counted from, for the learned position bias."""
-    hook: str | None = None
-    """Hook name the probe was trained at, e.g. ``blocks.9.hook_resid_post``."""
-    model_id: str | None = None
-    """The model whose activations trained the probe."""
-    class_names: tuple[str, ...] | None = None
-    """Names of the classes, in label order."""
-    exclude_bos: bool = False
-    """Ignore each sequence's first valid token (the BOS the capture prepended). A BOS residual
-    is the same for every text, so it carries no information, and in models such as Gemma its
-    norm dwarfs the other tokens'. Sequences of one token keep it."""
-    capture: dict[str, Any] = field(default_factory=dict)
-    """Capture settings of the training activations (dtype, padding side, max length, BOS)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in PROBE_KINDS:
-            raise ValueError(f"unknown probe kind {self.kind!r}; choose one of {PROBE_KINDS}")
-        if self.d_model < 1 or self.n_outputs < 1 or self.n_heads < 1:
-            raise ValueError(
-                f"d_model, n_outputs and n_heads must be positive, got {self.d_model}, "
-                f"{self.n_outputs}, {self.n_heads}"
-            )
-        if self.kind != "attention" and self.n_heads != 1:
-            raise ValueError(f"a {self.kind} probe has no heads; leave n_heads at 1")
-        if self.position not in ("last", "first"):
-            raise ValueError(f"position must be 'last' or 'first', got {self.position!r}")
-        if self.class_names is not None:
-            n_classes = 2 if self.n_outputs == 1 else self.n_outputs
-            if len(self.class_names) != n_classes:
-                raise ValueError(
-                    f"{len(self.class_names)} class names for a probe with {self.n_outputs} "
-                    f"output(s) ({n_classes} classes)"
-                )
-            object.__setattr__(self, "class_names", tuple(self.class_names))
-
-    @property
-    def n_classes(self) -> int:
-        """Number of classes: 2 for a one-logit (binary) probe, else ``n_outputs``."""
-        return 2 if self.n_outputs == 1 else self.n_outputs
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        d = asdict(self)
-        d["class_names"] = list(self.class_names) if self.class_names is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ProbeConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error that names them."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown probe config keys {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
-        if d.get("class_names") is not None:
-            d["class_names"] = tuple(d["class_names"])
-        return cls(**d)
+from lensprobe.probes.config import PROBE_CLASSES, ProbeConfig
+from lensprobe.probes.saving import save_probe
 
 
 def without_first_token(mask: Bool[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
@@ -153,6 +73,12 @@ class Probe(nn.Module):
     decay_params: ClassVar[tuple[str, ...]]
     """Parameters weight decay applies to (weight matrices; never biases or position slopes)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Record a subclass that names its ``kind`` in :data:`PROBE_CLASSES` (loading reads it)."""
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            PROBE_CLASSES[cls.kind] = cls
+
     def __init__(self, config: ProbeConfig):
         super().__init__()
         if config.kind != self.kind:
@@ -160,6 +86,30 @@ class Probe(nn.Module):
         self.config = config
         for name, tensor in self.init_members(config, seeds=[0]).items():
             self.register_parameter(name, nn.Parameter(tensor[0]))
+
+    @classmethod
+    def config_from(
+        cls,
+        d_model: int,
+        n_outputs: int,
+        hook: str | None,
+        model_id: str | None,
+        class_names: tuple[str, ...] | None,
+        **shape: Any,
+    ) -> ProbeConfig:
+        """The config of a probe of this kind from its constructor's arguments.
+
+        ``shape`` holds the kind's own fields (``n_heads``, ``position`` for attention probes).
+        """
+        return ProbeConfig(
+            kind=cls.kind,  # type: ignore[arg-type]
+            d_model=d_model,
+            n_outputs=n_outputs,
+            hook=hook,
+            model_id=model_id,
+            class_names=class_names,
+            **shape,
+        )
 
     # -- the member-batched core, one per subclass ----------------------------------------------
     @classmethod
@@ -242,38 +192,8 @@ class Probe(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into directory ``path``."""
-        from safetensors.torch import save_file
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path``.
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
-        config = json.loads(json.dumps(self.config.to_dict()))  # exactly what loading reads
-        config[DIGEST_KEY] = probe_digest(config, tensors)
-        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        return path
-
-
-def probe_digest(config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 that ties a probe's weights to its config (saved in ``config.json``).
-
-    Any change to a config field (``position``, ``exclude_bos``, ...) or to any weight byte, or
-    weights taken from another probe of the same shapes, gives another digest.
-
-    Args:
-        config: :meth:`ProbeConfig.to_dict` output (a ``digest`` key in it is ignored).
-        tensors: The state dict as saved.
-
-    Returns:
-        The hex digest.
-    """
-    import hashlib
-
-    body = {k: v for k, v in config.items() if k != DIGEST_KEY}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"\n{name}:{str(t.dtype).removeprefix('torch.')}:{list(t.shape)}\n".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+        :func:`~lensprobe.probes.saving.load_probe` reads it back.
+        """
+        return save_probe(self, path)

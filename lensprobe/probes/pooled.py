@@ -14,7 +14,8 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from lensprobe.probes.base import Probe, ProbeConfig
+from lensprobe.probes.base import Probe
+from lensprobe.probes.config import ProbeConfig
 
 
 def last_index(mask: Bool[Tensor, "batch pos"]) -> Tensor:
@@ -42,23 +43,26 @@ class PooledProbe(Probe):
         class_names: tuple[str, ...] | None = None,
         config: ProbeConfig | None = None,
     ):
-        if config is None:
-            config = ProbeConfig(
-                kind=self.kind,  # type: ignore[arg-type]
-                d_model=d_model,
-                n_outputs=n_outputs,
-                hook=hook,
-                model_id=model_id,
-                class_names=class_names,
-            )
-        super().__init__(config)
+        super().__init__(
+            config or self.config_from(d_model, n_outputs, hook, model_id, class_names)
+        )
 
     @classmethod
     def pool(
         cls, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch d_model"]:
-        """One vector per sequence from its valid tokens (``x`` is zero where masked)."""
-        raise NotImplementedError
+        """One vector per sequence from its valid tokens (``x`` is zero where masked).
+
+        ``mean``: the mean of the valid tokens; ``last``: the last valid token; ``max``: the
+        elementwise maximum over the valid tokens.
+        """
+        if cls.kind == "mean":
+            return x.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(x.dtype)
+        if cls.kind == "last":
+            return x[torch.arange(x.shape[0], device=x.device), last_index(mask)]
+        if cls.kind == "max":
+            return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+        raise NotImplementedError(f"{cls.__name__} names no pooling (kind mean, last or max)")
 
     @classmethod
     def param_shapes(cls, config: ProbeConfig) -> dict[str, tuple[int, ...]]:
@@ -96,35 +100,14 @@ class MeanProbe(PooledProbe):
 
     kind = "mean"
 
-    @classmethod
-    def pool(
-        cls, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch d_model"]:
-        """Mean of the valid tokens."""
-        return x.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(x.dtype)
-
 
 class LastTokenProbe(PooledProbe):
     """Linear probe on the last valid token (whichever side the padding is on)."""
 
     kind = "last"
 
-    @classmethod
-    def pool(
-        cls, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch d_model"]:
-        """The last valid token."""
-        return x[torch.arange(x.shape[0], device=x.device), last_index(mask)]
-
 
 class MaxProbe(PooledProbe):
     """Linear probe on the elementwise maximum over the valid tokens (max over ``pos``)."""
 
     kind = "max"
-
-    @classmethod
-    def pool(
-        cls, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch d_model"]:
-        """Elementwise maximum over the valid tokens."""
-        return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)

@@ -1,0 +1,105 @@
+"""What a probe is: its kind, shapes and hook (:class:`ProbeConfig`), and each kind's class.
+
+:data:`PROBE_CLASSES` is filled as each :class:`~lensprobe.probes.base.Probe` subclass that names a
+``kind`` is defined, so loading a probe finds its class without importing the kinds here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from lensprobe.probes.base import Probe
+
+ProbeKind = Literal["attention", "mean", "last", "max"]
+PROBE_KINDS: tuple[str, ...] = ("attention", "mean", "last", "max")
+
+PROBE_CLASSES: dict[str, type[Probe]] = {}
+"""Probe kind -> the class implementing it (each subclass of ``Probe`` with a ``kind`` adds itself)."""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Everything needed to rebuild a probe: its kind, its shapes, and where it reads."""
+
+    kind: ProbeKind
+    """Which probe: ``attention``, or a linear probe on ``mean``/``last``/``max`` pooled tokens."""
+    d_model: int
+    """Width of the activations the probe reads."""
+    n_outputs: int = 1
+    """1 for a binary task (one logit), k for a k-class task (k logits)."""
+    n_heads: int = 1
+    """Probe heads (attention probes only; 1 for pooled probes)."""
+    position: Literal["last", "first"] = "last"
+    """Attention probes: the token positions are counted from, for the learned position bias."""
+    hook: str | None = None
+    """Hook name the probe was trained at, e.g. ``blocks.9.hook_resid_post``."""
+    model_id: str | None = None
+    """The model whose activations trained the probe."""
+    class_names: tuple[str, ...] | None = None
+    """Names of the classes, in label order."""
+    exclude_bos: bool = False
+    """Ignore each sequence's first valid token (the BOS the capture prepended). A BOS residual
+    is the same for every text, so it carries no information, and in models such as Gemma its
+    norm dwarfs the other tokens'. Sequences of one token keep it."""
+    capture: dict[str, Any] = field(default_factory=dict)
+    """Capture settings of the training activations (dtype, padding side, max length, BOS)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBE_KINDS:
+            raise ValueError(f"unknown probe kind {self.kind!r}; choose one of {PROBE_KINDS}")
+        if self.d_model < 1 or self.n_outputs < 1 or self.n_heads < 1:
+            raise ValueError(
+                f"d_model, n_outputs and n_heads must be positive, got {self.d_model}, "
+                f"{self.n_outputs}, {self.n_heads}"
+            )
+        if self.kind != "attention" and self.n_heads != 1:
+            raise ValueError(f"a {self.kind} probe has no heads; leave n_heads at 1")
+        if self.position not in ("last", "first"):
+            raise ValueError(f"position must be 'last' or 'first', got {self.position!r}")
+        if self.class_names is not None:
+            n_classes = 2 if self.n_outputs == 1 else self.n_outputs
+            if len(self.class_names) != n_classes:
+                raise ValueError(
+                    f"{len(self.class_names)} class names for a probe with {self.n_outputs} "
+                    f"output(s) ({n_classes} classes)"
+                )
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes: 2 for a one-logit (binary) probe, else ``n_outputs``."""
+        return 2 if self.n_outputs == 1 else self.n_outputs
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        d = asdict(self)
+        d["class_names"] = list(self.class_names) if self.class_names is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProbeConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error that names them."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown probe config keys {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if d.get("class_names") is not None:
+            d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
+
+
+def probe_class(kind: str) -> type[Probe]:
+    """The probe class for a kind name."""
+    try:
+        return PROBE_CLASSES[kind]
+    except KeyError:
+        raise ValueError(f"unknown probe kind {kind!r}; choose one of {PROBE_KINDS}") from None
+
+
+def build_probe(config: ProbeConfig) -> Probe:
+    """A freshly initialised probe (member seed 0) for a config."""
+    return probe_class(config.kind)(config.d_model, config=config)  # type: ignore[call-arg]
