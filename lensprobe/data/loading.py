@@ -163,6 +163,81 @@ def _class_id(key: Any, lookup: dict[str, int], n_classes: int) -> int | None:
     return None
 
 
+def _rows_kept(rows: _Rows, columns: Columns) -> list[int]:
+    """Positions of the rows that pass the entry's ``where`` filters."""
+    keep = np.ones(rows.n_rows, dtype=bool)
+    for column, wanted in columns.where.items():
+        keep &= np.array([v == wanted for v in rows.columns[column]], dtype=bool)
+    return np.flatnonzero(keep).tolist()
+
+
+def _inferred_class_names(rows: _Rows, keys: list[Any]) -> tuple[tuple[str, ...], list[Any]]:
+    """Class names from the data, and the label keys to match against them.
+
+    A ClassLabel's names when the source declares one, else the sorted distinct label values.
+    """
+    if rows.label_feature is not None and hasattr(rows.label_feature, "names"):
+        return tuple(rows.label_feature.names), keys
+    mapped = {k for k in keys if not isinstance(k, _Unmapped)}
+    distinct = sorted(mapped, key=lambda k: (isinstance(k, str), k))
+    return tuple(str(k) for k in distinct), [
+        k if isinstance(k, _Unmapped) else str(k) for k in keys
+    ]
+
+
+def _class_ids(
+    name: str,
+    rows: _Rows,
+    columns: Columns,
+    idx: list[int],
+    class_names: tuple[str, ...] | None,
+    source: str,
+) -> tuple[list[int], list[int], tuple[str, ...]]:
+    """The rows kept, their class ids and the class names.
+
+    A missing label raises; so does an unknown one, unless the entry drops such rows.
+    """
+    keys = [_label_key(rows.columns[columns.label][i], rows.label_feature, columns) for i in idx]
+    absent = [idx[j] for j, k in enumerate(keys) if k is None]
+    if absent:
+        raise ValueError(
+            f"{name}: {len(absent)} rows of {source} have no label in column "
+            f"{columns.label!r} (rows {absent[:5]}); remove them or choose another label_column"
+        )
+    if class_names is None:
+        class_names, keys = _inferred_class_names(rows, keys)
+    lookup = {c.casefold(): i for i, c in enumerate(class_names)}
+    ids = [_class_id(k, lookup, len(class_names)) for k in keys]
+    unknown = [keys[j] for j, i in enumerate(ids) if i is None]
+    if unknown and columns.unknown_labels != "drop":
+        values = sorted({repr(v.value if isinstance(v, _Unmapped) else v) for v in unknown})
+        raise ValueError(
+            f"{name}: label value(s) {', '.join(values[:5])} in column {columns.label!r} of "
+            f"{source} match none of the {len(class_names)} classes "
+            f"({', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''})"
+        )
+    kept = [j for j, i in enumerate(ids) if i is not None]
+    return [idx[j] for j in kept], [ids[j] for j in kept], class_names  # type: ignore[misc]
+
+
+def _texts(name: str, rows: _Rows, columns: Columns, idx: list[int], source: str) -> list[str]:
+    """The text of each kept row (its text columns joined by a space); an empty one raises."""
+    texts = []
+    for i in idx:
+        parts = [rows.columns[c][i] for c in columns.text]
+        texts.append(" ".join(str(p) for p in parts if not _is_missing(p)).strip())
+    empty = [i for i, t in zip(idx, texts, strict=True) if not t]
+    if empty:
+        raise ValueError(
+            f"{name}: {len(empty)} of {len(texts)} rows of {source} have an empty text in "
+            f"{list(columns.text)} (rows {empty[:5]}); remove them from the source or choose "
+            "another text_column"
+        )
+    if not texts:
+        raise ValueError(f"{name}: no rows left in {source} (check split= and the filters)")
+    return texts
+
+
 def _to_dataset(
     name: str,
     rows: _Rows,
@@ -177,53 +252,9 @@ def _to_dataset(
             f"{name}: column(s) {missing} not found in {source}; it has {list(rows.available)}. "
             "Pass text_column= / label_column= to name the right ones."
         )
-    keep = np.ones(rows.n_rows, dtype=bool)
-    for column, wanted in columns.where.items():
-        keep &= np.array([v == wanted for v in rows.columns[column]], dtype=bool)
-    idx = np.flatnonzero(keep).tolist()
-
-    keys = [_label_key(rows.columns[columns.label][i], rows.label_feature, columns) for i in idx]
-    absent = [idx[j] for j, k in enumerate(keys) if k is None]
-    if absent:
-        raise ValueError(
-            f"{name}: {len(absent)} rows of {source} have no label in column "
-            f"{columns.label!r} (rows {absent[:5]}); remove them or choose another label_column"
-        )
-    if class_names is None:
-        if rows.label_feature is not None and hasattr(rows.label_feature, "names"):
-            class_names = tuple(rows.label_feature.names)
-        else:
-            mapped = {k for k in keys if not isinstance(k, _Unmapped)}
-            distinct = sorted(mapped, key=lambda k: (isinstance(k, str), k))
-            class_names = tuple(str(k) for k in distinct)
-            keys = [k if isinstance(k, _Unmapped) else str(k) for k in keys]
-    lookup = {c.casefold(): i for i, c in enumerate(class_names)}
-    ids = [_class_id(k, lookup, len(class_names)) for k in keys]
-    unknown = [(idx[j], keys[j]) for j, i in enumerate(ids) if i is None]
-    if unknown and columns.unknown_labels == "drop":
-        kept = [j for j, i in enumerate(ids) if i is not None]
-        idx, ids = [idx[j] for j in kept], [ids[j] for j in kept]
-    elif unknown:
-        values = sorted({repr(v.value if isinstance(v, _Unmapped) else v) for _, v in unknown})
-        raise ValueError(
-            f"{name}: label value(s) {', '.join(values[:5])} in column {columns.label!r} of "
-            f"{source} match none of the {len(class_names)} classes "
-            f"({', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''})"
-        )
-
-    texts = []
-    for i in idx:
-        parts = [rows.columns[c][i] for c in columns.text]
-        texts.append(" ".join(str(p) for p in parts if not _is_missing(p)).strip())
-    empty = [i for i, t in zip(idx, texts, strict=True) if not t]
-    if empty:
-        raise ValueError(
-            f"{name}: {len(empty)} of {len(texts)} rows of {source} have an empty text in "
-            f"{list(columns.text)} (rows {empty[:5]}); remove them from the source or choose "
-            "another text_column"
-        )
-    if not texts:
-        raise ValueError(f"{name}: no rows left in {source} (check split= and the filters)")
+    idx = _rows_kept(rows, columns)
+    idx, ids, class_names = _class_ids(name, rows, columns, idx, class_names, source)
+    texts = _texts(name, rows, columns, idx, source)
     present = sorted(set(ids))
     if len(present) < 2:
         raise ValueError(
@@ -504,6 +535,109 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or suffix in (*_FILE_BUILDERS, *_COMPRESSIONS)
 
 
+def _check_arguments(source: str, n: int | None, data_dir: str | os.PathLike[str] | None) -> None:
+    if source not in _SOURCES:
+        raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1 (or None), got {n}")
+    _check_data_dir(data_dir)
+
+
+def _spec_of_path(
+    path: Path, text_column: str | None, label_column: str | None
+) -> tuple[DatasetSpec, Path | None, Source]:
+    """An existing file or folder: its registry entry, else an ad-hoc one, and where to read."""
+    path = path.resolve()
+    spec = _spec_for_path(path) or _adhoc_local(path, text_column, label_column)
+    if spec.local is None:  # an unregistered folder: read like a hub repository
+        return spec, None, "hub"
+    return spec, path if path.is_dir() else path.parent, "local"
+
+
+def _unregistered_hub(name: str, text_column: str | None, label_column: str | None) -> DatasetSpec:
+    """A hub id the registry does not know, read with the columns the caller names."""
+    if text_column is None or label_column is None:
+        raise ValueError(
+            f"unknown dataset {name!r}. Known: {_known_names()}. To load another hub "
+            "dataset, pass text_column= and label_column="
+        )
+    columns = Columns((text_column,), label_column)
+    return DatasetSpec(name, "hub dataset", None, hub=HubSource(name, columns))
+
+
+def _resolve(
+    name: str,
+    source: Source,
+    data_dir: str | os.PathLike[str] | None,
+    text_column: str | None,
+    label_column: str | None,
+) -> tuple[DatasetSpec, Path | None, Source]:
+    """The entry a name stands for (with the caller's columns), its local folder, the source.
+
+    The name is a registry name, alias or hub id; an existing path; or another hub id.
+    """
+    spec = find_spec(name)
+    folder: Path | None = None
+    path = Path(name).expanduser()
+    if spec is None and path.exists():
+        spec, folder, source = _spec_of_path(path, text_column, label_column)
+    elif spec is None and _looks_like_path(name):
+        raise FileNotFoundError(f"{name}: no such file or folder")
+    elif spec is None:
+        spec = _unregistered_hub(name, text_column, label_column)
+    spec = _with_overrides(spec, text_column, label_column)
+    if folder is None and source != "hub":
+        folder = _local_folder(spec, data_dir)
+    return spec, folder, source
+
+
+def _load_local(
+    spec: DatasetSpec,
+    folder: Path | None,
+    data_dir: str | os.PathLike[str] | None,
+    split: str | Sequence[str] | None,
+    cache: str | None,
+) -> TextDataset:
+    """The entry's local copy, read from ``folder``."""
+    if spec.local is None:
+        raise ValueError(
+            f"{spec.name} has no local copy in the registry; use source='hub' or 'auto'"
+        )
+    if folder is None:
+        raise FileNotFoundError(
+            f"{spec.name}: folder {spec.local.folder!r} not found under data_dir={data_dir!r}; "
+            f"pass the folder that holds {spec.local.folder}/"
+        )
+    rows, splits = _read_local(spec.local, folder, split, cache)
+    origin = f"local:{folder} ({'+'.join(splits)})"
+    return _to_dataset(spec.name, rows, spec.local.columns, spec.class_names, origin)
+
+
+def _load_hub(
+    spec: DatasetSpec,
+    data_dir: str | os.PathLike[str] | None,
+    split: str | Sequence[str] | None,
+    n: int | None,
+    cache: str | None,
+) -> TextDataset:
+    """The entry's hub copy (the split the caller names, else the entry's)."""
+    if spec.hub is None:
+        assert spec.local is not None
+        raise ValueError(
+            f"{spec.name} has no hub copy; pass data_dir= (the folder holding "
+            f"{spec.local.folder}/ of the offline data collection)"
+        )
+    if data_dir is not None and spec.local is not None:
+        logger.info(
+            "%s: no %s/ in %s, loading from the hub", spec.name, spec.local.folder, data_dir
+        )
+    hub_split = split if isinstance(split, str) or split is None else "+".join(split)
+    hub_split = hub_split or spec.hub.split
+    rows = _read_hub(spec.hub, hub_split, spec.class_names, n, cache)
+    origin = f"hub:{spec.hub.id} ({hub_split})"
+    return _to_dataset(spec.name, rows, spec.hub.columns, spec.class_names, origin)
+
+
 def load_dataset(
     name_or_path: str | os.PathLike[str],
     *,
@@ -556,78 +690,18 @@ def load_dataset(
         (8, ('instrument', 'animal'))
     """
     name = os.fspath(name_or_path)
-    if source not in _SOURCES:
-        raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
-    if n is not None and n < 1:
-        raise ValueError(f"n must be at least 1 (or None), got {n}")
-    cache = None if cache_dir is None else os.fspath(cache_dir)
-    _check_data_dir(data_dir)
-
+    _check_arguments(source, n, data_dir)
     builtin = BUILTIN_TASKS.get(name.lower().removeprefix("builtin/"))
     if builtin is not None:
         ds = builtin.make(builtin.default_size if n is None else n, seed=seed)
         return ds.subsample(balance=True, seed=seed) if balance else ds
-
-    spec = find_spec(name)
-    folder: Path | None = None
-    path = Path(name).expanduser()
-    if spec is None and path.exists():
-        path = path.resolve()
-        spec = _spec_for_path(path)
-        if spec is None:
-            spec = _adhoc_local(path, text_column, label_column)
-        if spec.local is not None:
-            folder = path if path.is_dir() else path.parent
-            source = "local"
-        else:  # an unregistered folder: read like a hub repository
-            source = "hub"
-    elif spec is None and _looks_like_path(name):
-        raise FileNotFoundError(f"{name}: no such file or folder")
-    elif spec is None:
-        if text_column is None or label_column is None:
-            raise ValueError(
-                f"unknown dataset {name!r}. Known: {_known_names()}. To load another hub "
-                "dataset, pass text_column= and label_column="
-            )
-        columns = Columns((text_column,), label_column)
-        spec = DatasetSpec(name, "hub dataset", None, hub=HubSource(name, columns))
-
-    spec = _with_overrides(spec, text_column, label_column)
-    if folder is None and source != "hub":
-        folder = _local_folder(spec, data_dir)
-    use_local = source == "local" or (source == "auto" and folder is not None)
-    if use_local:
-        if spec.local is None:
-            raise ValueError(
-                f"{spec.name} has no local copy in the registry; use source='hub' or 'auto'"
-            )
-        if folder is None:
-            raise FileNotFoundError(
-                f"{spec.name}: folder {spec.local.folder!r} not found under data_dir={data_dir!r}; "
-                f"pass the folder that holds {spec.local.folder}/"
-            )
-        rows, splits = _read_local(spec.local, folder, split, cache)
-        origin = f"local:{folder} ({'+'.join(splits)})"
-        ds = _to_dataset(spec.name, rows, spec.local.columns, spec.class_names, origin)
+    spec, folder, source = _resolve(name, source, data_dir, text_column, label_column)
+    cache = None if cache_dir is None else os.fspath(cache_dir)
+    if source == "local" or (source == "auto" and folder is not None):
+        ds = _load_local(spec, folder, data_dir, split, cache)
     else:
-        if spec.hub is None:
-            assert spec.local is not None
-            raise ValueError(
-                f"{spec.name} has no hub copy; pass data_dir= (the folder holding "
-                f"{spec.local.folder}/ of the offline data collection)"
-            )
-        if data_dir is not None and spec.local is not None:
-            logger.info(
-                "%s: no %s/ in %s, loading from the hub", spec.name, spec.local.folder, data_dir
-            )
-        hub_split = split if isinstance(split, str) or split is None else "+".join(split)
-        hub_split = hub_split or spec.hub.split
-        rows = _read_hub(spec.hub, hub_split, spec.class_names, n, cache)
-        origin = f"hub:{spec.hub.id} ({hub_split})"
-        ds = _to_dataset(spec.name, rows, spec.hub.columns, spec.class_names, origin)
-    if n is not None or balance:
-        ds = ds.subsample(n, seed=seed, balance=balance)
-    return ds
+        ds = _load_hub(spec, data_dir, split, n, cache)
+    return ds.subsample(n, seed=seed, balance=balance) if n is not None or balance else ds
 
 
 # --- listing -----------------------------------------------------------------------------------

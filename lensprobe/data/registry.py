@@ -6,20 +6,25 @@ An entry (:class:`DatasetSpec`) says where the rows live (:class:`HubSource`: a 
 (``lensprobe.data.loading``), so a hub id and a local folder of the same dataset yield the same
 classes in the same order.
 
+The entries themselves (hub ids, the offline collection's folder and file names, column mappings,
+class orders) are data, not code: ``registry.json`` beside this module, read once by
+:func:`read_table`. A label transform is named there and looked up in :data:`LABEL_TRANSFORMS`.
+
 Local folders are the ones of the offline data collection (``<data_dir>/<folder>``); the library
 never assumes where that collection lives: callers pass ``data_dir``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
 
-from lensprobe.data import _classes
-
 __all__ = [
+    "LABEL_TRANSFORMS",
     "REGISTRY",
     "Columns",
     "DatasetSpec",
@@ -27,6 +32,7 @@ __all__ = [
     "LocalFiles",
     "LocalSource",
     "find_spec",
+    "read_table",
 ]
 
 
@@ -184,7 +190,7 @@ class DatasetSpec:
         return tuple(dict.fromkeys(k.lower() for k in names))
 
 
-# --- preparation functions (module level, so entries stay declarative) -------------------------
+# --- reading the table ---------------------------------------------------------------------------
 
 
 def scenario_of_intent(intent: str) -> str:
@@ -192,263 +198,85 @@ def scenario_of_intent(intent: str) -> str:
     return intent.split("_", 1)[0]
 
 
-# --- the entries ---------------------------------------------------------------------------------
+LABEL_TRANSFORMS: Mapping[str, Callable[[str], str]] = MappingProxyType(
+    {"scenario_of_intent": scenario_of_intent}
+)
+"""The functions a table entry may name as its ``label_transform``."""
 
-_TWEET_SPLITS = ("train", "val", "test")
+_TABLE = "registry.json"
+"""The registry's table, shipped next to this module (its ``about`` says what each field means)."""
 
 
-def _tweet_eval_files() -> tuple[LocalFiles, ...]:
-    return (
-        LocalFiles(
-            "text",
-            splits={s: (f"{s}_text.txt",) for s in _TWEET_SPLITS},
-            label_files={s: (f"{s}_labels.txt",) for s in _TWEET_SPLITS},
-        ),
+def _fields(raw: Mapping[str, Any], where: str, known: set[str]) -> dict[str, Any]:
+    """The entry's fields, with an error naming any the table should not hold (a typo)."""
+    unknown = set(raw) - known - {"note"}
+    if unknown:
+        raise ValueError(f"{_TABLE}: {where} has unknown field(s) {sorted(unknown)}")
+    return {k: v for k, v in raw.items() if k != "note"}
+
+
+def _columns(raw: Mapping[str, Any], where: str) -> Columns:
+    transform = raw.get("label_transform")
+    if transform is not None and transform not in LABEL_TRANSFORMS:
+        raise ValueError(f"{_TABLE}: {where} names an unknown label_transform {transform!r}")
+    return Columns(
+        tuple(raw["text"]),
+        raw["label"],
+        label_names=raw.get("label_names", {}),
+        label_transform=None if transform is None else LABEL_TRANSFORMS[transform],
+        where=raw.get("where", {}),
+        unknown_labels=raw.get("unknown_labels", "error"),
     )
 
 
-def _github_file(language: str, file: str) -> LocalFiles:
-    return LocalFiles("csv", splits={"train": (file,)}, constants={"language": language})
+_COLUMN_FIELDS = {"text", "label", "label_names", "label_transform", "where", "unknown_labels"}
 
 
-_GITHUB_FILES = {"C": "158_code_C.csv.zst", "Python": "159_code_Python.csv.zst"}
-_GITHUB_FILES["HTML"] = "160_code_HTML.csv.zst"
+def _hub(raw: Mapping[str, Any], where: str) -> HubSource:
+    extra = {"id", "split", "config", "streaming", "stream_rows_per_class"}
+    fields = _fields(raw, where, _COLUMN_FIELDS | extra)
+    options = {k: fields[k] for k in extra - {"id"} if k in fields}
+    return HubSource(fields["id"], _columns(fields, where), **options)
 
-_GEOMETRY_OF_TRUTH: dict[str, str] = {
-    "cities": "a city is in a country",
-    "neg_cities": "a city is not in a country",
-    "cities_cities_conj": "conjunction of two city statements",
-    "cities_cities_disj": "disjunction of two city statements",
-    "sp_en_trans": "a Spanish word means an English word",
-    "neg_sp_en_trans": "a Spanish word does not mean an English word",
-    "larger_than": "one number is larger than another",
-    "smaller_than": "one number is smaller than another",
-    "common_claim_true_false": "common claims",
-    "companies_true_false": "facts about companies",
-    "counterfact_true_false": "counterfact facts",
-}
 
-_MASSIVE_FILES = (
-    LocalFiles(
-        "json",
-        splits={
-            "train": ("train.jsonl",),
-            "validation": ("validation.jsonl",),
-            "test": ("test.jsonl",),
-        },
-    ),
-)
-"""The local copy of MASSIVE (en-US), which both MASSIVE tasks read."""
+def _files(raw: Mapping[str, Any], where: str) -> LocalFiles:
+    fields = _fields(raw, where, {"builder", "splits", "options", "constants", "label_files"})
+    return LocalFiles(
+        fields["builder"],
+        splits={k: tuple(v) for k, v in fields["splits"].items()},
+        options=fields.get("options", {}),
+        constants=fields.get("constants", {}),
+        label_files={k: tuple(v) for k, v in fields.get("label_files", {}).items()},
+    )
 
-_ENTRIES: list[DatasetSpec] = [
-    DatasetSpec(
-        "election_questions",
-        "US election question is harmful (1) or harmless (0)",
-        ("Harmless", "Harmful"),
-        hub=HubSource(
-            "Anthropic/election_questions", Columns(("question",), "label"), split="test"
-        ),
-    ),
-    DatasetSpec(
-        "reject_prompts",
-        "prompt a model should reject (labels as the hub gives them)",
-        None,
-        hub=HubSource("AIM-Harvard/reject_prompts", Columns(("text",), "label")),
-    ),
-    DatasetSpec(
-        "jailbreak_classification",
-        "prompt is a jailbreak (1) or benign (0)",
-        ("benign", "jailbreak"),
-        hub=HubSource("jackhhao/jailbreak-classification", Columns(("prompt",), "type")),
-        local=LocalSource(
-            "jailbreak_classification",
-            (
-                LocalFiles(
-                    "csv",
-                    splits={
-                        "train": ("jailbreak_dataset_train_balanced.csv",),
-                        "test": ("jailbreak_dataset_test_balanced.csv",),
-                    },
-                ),
-            ),
-            Columns(("prompt",), "type"),
-        ),
-        aliases=("jailbreak",),
-    ),
-    DatasetSpec(
-        "massive_intent",
-        "intent of a voice-assistant request (60 classes)",
-        _classes.MASSIVE_INTENTS,
-        hub=HubSource("willcb/massive-intent", Columns(("input",), "label")),
-        local=LocalSource(
-            "massive_intent_en",
-            _MASSIVE_FILES,
-            Columns(("text",), "label_text"),
-        ),
-    ),
-    DatasetSpec(
-        "massive_scenario",
-        "scenario of a voice-assistant request (18 classes)",
-        _classes.MASSIVE_SCENARIOS,
-        hub=HubSource("willcb/massive-scenario", Columns(("input",), "label")),
-        local=LocalSource(
-            "massive_intent_en",
-            _MASSIVE_FILES,
-            Columns(("text",), "label_text", label_transform=scenario_of_intent),
-        ),
-    ),
-    DatasetSpec(
-        "banking77",
-        "intent of a banking customer query (77 classes)",
-        _classes.BANKING77,
-        hub=HubSource("legacy-datasets/banking77", Columns(("text",), "label")),
-        local=LocalSource(
-            "banking77",
-            (LocalFiles("csv", splits={"train": ("train.csv",), "test": ("test.csv",)}),),
-            Columns(("text",), "category"),
-        ),
-    ),
-    DatasetSpec(
-        "tweet_eval_stance_abortion",
-        "stance of a tweet on abortion: none, against, favor",
-        ("none", "against", "favor"),
-        hub=HubSource("SetFit/tweet_eval_stance_abortion", Columns(("text",), "label_text")),
-        local=LocalSource(
-            "tweet_eval_stance_abortion", _tweet_eval_files(), Columns(("text",), "label")
-        ),
-    ),
-    DatasetSpec(
-        "bias_in_bios",
-        "gender of the person a biography describes: male (0), female (1)",
-        ("male", "female"),
-        hub=HubSource("LabHC/bias_in_bios", Columns(("hard_text",), "gender")),
-    ),
-    DatasetSpec(
-        "bias_in_bios_profession",
-        "profession of the person a biography describes (28 classes)",
-        _classes.BIAS_IN_BIOS_PROFESSIONS,
-        hub=HubSource("LabHC/bias_in_bios", Columns(("hard_text",), "profession")),
-    ),
-    DatasetSpec(
-        "amazon_reviews_1and5",
-        "Amazon review has 5 stars (1) or 1 star (0)",
-        ("1 star", "5 stars"),
-        hub=HubSource(
-            "canrager/amazon_reviews_mcauley_1and5",
-            Columns(("text",), "rating", label_names={1: "1 star", 5: "5 stars"}),
-        ),
-        local=LocalSource(
-            "amazon_reviews_1and5",
-            (LocalFiles("csv", splits={"train": ("157_amazon_5star.csv",)}),),
-            Columns(("prompt",), "target"),
-        ),
-    ),
-    DatasetSpec(
-        "github_code_lang",
-        "programming language of a code snippet: C, Python, HTML",
-        ("C", "Python", "HTML"),
-        hub=HubSource(
-            "codeparrot/github-code",
-            Columns(("code",), "language", unknown_labels="drop"),
-            streaming=True,
-        ),
-        local=LocalSource(
-            "github_code_lang",
-            tuple(_github_file(lang, file) for lang, file in _GITHUB_FILES.items()),
-            Columns(("prompt",), "language", where={"target": 1}),
-        ),
-        aliases=("github_code",),
-    ),
-    *(
-        DatasetSpec(
-            f"github_code_{lang.lower()}",
-            f"code snippet is {lang} (1) or another language (0)",
-            ("other", lang),
-            local=LocalSource(
-                "github_code_lang",
-                (LocalFiles("csv", splits={"train": (file,)}),),
-                Columns(("prompt",), "target"),
-            ),
-        )
-        for lang, file in _GITHUB_FILES.items()
-    ),
-    DatasetSpec(
-        "ag_news",
-        "topic of a news article: World, Sports, Business, Sci/Tech",
-        ("World", "Sports", "Business", "Sci/Tech"),
-        hub=HubSource("fancyzhx/ag_news", Columns(("text",), "label")),
-        local=LocalSource(
-            "ag_news",
-            (LocalFiles("csv", splits={"test": ("test.csv",)}),),
-            Columns(("title", "description"), "class"),
-        ),
-    ),
-    *(
-        DatasetSpec(
-            f"geometry_of_truth/{stem}",
-            f"statement is true (1) or false (0): {what}",
-            ("false", "true"),
-            local=LocalSource(
-                "geometry_of_truth",
-                (LocalFiles("csv", splits={"train": (f"{stem}.csv",)}),),
-                Columns(("statement",), "label"),
-            ),
-            aliases=(f"got_{stem}",),
-        )
-        for stem, what in _GEOMETRY_OF_TRUTH.items()
-    ),
-    DatasetSpec(
-        "refusal_harmful_harmless",
-        "instruction is harmful (1) or harmless (0); very imbalanced (871 vs 31,323)",
-        ("harmless", "harmful"),
-        local=LocalSource(
-            "refusal_harmful_harmless",
-            tuple(
-                LocalFiles(
-                    "json",
-                    splits={s: (f"{kind}_{s}.json",) for s in ("train", "val", "test")},
-                    constants={"kind": kind},
-                )
-                for kind in ("harmful", "harmless")
-            ),
-            Columns(("instruction",), "kind"),
-        ),
-        aliases=("refusal",),
-    ),
-    DatasetSpec(
-        "sms_spam",
-        "SMS is spam (1) or ham (0); imbalanced (747 vs 4,827)",
-        ("ham", "spam"),
-        local=LocalSource(
-            "sms_spam",
-            (
-                LocalFiles(
-                    "csv",
-                    splits={"train": ("SMSSpamCollection",)},
-                    # Tab-separated with a header line; quotes are literal text, not quoting.
-                    options={"sep": "\t", "quoting": 3},
-                ),
-            ),
-            Columns(("SMS",), "Label"),
-        ),
-    ),
-    DatasetSpec(
-        "sst2",
-        "sentiment of a movie-review phrase: negative (0), positive (1)",
-        ("negative", "positive"),
-        local=LocalSource(
-            "sst2",
-            (LocalFiles("csv", splits={"train": ("92_glue_sst2.csv",)}),),
-            Columns(("prompt",), "target"),
-        ),
-    ),
-    DatasetSpec(
-        "tweet_eval_emotion",
-        "emotion of a tweet: anger, joy, optimism, sadness",
-        ("anger", "joy", "optimism", "sadness"),
-        local=LocalSource("tweet_eval_emotion", _tweet_eval_files(), Columns(("text",), "label")),
-    ),
-]
+
+def _local(raw: Mapping[str, Any], where: str) -> LocalSource:
+    fields = _fields(raw, where, _COLUMN_FIELDS | {"folder", "files"})
+    files = tuple(_files(f, f"{where} file group {i}") for i, f in enumerate(fields["files"]))
+    return LocalSource(fields["folder"], files, _columns(fields, where))
+
+
+def _spec(raw: Mapping[str, Any]) -> DatasetSpec:
+    """One table entry as a :class:`DatasetSpec`."""
+    name = raw.get("name", "?")
+    fields = _fields(raw, name, {"name", "task", "classes", "hub", "local", "aliases"})
+    classes = fields.get("classes")
+    return DatasetSpec(
+        name,
+        fields["task"],
+        None if classes is None else tuple(classes),
+        hub=_hub(fields["hub"], f"{name} hub") if "hub" in fields else None,
+        local=_local(fields["local"], f"{name} local") if "local" in fields else None,
+        aliases=tuple(fields.get("aliases", ())),
+    )
+
+
+def read_table(text: str) -> tuple[DatasetSpec, ...]:
+    """The entries of a registry table (the JSON text of ``registry.json``), in its order."""
+    return tuple(_spec(raw) for raw in json.loads(text)["datasets"])
+
+
+_ENTRIES = read_table(resources.files(__package__).joinpath(_TABLE).read_text(encoding="utf-8"))
 
 REGISTRY: Mapping[str, DatasetSpec] = MappingProxyType({spec.name: spec for spec in _ENTRIES})
 """Every registry entry by name, in a stable order (study datasets first)."""
