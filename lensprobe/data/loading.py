@@ -1,27 +1,25 @@
-"""Loading datasets: registry entries from the hub or a local folder, files, and built-in tasks.
+"""Loading datasets by name or path: registry entries, local files, hub ids, built-in tasks.
 
-Every source is read through ``datasets.load_dataset`` (a hub id, or the ``csv`` / ``json`` /
-``text`` / ``parquet`` builder over local files) and then goes through the same column mapping:
-texts from the entry's text columns, labels matched to its class names. ``datasets`` is imported
-only when a file or hub dataset is loaded (``pip install 'lensprobe[data]'``); built-in tasks need
-nothing beyond numpy.
+:func:`load_dataset` resolves what a name stands for (a built-in task, a registry entry, a file or
+folder, another hub id), picks the copy to read (the local one when ``data_dir`` holds it, else
+the hub's), reads its rows (:mod:`lensprobe.data.sources`) and maps them to texts and classes
+(:mod:`lensprobe.data.mapping`). :func:`list_datasets` says what can be loaded. ``datasets`` is
+imported only when a file or hub dataset is loaded (``pip install 'lensprobe[data]'``); built-in
+tasks need nothing beyond numpy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Literal
 
 from lensprobe.data.builtin import BUILTIN_TASKS
 from lensprobe.data.dataset import TextDataset
+from lensprobe.data.mapping import to_dataset
 from lensprobe.data.registry import (
     REGISTRY,
     Columns,
@@ -31,7 +29,7 @@ from lensprobe.data.registry import (
     LocalSource,
     find_spec,
 )
-from lensprobe.errors import DataFileError
+from lensprobe.data.sources import read_hub, read_local
 
 logger = logging.getLogger(__name__)
 
@@ -47,372 +45,6 @@ _FILE_BUILDERS = {
     ".parquet": ("parquet", {}),
 }
 _COMPRESSIONS = (".zst", ".gz", ".bz2", ".xz")
-
-
-def _datasets() -> Any:
-    """The ``datasets`` module, or an ImportError that names the extra to install."""
-    try:
-        import datasets
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "loading file and hub datasets needs the `datasets` package: "
-            "pip install 'lensprobe[data]' (built-in tasks work without it)"
-        ) from err
-    return datasets
-
-
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide ``datasets`` progress bars while reading local files; restore the setting after."""
-    datasets = _datasets()
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
-# --- rows read from a source, before the column mapping -----------------------------------------
-
-
-@dataclass
-class _Rows:
-    """Columns read from one source, plus what the mapping needs to know about them."""
-
-    columns: dict[str, list[Any]]
-    available: tuple[str, ...]
-    label_feature: Any = None  # a datasets.ClassLabel when the source declares one
-    n_rows: int = 0
-
-
-def _needed(columns: Columns) -> tuple[str, ...]:
-    return tuple(dict.fromkeys([*columns.text, columns.label, *columns.where]))
-
-
-def _take_columns(ds: Any, needed: Sequence[str], label: str) -> _Rows:
-    """The needed columns of a ``datasets.Dataset`` as Python lists (absent ones left out)."""
-    present = [c for c in needed if c in ds.column_names]
-    data = ds.select_columns(present).to_dict() if present else {}
-    feature = ds.features.get(label)
-    if not hasattr(feature, "int2str"):  # only a ClassLabel names integer labels
-        feature = None
-    return _Rows(data, tuple(ds.column_names), feature, len(ds))
-
-
-def _concat(parts: Sequence[_Rows], needed: Sequence[str]) -> _Rows:
-    """Rows of several parts, one after the other; a column some part lacks reads as missing."""
-    found = [c for c in needed if any(c in p.columns for p in parts)]
-    columns: dict[str, list[Any]] = {c: [] for c in found}
-    for part in parts:
-        for c in found:
-            columns[c].extend(part.columns.get(c, [None] * part.n_rows))
-    available = tuple(dict.fromkeys(c for p in parts for c in p.available))
-    features = [p.label_feature for p in parts if p.label_feature is not None]
-    return _Rows(
-        columns, available, features[0] if features else None, sum(p.n_rows for p in parts)
-    )
-
-
-# --- label and text mapping (shared by every source) --------------------------------------------
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-@dataclass(frozen=True)
-class _Unmapped:
-    """A raw label value that ``Columns.label_names`` does not name."""
-
-    value: Any
-
-
-def _label_key(value: Any, feature: Any, columns: Columns) -> Any:
-    """A raw label value as a class name (str) or class id (int); None when missing."""
-    if _is_missing(value):
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool):
-        value = int(value)
-    if feature is not None and hasattr(feature, "int2str") and isinstance(value, int):
-        value = feature.int2str(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if columns.label_names:
-        if value in columns.label_names:
-            value = columns.label_names[value]
-        elif str(value) in columns.label_names:
-            value = columns.label_names[str(value)]
-        else:
-            return _Unmapped(value)
-    if isinstance(value, str):
-        value = value.strip()
-        if columns.label_transform is not None:
-            value = columns.label_transform(value)
-    return value
-
-
-def _class_id(key: Any, lookup: dict[str, int], n_classes: int) -> int | None:
-    if isinstance(key, str):
-        return lookup.get(key.casefold())
-    if isinstance(key, int) and 0 <= key < n_classes:
-        return key
-    return None
-
-
-def _rows_kept(rows: _Rows, columns: Columns) -> list[int]:
-    """Positions of the rows that pass the entry's ``where`` filters."""
-    keep = np.ones(rows.n_rows, dtype=bool)
-    for column, wanted in columns.where.items():
-        keep &= np.array([v == wanted for v in rows.columns[column]], dtype=bool)
-    return np.flatnonzero(keep).tolist()
-
-
-def _inferred_class_names(rows: _Rows, keys: list[Any]) -> tuple[tuple[str, ...], list[Any]]:
-    """Class names from the data, and the label keys to match against them.
-
-    A ClassLabel's names when the source declares one, else the sorted distinct label values.
-    """
-    if rows.label_feature is not None and hasattr(rows.label_feature, "names"):
-        return tuple(rows.label_feature.names), keys
-    mapped = {k for k in keys if not isinstance(k, _Unmapped)}
-    distinct = sorted(mapped, key=lambda k: (isinstance(k, str), k))
-    return tuple(str(k) for k in distinct), [
-        k if isinstance(k, _Unmapped) else str(k) for k in keys
-    ]
-
-
-def _class_ids(
-    name: str,
-    rows: _Rows,
-    columns: Columns,
-    idx: list[int],
-    class_names: tuple[str, ...] | None,
-    source: str,
-) -> tuple[list[int], list[int], tuple[str, ...]]:
-    """The rows kept, their class ids and the class names.
-
-    A missing label raises; so does an unknown one, unless the entry drops such rows.
-    """
-    keys = [_label_key(rows.columns[columns.label][i], rows.label_feature, columns) for i in idx]
-    absent = [idx[j] for j, k in enumerate(keys) if k is None]
-    if absent:
-        raise ValueError(
-            f"{name}: {len(absent)} rows of {source} have no label in column "
-            f"{columns.label!r} (rows {absent[:5]}); remove them or choose another label_column"
-        )
-    if class_names is None:
-        class_names, keys = _inferred_class_names(rows, keys)
-    lookup = {c.casefold(): i for i, c in enumerate(class_names)}
-    ids = [_class_id(k, lookup, len(class_names)) for k in keys]
-    unknown = [keys[j] for j, i in enumerate(ids) if i is None]
-    if unknown and columns.unknown_labels != "drop":
-        values = sorted({repr(v.value if isinstance(v, _Unmapped) else v) for v in unknown})
-        raise ValueError(
-            f"{name}: label value(s) {', '.join(values[:5])} in column {columns.label!r} of "
-            f"{source} match none of the {len(class_names)} classes "
-            f"({', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''})"
-        )
-    kept = [j for j, i in enumerate(ids) if i is not None]
-    return [idx[j] for j in kept], [ids[j] for j in kept], class_names  # type: ignore[misc]
-
-
-def _texts(name: str, rows: _Rows, columns: Columns, idx: list[int], source: str) -> list[str]:
-    """The text of each kept row (its text columns joined by a space); an empty one raises."""
-    texts = []
-    for i in idx:
-        parts = [rows.columns[c][i] for c in columns.text]
-        texts.append(" ".join(str(p) for p in parts if not _is_missing(p)).strip())
-    empty = [i for i, t in zip(idx, texts, strict=True) if not t]
-    if empty:
-        raise ValueError(
-            f"{name}: {len(empty)} of {len(texts)} rows of {source} have an empty text in "
-            f"{list(columns.text)} (rows {empty[:5]}); remove them from the source or choose "
-            "another text_column"
-        )
-    if not texts:
-        raise ValueError(f"{name}: no rows left in {source} (check split= and the filters)")
-    return texts
-
-
-def _to_dataset(
-    name: str,
-    rows: _Rows,
-    columns: Columns,
-    class_names: tuple[str, ...] | None,
-    source: str,
-) -> TextDataset:
-    """Rows of a source mapped to texts and class ids, with the registry's checks."""
-    missing = [c for c in _needed(columns) if c not in rows.columns]
-    if missing:
-        raise ValueError(
-            f"{name}: column(s) {missing} not found in {source}; it has {list(rows.available)}. "
-            "Pass text_column= / label_column= to name the right ones."
-        )
-    idx = _rows_kept(rows, columns)
-    idx, ids, class_names = _class_ids(name, rows, columns, idx, class_names, source)
-    texts = _texts(name, rows, columns, idx, source)
-    present = sorted(set(ids))
-    if len(present) < 2:
-        raise ValueError(
-            f"{name}: the label column {columns.label!r} of {source} holds a single class "
-            f"({class_names[present[0]]!r}) in all {len(ids)} rows; a probe needs at least two. "
-            "Load more splits (split=None), or choose another label_column"
-        )
-    return TextDataset(name, texts, np.asarray(ids, dtype=np.int64), class_names, source)
-
-
-# --- hub -------------------------------------------------------------------------------------------
-
-
-def _read_hub(
-    hub: HubSource,
-    split: str,
-    class_names: tuple[str, ...] | None,
-    n: int | None,
-    cache_dir: str | None,
-) -> _Rows:
-    """Rows of a hub dataset (or of a local directory laid out like a hub repository)."""
-    datasets = _datasets()
-    needed = _needed(hub.columns)
-    if not hub.streaming:
-        ds = datasets.load_dataset(hub.id, name=hub.config, split=split, cache_dir=cache_dir)
-        return _take_columns(ds, needed, hub.columns.label)
-    if class_names is None:
-        raise ValueError(f"{hub.id}: streaming needs the entry's class names")
-    stream = datasets.load_dataset(
-        hub.id, name=hub.config, split=split, streaming=True, cache_dir=cache_dir
-    )
-    features = stream.features
-    feature = features.get(hub.columns.label) if features else None
-    if not hasattr(feature, "int2str"):
-        feature = None
-    quota = math.ceil(n / len(class_names)) if n else hub.stream_rows_per_class
-    lookup = {c.casefold(): i for i, c in enumerate(class_names)}
-    counts = [0] * len(class_names)
-    columns: dict[str, list[Any]] = {c: [] for c in needed}
-    available: tuple[str, ...] = ()
-    for row in stream:
-        if not available:
-            available = tuple(row)
-            if not set(needed) <= set(available):
-                break  # the mapping reports the missing columns; do not read on
-        if any(row.get(c) != v for c, v in hub.columns.where.items()):
-            continue
-        cid = _class_id(
-            _label_key(row.get(hub.columns.label), feature, hub.columns), lookup, len(class_names)
-        )
-        if cid is None or counts[cid] >= quota:
-            continue
-        counts[cid] += 1
-        for c in needed:
-            columns[c].append(row.get(c))
-        if min(counts) >= quota:
-            break
-    n_rows = sum(counts)
-    if not all(c in available for c in needed):
-        columns = {c: v for c, v in columns.items() if c in available}
-    return _Rows(columns, available, feature, n_rows)
-
-
-# --- local files -------------------------------------------------------------------------------
-
-
-def _split_list(split: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
-    """Split names asked for (``"train+test"``, a list, or None for all), checked."""
-    if split is None:
-        return list(available)
-    wanted = split.split("+") if isinstance(split, str) else list(split)
-    wanted = [s.strip() for s in wanted]
-    unknown = [s for s in wanted if s not in available]
-    if unknown:
-        raise ValueError(f"split(s) {unknown} not available; this copy has {list(available)}")
-    return wanted
-
-
-def _resolve_files(folder: Path, patterns: Sequence[str], name: str) -> list[str]:
-    files: list[str] = []
-    for pattern in patterns:
-        matches = sorted(folder.glob(pattern))
-        if not matches:
-            raise FileNotFoundError(
-                f"{name}: no file {pattern!r} in {folder}. The folder should hold the files of "
-                "the offline data collection unchanged; check data_dir or restore the file"
-            )
-        files.extend(str(m) for m in matches)
-    return files
-
-
-def _load_files(
-    datasets: Any, builder: str, files: list[str], cache_dir: str | None, **options: Any
-) -> Any:
-    """``datasets.load_dataset`` over local files; unreadable or empty files are a DataFileError."""
-    for f in files:
-        if os.path.getsize(f) == 0:
-            raise DataFileError(f"{f} is empty (0 bytes); fill it or pass another file")
-    generation_error = getattr(
-        getattr(datasets, "exceptions", None), "DatasetGenerationError", ValueError
-    )
-    try:
-        return datasets.load_dataset(
-            builder, data_files=files, split="train", cache_dir=cache_dir, **options
-        )
-    except (generation_error, ValueError) as err:
-        named = ", ".join(files)
-        if "corresponds to no data" in str(err):
-            raise DataFileError(
-                f"{named} has no rows (only a header?); add rows or pass another file"
-            ) from err
-        cause = err.__cause__ or err
-        raise DataFileError(
-            f"{named} cannot be read as {builder} ({type(cause).__name__}: {cause}); check the "
-            "file's format"
-        ) from err
-
-
-def _read_group(
-    group: LocalFiles, folder: Path, split: str, columns: Columns, cache_dir: str | None
-) -> _Rows:
-    """One split of one file group, with its constant columns and label files."""
-    datasets = _datasets()
-    needed = _needed(columns)
-    files = _resolve_files(folder, group.splits[split], folder.name)
-    ds = _load_files(datasets, group.builder, files, cache_dir, **group.options)
-    rows = _take_columns(ds, needed, columns.label)
-    if group.label_files:
-        label_files = _resolve_files(folder, group.label_files[split], folder.name)
-        lines = _load_files(datasets, "text", label_files, cache_dir)["text"]
-        if len(lines) != rows.n_rows:
-            raise ValueError(
-                f"{folder.name}: {split} has {rows.n_rows} texts but {len(lines)} labels in "
-                f"{label_files}; the text and label files must align line by line"
-            )
-        rows.columns["label"] = [int(x) if str(x).strip() else None for x in lines]
-        rows.available = (*rows.available, "label")
-    for column, value in group.constants.items():
-        rows.columns[column] = [value] * rows.n_rows
-        rows.available = (*rows.available, column)
-    return rows
-
-
-def _read_local(
-    local: LocalSource,
-    folder: Path,
-    split: str | Sequence[str] | None,
-    cache_dir: str | None,
-) -> tuple[_Rows, list[str]]:
-    splits = _split_list(split, local.split_names)
-    with _quiet_progress():
-        parts = [
-            _read_group(group, folder, s, local.columns, cache_dir)
-            for group in local.files
-            for s in splits
-            if s in group.splits
-        ]
-    return _concat(parts, _needed(local.columns)), splits
 
 
 def _check_data_dir(data_dir: str | os.PathLike[str] | None) -> None:
@@ -608,9 +240,9 @@ def _load_local(
             f"{spec.name}: folder {spec.local.folder!r} not found under data_dir={data_dir!r}; "
             f"pass the folder that holds {spec.local.folder}/"
         )
-    rows, splits = _read_local(spec.local, folder, split, cache)
+    rows, splits = read_local(spec.local, folder, split, cache)
     origin = f"local:{folder} ({'+'.join(splits)})"
-    return _to_dataset(spec.name, rows, spec.local.columns, spec.class_names, origin)
+    return to_dataset(spec.name, rows, spec.local.columns, spec.class_names, origin)
 
 
 def _load_hub(
@@ -633,9 +265,9 @@ def _load_hub(
         )
     hub_split = split if isinstance(split, str) or split is None else "+".join(split)
     hub_split = hub_split or spec.hub.split
-    rows = _read_hub(spec.hub, hub_split, spec.class_names, n, cache)
+    rows = read_hub(spec.hub, hub_split, spec.class_names, n, cache)
     origin = f"hub:{spec.hub.id} ({hub_split})"
-    return _to_dataset(spec.name, rows, spec.hub.columns, spec.class_names, origin)
+    return to_dataset(spec.name, rows, spec.hub.columns, spec.class_names, origin)
 
 
 def load_dataset(
