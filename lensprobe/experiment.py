@@ -236,6 +236,20 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def format_row(record: Mapping[str, Any]) -> str:
+    """One finished grid cell on one line: CV accuracy, then test accuracy and AUROC with intervals."""
+    auroc = record.get("auroc")
+    auc = "-" if auroc is None else f"{auroc:.3f}"
+    ci = interval(record, "auroc")
+    if ci is not None:
+        auc += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    cv = record.get("cv_accuracy")
+    return (
+        f"  {record['hook']}  {record['probe']:<14} cv acc {'-' if cv is None else f'{cv:.3f}'}  "
+        f"test acc {describe(record, 'accuracy')}  auroc {auc}  ({record['seconds']:.1f} s)"
+    )
+
+
 def format_choices(
     records: Sequence[Mapping[str, Any]], comparisons: Sequence[Comparison] = ()
 ) -> str:
@@ -351,8 +365,13 @@ def save_rows(
         writer.writerows(records)
     if save_probes:
         for r in rows:
-            r.result.probe.save(out / "probes" / r.dataset / r.hook / r.probe)
+            r.result.probe.save(probe_path(out, r.dataset, r.hook, r.probe))
     return out
+
+
+def probe_path(out: str | Path, dataset: str, hook: str, probe: str) -> Path:
+    """The folder :func:`save_rows` writes a cell's probe to (``out/probes/DATASET/HOOK/PROBE``)."""
+    return Path(out) / "probes" / dataset / hook / probe
 
 
 @dataclass(frozen=True)
@@ -365,6 +384,13 @@ class SavedResults:
     """The full protocol results (``ProtocolResult.to_dict()`` plus ids and ``test_rows``)."""
     comparisons: dict[str, list[Comparison]]
     """Dataset -> the paired comparisons stored with its results."""
+    folder: Path | None = None
+    """The results folder (its ``probes/`` holds each cell's probe, see :func:`probe_path`)."""
+
+    @property
+    def datasets(self) -> list[str]:
+        """The datasets of the results, sorted."""
+        return sorted({r["dataset"] for r in self.results})
 
 
 def load_results(path: str | Path) -> SavedResults:
@@ -401,7 +427,9 @@ def load_results(path: str | Path) -> SavedResults:
     for c in payload.get("comparisons", []):
         c = dict(c)
         comparisons.setdefault(c.pop("dataset"), []).append(_comparison_from_dict(c))
-    return SavedResults(records=records, results=results, comparisons=comparisons)
+    return SavedResults(
+        records=records, results=results, comparisons=comparisons, folder=file.parent
+    )
 
 
 def add_entropy(rows: Sequence[GridRow], activations: Mapping[str, Any]) -> None:
@@ -447,6 +475,66 @@ def write_report(
     return report(entries, path, title=title, description=description, comparisons=comparisons)
 
 
+def saved_entries(
+    saved: SavedResults, dataset: str, activations: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """Report entries (``lensprobe.viz.ReportEntry``) of one dataset of results read back.
+
+    Each cell's probe is loaded from where :func:`save_rows` wrote it; a cell whose hook is in
+    ``activations`` gets them with its test rows (attention, examples), the others show metrics.
+    """
+    import torch
+
+    from lensprobe.probes import load_probe
+    from lensprobe.viz import ReportEntry
+
+    if saved.folder is None:
+        raise ValueError("these results were not read from a folder; load them with load_results")
+    activations = activations or {}
+    records = {(r["dataset"], r["hook"], r["probe"]): r for r in saved.records}
+    entries = []
+    for res in (r for r in saved.results if r["dataset"] == dataset):
+        key = (res["dataset"], res["hook"], res["probe"])
+        acts = activations.get(res["hook"])
+        entries.append(
+            ReportEntry(
+                label=res["probe"],
+                probe=load_probe(probe_path(saved.folder, *key)),
+                metrics=res["metrics"],
+                acts=acts,
+                rows=None if acts is None else torch.tensor(res["test_rows"]),
+                hook=res["hook"],
+                weight_decay=res["weight_decay"],
+                cv_summary=tuple(res["cv_summary"]),
+                n_train=res["n_train"],
+                n_test=res["n_test"],
+                record=records.get(key),
+            )
+        )
+    return entries
+
+
+def write_saved_report(
+    saved: SavedResults,
+    dataset: str,
+    activations: Mapping[str, Any] | None,
+    path: str | Path,
+    *,
+    title: str,
+    description: str | None = None,
+) -> Path:
+    """One HTML report for one dataset of results read back by :func:`load_results`.
+
+    The same page :func:`write_report` writes after training, with the comparisons stored with
+    the results; without ``activations`` it shows the metrics only.
+    """
+    from lensprobe.viz import report
+
+    entries = saved_entries(saved, dataset, activations)
+    comparisons = saved.comparisons.get(dataset, [])
+    return report(entries, path, title=title, description=description, comparisons=comparisons)
+
+
 __all__ = [
     "DEFAULT_PROBES",
     "TABLE_COLUMNS",
@@ -460,10 +548,14 @@ __all__ = [
     "compare_rows",
     "describe",
     "format_choices",
+    "format_row",
     "format_table",
     "load_results",
     "parse_probes",
+    "probe_path",
     "run_grid",
     "save_rows",
+    "saved_entries",
     "write_report",
+    "write_saved_report",
 ]

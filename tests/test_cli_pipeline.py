@@ -119,10 +119,10 @@ def test_every_command_has_help(capsys):
 def test_demo_prints_cv_choices_and_comparisons_per_task(
     tiny_gemma3_dir, tmp_path, capsys, monkeypatch, few_resamples
 ):
-    import lensprobe.cli as cli
+    import lensprobe.cli.steps as cli
 
-    load = cli._load_model
-    monkeypatch.setattr(cli, "_load_model", lambda name, backend: load(str(tiny_gemma3_dir), "hf"))
+    load = cli.load_model
+    monkeypatch.setattr(cli, "load_model", lambda name, backend: load(str(tiny_gemma3_dir), "hf"))
     out = tmp_path / "demo"
     hooks = "blocks.1.hook_resid_post,blocks.3.hook_resid_post"
     args = ["demo", "--tasks", "facts,topics", "--hooks", hooks, "--probes", "mean,last"]
@@ -193,7 +193,7 @@ def slow_model(*args, **kwargs):
     model.model.layers[0].register_forward_pre_hook(pace)
     return model
 
-lensprobe.load_model = slow_model
+lensprobe.models.load_model = slow_model
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -217,7 +217,7 @@ def test_killed_default_sized_cli_capture_resumes_bit_identical(tiny_gemma3_dir,
 
     import torch
 
-    from lensprobe.store import load_store
+    from lensprobe.storage import load as load_store
 
     data = tmp_path / "data.csv"
     texts = _cli_texts(600)
@@ -270,7 +270,7 @@ def test_killed_default_sized_cli_capture_resumes_bit_identical(tiny_gemma3_dir,
         return model
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(lensprobe, "load_model", counting, raising=False)
+    mp.setattr(lensprobe.models, "load_model", counting)
     try:
         assert main([*args, "--out", str(out)]) == 0
     finally:

@@ -1,0 +1,292 @@
+"""What each ``lensprobe`` command does, given its options (:mod:`lensprobe.cli.options`).
+
+Each ``run_*`` function checks its inputs before any model loads or any file is written, then
+runs the command and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lensprobe.cli import steps
+from lensprobe.cli.options import (
+    DATA_DIR_ENV,
+    DEMO_HOOKS,
+    DEMO_TASKS,
+    CaptureOptions,
+    DatasetsOptions,
+    DemoOptions,
+    ReportOptions,
+    RunOptions,
+    TrainOptions,
+)
+from lensprobe.cli.steps import say
+from lensprobe.errors import InputError
+
+__all__ = [
+    "format_datasets_table",
+    "run_capture",
+    "run_datasets",
+    "run_demo",
+    "run_report",
+    "run_run",
+    "run_train",
+]
+
+
+# --- lensprobe datasets --------------------------------------------------------------------------
+
+
+def _classes_cell(info: Any, width: int) -> str:
+    names = info.class_names
+    if names is None:
+        return "from the data"
+    if info.class_counts is not None:
+        parts = [f"{c} {k:,}" for c, k in zip(names, info.class_counts, strict=True)]
+    else:
+        parts = list(names)
+    cell = f"{len(names)}: " + ", ".join(parts)
+    return cell if len(cell) <= width else cell[: width - 3] + "..."
+
+
+def format_datasets_table(infos: Sequence[Any], classes_width: int = 60) -> str:
+    """The ``lensprobe datasets`` table: one row per dataset, plain text.
+
+    Args:
+        infos: ``DatasetInfo`` records from ``lensprobe.data.list_datasets``.
+        classes_width: Widest the classes column may get before it is cut with ``...``.
+
+    Returns:
+        The table, lines joined with newlines (no trailing newline).
+    """
+    header = ("NAME", "FROM", "ROWS", "CLASSES", "HUB ID")
+    rows = [
+        (
+            info.name,
+            info.origin,
+            "-" if info.n_rows is None else f"{info.n_rows:,}",
+            _classes_cell(info, classes_width),
+            info.hub_id or "-",
+        )
+        for info in infos
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [
+            cell.rjust(w) if i == 2 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def run_datasets(options: DatasetsOptions) -> int:
+    """List built-in tasks, local copies found in ``data_dir``, and hub datasets."""
+    from lensprobe.data import list_datasets
+
+    infos = list_datasets(options.data_dir, count=options.count)
+    say(format_datasets_table(infos))
+    if options.data_dir is None:
+        say(
+            f"\nNo --data-dir (or ${DATA_DIR_ENV}): datasets that exist only as local copies are "
+            "not listed."
+        )
+    else:
+        n_local = sum(info.origin == "local" for info in infos)
+        say(f"\n{n_local} local copies found under {options.data_dir}.")
+    return 0
+
+
+# --- lensprobe demo ------------------------------------------------------------------------------
+
+
+def _demo_settings(options: DemoOptions) -> tuple[DemoOptions, int, list[str]]:
+    """``--quick``'s smaller settings where the flags were left at their defaults.
+
+    Returns:
+        The options (``max_steps`` set for ``--quick``), the texts per task, and the hooks.
+    """
+    quick = options.quick
+    hooks = steps.check_hooks(options.hooks)
+    if quick and options.hooks == DEMO_HOOKS:
+        hooks = [DEMO_HOOKS[1]]
+    max_steps = options.max_steps or (300 if quick else None)
+    n = options.n or (80 if quick else 240)
+    return dataclasses.replace(options, max_steps=max_steps), n, hooks
+
+
+def run_demo(options: DemoOptions) -> int:
+    """The bundled Gemma 3 270M on the built-in tasks: capture, train, table, reports."""
+    from lensprobe.data import load_dataset
+    from lensprobe.experiment import parse_probes
+
+    parse_probes(options.probes)  # a bad spec fails before any model is loaded
+    options, n, hooks = _demo_settings(options)
+    protocol = steps.protocol(options.seeds, options.max_steps)
+    steps.check_out_folder(options.out)
+    tasks = {task: load_dataset(task, n=n) for task in options.tasks}
+    if not tasks:
+        raise InputError(f"--tasks is empty; pass some of {', '.join(DEMO_TASKS)}")
+    for task, ds in tasks.items():
+        fix = steps.n_fix(options, len(ds.class_names), protocol)
+        steps.check_classes(ds.labels, ds.class_names, protocol, task, fix)
+    say(
+        f"lensprobe demo: Gemma 3 270M ({options.backend}), tasks {','.join(options.tasks)}, "
+        f"{n} texts each, hooks {', '.join(hooks)}"
+    )
+    model = steps.load_model("gemma-3-270m", options.backend)
+    rows: list[Any] = []
+    comparisons: dict[str, list[Any]] = {}
+    for task, ds in tasks.items():
+        say(f"\n{task}: {len(ds)} texts, classes {', '.join(ds.class_names)}")
+        acts = steps.capture_texts(model, ds, hooks, options, None)
+        task_rows, task_comparisons = steps.train_and_report(
+            acts, task, options, options.out, description=f"built-in task {task!r}: {len(ds)} texts"
+        )
+        rows += task_rows
+        comparisons.update(task_comparisons)
+    steps.finish(rows, comparisons, options.out)
+    return 0
+
+
+# --- lensprobe run / capture / train -------------------------------------------------------------
+
+
+def run_run(options: RunOptions) -> int:
+    """Capture a dataset at hooks, train the probes, write results and a report."""
+    from lensprobe.experiment import parse_probes
+
+    parse_probes(options.probes)  # a bad spec fails before any model is loaded
+    hooks = steps.check_hooks(options.hooks)
+    protocol = steps.protocol(options.seeds, options.max_steps)
+    steps.check_out_folder(options.out)
+    store = steps.run_store(options.out)
+    ds = steps.load_text_dataset(options)
+    fix = steps.n_fix(options, len(ds.class_names), protocol)
+    steps.check_classes(ds.labels, ds.class_names, protocol, ds.name, fix)
+    steps.check_capture_out(ds, hooks, options, store)
+    steps.check_model(options.model)
+    say(
+        f"lensprobe run: {options.model} ({options.backend}), {ds.name}: {len(ds)} texts, "
+        f"hooks {', '.join(hooks)}"
+    )
+    model = steps.load_model(options.model, options.backend)
+    acts = steps.capture_texts(model, ds, hooks, options, store)
+    description = f"{ds.name}: {len(ds)} texts ({ds.source})"
+    rows, comparisons = steps.train_and_report(
+        acts, ds.name, options, options.out, description=description
+    )
+    steps.finish(rows, comparisons, options.out)
+    return 0
+
+
+def run_capture(options: CaptureOptions) -> int:
+    """Capture a dataset at hooks into an on-disk store (train on it many times later)."""
+    from lensprobe.storage import check_store_target
+
+    hooks = steps.check_hooks(options.hooks)
+    check_store_target(options.out)  # a file or a folder of other things: before reading data
+    ds = steps.load_text_dataset(options)
+    steps.check_capture_out(ds, hooks, options, options.out)
+    steps.check_model(options.model)
+    model = steps.load_model(options.model, options.backend)
+    steps.capture_texts(model, ds, hooks, options, options.out)
+    say(f"store: {options.out} ({ds.name}, {len(ds)} texts, hooks {', '.join(hooks)})")
+    return 0
+
+
+def run_train(options: TrainOptions) -> int:
+    """Train probes on a stored capture; write results, probes and a report."""
+    from lensprobe.experiment import parse_probes
+
+    parse_probes(options.probes)  # a bad spec fails before any model is loaded
+    protocol = steps.protocol(options.seeds, options.max_steps)
+    out = steps.check_out_folder(options.out)  # before training: a bad --out must not cost work
+    acts = steps.open_store(options.acts, options.hooks)
+    name = options.name or os.path.basename(os.path.normpath(options.acts))
+    first = next(iter(acts.values()))
+    if first.labels is None:
+        raise InputError(f"the store {options.acts} has no labels; capture with a dataset")
+    where = f"the store {options.acts}"
+    fix = "capture more texts of every class"
+    steps.check_classes(first.labels.numpy(), first.class_names, protocol, where, fix)
+    say(f"lensprobe train: {name}: {len(first)} sequences, hooks {', '.join(acts)}")
+    description = f"{name}: {len(first)} sequences from {options.acts}"
+    rows, comparisons = steps.train_and_report(
+        acts, name, options, options.out, description=description
+    )
+    steps.finish(rows, comparisons, options.out)
+    steps.record_store(out, options.acts)
+    return 0
+
+
+# --- lensprobe report ----------------------------------------------------------------------------
+
+
+def _report_datasets(options: ReportOptions, datasets: list[str], results_dir: Path) -> list[str]:
+    """The datasets to report, refusing flags that fit only one when the results hold several."""
+    if options.dataset is not None:
+        if options.dataset not in datasets:
+            raise ValueError(
+                f"no results for dataset {options.dataset!r} in {results_dir}; it holds "
+                f"{', '.join(datasets)}"
+            )
+        return [options.dataset]
+    if len(datasets) > 1 and options.out:
+        raise ValueError(
+            f"{results_dir} holds {len(datasets)} datasets ({', '.join(datasets)}); pass "
+            "--dataset NAME with --out, or leave --out out for one report per dataset"
+        )
+    if len(datasets) > 1 and options.acts:
+        raise ValueError(
+            "an activation store holds one dataset; pass --dataset NAME with --acts "
+            f"(the results hold {', '.join(datasets)})"
+        )
+    return datasets
+
+
+def _report_path(options: ReportOptions, dataset: str, several: bool, results_dir: Path) -> Path:
+    """``--out``, else ``report.html`` for a folder of one dataset, else ``report-DATASET.html``."""
+    if options.out:
+        return Path(options.out)
+    if not several and options.dataset is None:
+        return results_dir / "report.html"
+    return results_dir / f"report-{steps.slug(dataset)}.html"
+
+
+def run_report(options: ReportOptions) -> int:
+    """Rebuild the HTML report from saved results, probes and the activation store.
+
+    The layer choice is redone from the records' CV scores; the comparisons are the ones stored
+    with the results (computed by ``lp.compare`` when the probes were trained).
+    """
+    from lensprobe.experiment import format_choices, load_results, write_saved_report
+
+    results_dir = Path(options.results)
+    if options.out and Path(options.out).is_dir():
+        raise InputError(f"--out {options.out} is a folder; pass the HTML file to write")
+    saved = load_results(results_dir)
+    store = options.acts or steps.recorded_store(results_dir)
+    datasets = _report_datasets(options, saved.datasets, results_dir)
+    # A store belongs to one dataset: attach it only when the report covers one.
+    acts = steps.open_store(store) if store and len(datasets) == 1 else {}
+    for dataset in datasets:
+        out = _report_path(options, dataset, len(datasets) > 1, results_dir)
+        write_saved_report(
+            saved,
+            dataset,
+            acts,
+            out,
+            title=f"lensprobe: {dataset}",
+            description=None if acts else "metrics only: no activation store found (--acts)",
+        )
+        mine = [r for r in saved.records if r.get("dataset") == dataset]
+        say(f"{dataset}: " + format_choices(mine, saved.comparisons.get(dataset, [])))
+        say(f"report: {out}")
+    return 0

@@ -1,0 +1,307 @@
+"""The steps the ``lensprobe`` commands share: checks before any work, loading, capture, training.
+
+Every check that can fail on the user's input runs before a model loads or a file is written,
+and names the fix. The command line may print (through :func:`say`); the library never does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lensprobe.errors import InputError, ModelNotFoundError, OutputPathError
+
+__all__ = [
+    "capture_texts",
+    "check_capture_out",
+    "check_classes",
+    "check_hooks",
+    "check_model",
+    "check_out_folder",
+    "finish",
+    "load_model",
+    "load_text_dataset",
+    "n_fix",
+    "open_store",
+    "protocol",
+    "record_store",
+    "recorded_store",
+    "run_store",
+    "say",
+    "slug",
+    "train_and_report",
+]
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Write one line of command output (the command line's only way of printing)."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: anything but letters, digits and ``-_.`` becomes ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+# --- checks before any work -----------------------------------------------------------------------
+
+
+def check_hooks(hooks: Sequence[str]) -> list[str]:
+    """The ``--hooks`` list, refused when empty."""
+    if not hooks:
+        raise InputError("--hooks is empty; pass hook names, e.g. blocks.9.hook_resid_post")
+    return list(hooks)
+
+
+def check_out_folder(path: str, flag: str = "--out") -> Path:
+    """Check that output can go to folder ``path`` (created when written), before any work."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder; pass a folder")
+    parent = out.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{flag} {path} cannot be created: {parent} is a file; pass a folder")
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"{flag} {path}: {parent} is not writable; pass another folder")
+    return out
+
+
+def check_model(name: str) -> None:
+    """Fail before any work when ``--model`` names nothing loadable (offline hub ids included)."""
+    from lensprobe.models import BUNDLED_MODELS
+
+    path = Path(name).expanduser()
+    if name in BUNDLED_MODELS or path.is_dir():
+        return
+    fix = (
+        f"pass a bundled name ({', '.join(BUNDLED_MODELS)}), a local model folder, or a hub id "
+        "(downloaded unless HF_HUB_OFFLINE=1)"
+    )
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"--model {name}: no such model folder; {fix}")
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers brings huggingface_hub
+        return
+    if constants.HF_HUB_OFFLINE and not isinstance(
+        try_to_load_from_cache(name, "config.json"), str
+    ):
+        raise ModelNotFoundError(
+            f"--model {name} is not bundled, not a local folder, and not in the Hugging Face "
+            f"cache, and HF_HUB_OFFLINE=1 forbids downloading it; {fix}"
+        )
+
+
+def protocol(seeds: int, max_steps: int | None) -> Any:
+    """The protocol of ``--seeds`` and ``--max-steps`` (the library's defaults otherwise)."""
+    from lensprobe.train import ProtocolConfig, TrainConfig
+
+    train = TrainConfig() if max_steps is None else TrainConfig(max_steps=max_steps)
+    return ProtocolConfig(seeds=tuple(range(seeds)), train=train)
+
+
+def _min_rows_per_class(protocol: Any) -> int:
+    """Fewest rows of a class the protocol can split: test rows, then one per CV fold."""
+    c = 1
+    while True:
+        held = min(max(round(protocol.test_fraction * c), 1), c - 1) if c >= 2 else 0
+        if c - held >= protocol.n_folds:
+            return c
+        c += 1
+
+
+def check_classes(labels: Any, class_names: Any, protocol: Any, where: str, fix: str) -> None:
+    """Refuse, before any model loads, labels the protocol cannot split (``fix`` says what to do)."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    present = np.flatnonzero(counts)
+
+    def name(c: int) -> str:
+        return repr(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+
+    if len(present) < 2:
+        only = name(int(present[0])) if len(present) else "none"
+        raise InputError(
+            f"{where}: all {int(counts.sum())} texts are of one class ({only}); a probe needs at "
+            f"least two classes: {fix}"
+        )
+    need = _min_rows_per_class(protocol)
+    rare = [int(c) for c in present if counts[c] < need]
+    if rare:
+        c = min(rare, key=lambda k: counts[k])
+        raise InputError(
+            f"{where}: class {name(c)} has {int(counts[c])} text(s); every class needs at least "
+            f"{need} (a {protocol.test_fraction:.0%} test split, then {protocol.n_folds}-fold "
+            f"cross-validation on the rest): {fix}"
+        )
+
+
+def n_fix(options: Any, n_classes: int, protocol: Any) -> str:
+    """What to do about too few texts of a class: a larger ``--n`` if one was given."""
+    if getattr(options, "n", None):
+        return (
+            f"pass a larger --n (at least {_min_rows_per_class(protocol) * n_classes} for "
+            f"balanced classes) or leave --n out"
+        )
+    return "use a dataset with more texts of every class"
+
+
+def check_capture_out(ds: Any, hooks: list[str], options: Any, out: str) -> None:
+    """Refuse a store folder that holds another capture, before the model loads."""
+    from lensprobe.capturing import check_capture_out
+
+    check_capture_out(
+        out,
+        list(ds.texts),
+        hooks,
+        ds.label_tensor(),
+        class_names=ds.class_names,
+        max_length=options.max_length,
+    )
+
+
+# --- loading and capture --------------------------------------------------------------------------
+
+
+def load_model(name: str, backend: str) -> Any:
+    """The model of ``--model`` run by ``--backend``; a failed load names the fix."""
+    from lensprobe import models
+
+    try:
+        return models.load_model(name, backend=backend)  # type: ignore[arg-type]
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"--model {name} cannot be loaded ({' '.join(str(err).split())[:300]}); pass a "
+            "bundled name, a local model folder, or a hub id"
+        ) from err
+
+
+def load_text_dataset(options: Any, n: int | None = None) -> Any:
+    """The dataset of ``--dataset`` and its column, split and size flags."""
+    from lensprobe.data import load_dataset
+
+    return load_dataset(
+        options.dataset,
+        data_dir=options.data_dir,
+        split=options.split,
+        n=n if n is not None else options.n,
+        text_column=options.text_column,
+        label_column=options.label_column,
+    )
+
+
+def capture_texts(model: Any, ds: Any, hooks: list[str], options: Any, out: str | None) -> Any:
+    """Capture ``ds`` at ``hooks`` (into store ``out`` when given) and print the capture's stats."""
+    from lensprobe.capturing import capture
+
+    result = capture(
+        model,
+        list(ds.texts),
+        hooks,
+        labels=ds.label_tensor(),
+        class_names=ds.class_names,
+        max_length=options.max_length,
+        batch_size=options.batch_size,
+        out=out,
+    )
+    stats = getattr(result, "stats", None)
+    if stats is not None:
+        say(f"  captured at {len(hooks)} hook(s): {stats}")
+    return result
+
+
+# --- activation stores: where run writes one, where train records one, how report finds it ---------
+
+STORE_RECORD = "store.txt"
+"""File of a ``train`` output folder naming the activation store it trained on."""
+
+
+def run_store(out: str | Path) -> str:
+    """The activation store inside the output folder of ``lensprobe run``."""
+    return os.path.join(out, "activations")
+
+
+def record_store(out: Path, acts: str) -> None:
+    """Write which store the results in ``out`` were trained on (read by :func:`recorded_store`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STORE_RECORD).write_text(os.path.abspath(acts) + "\n")
+
+
+def recorded_store(results: Path) -> str | None:
+    """The store a results folder was trained on: recorded by ``train``, or the one ``run`` wrote."""
+    if (results / STORE_RECORD).is_file():
+        return (results / STORE_RECORD).read_text().strip()
+    if os.path.isdir(run_store(results)):
+        return run_store(results)
+    return None
+
+
+def open_store(path: str, hooks: Sequence[str] = ()) -> dict[str, Any]:
+    """The activations of ``hooks`` (default: all) in the store at ``path``, every file checked."""
+    from lensprobe.storage import load
+
+    store = load(path, verify="full")  # every file is read anyway: check them all first
+    wanted = list(hooks) or list(store)
+    missing = [h for h in wanted if h not in store]
+    if missing:
+        raise InputError(f"hooks {missing} are not in the store {path}; it has {list(store)}")
+    return {h: store[h] for h in wanted}
+
+
+# --- training, the report and the results ---------------------------------------------------------
+
+
+def train_and_report(
+    activations: Any, dataset: str, options: Any, out: str, *, description: str
+) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Run the grid of one dataset, print a line per cell, write its report.
+
+    Returns:
+        The rows and the paired comparisons at the CV-chosen layers (dataset -> comparisons).
+    """
+    from lensprobe import experiment
+
+    rows = experiment.run_grid(
+        activations,
+        experiment.parse_probes(options.probes),  # already checked by the command; cheap
+        dataset=dataset,
+        protocol=protocol(options.seeds, options.max_steps),
+        on_row=lambda row: say(experiment.format_row(row.record())),
+        progress=True,
+    )
+    experiment.add_entropy(rows, activations)
+    comparisons = experiment.compare_rows(rows)
+    path = experiment.write_report(
+        rows,
+        activations,
+        os.path.join(out, f"report-{slug(dataset)}.html"),
+        title=f"lensprobe: {dataset}",
+        description=description,
+        comparisons=comparisons.get(dataset, []),
+    )
+    say(f"  report: {path}")
+    return rows, comparisons
+
+
+def finish(rows: list[Any], comparisons: dict[str, list[Any]], out: str) -> None:
+    """Save the results; print the table, the layer choices and the paired comparisons."""
+    from lensprobe.experiment import format_choices, format_table, save_rows
+
+    save_rows(rows, out, comparisons=comparisons)
+    records = [r.record() for r in rows]
+    say("")
+    say(format_table(records))
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        mine = [r for r in records if r["dataset"] == dataset]
+        say(f"\n{dataset}: " + format_choices(mine, comparisons.get(dataset, [])))
+    say(
+        f"\nresults: {os.path.join(out, 'results.csv')} (and .json); probes under "
+        f"{os.path.join(out, 'probes')}"
+    )

@@ -1,0 +1,105 @@
+"""The ``lensprobe`` parser is generated from the options dataclasses: one definition per flag."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+
+import pytest
+
+from lensprobe.cli import COMMANDS, main
+from lensprobe.cli.options import DATA_DIR_ENV, DEMO_HOOKS, DatasetsOptions
+from lensprobe.cli.parsing import add_flags, field_docs, flag_name, parse_options
+from lensprobe.experiment import DEFAULT_PROBES
+
+
+def _parser(options: type) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_flags(parser, options)
+    return parser
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_field_is_a_flag_with_its_default_and_docstring(name, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    options = COMMANDS[name].options
+    actions = _actions(_parser(options))
+    fields = dataclasses.fields(options)
+    assert set(actions) == {f.name for f in fields}
+    docs = field_docs(options)
+    for f in fields:
+        action = actions[f.name]
+        assert action.option_strings == [flag_name(f)]
+        if f.default is dataclasses.MISSING:
+            assert action.required, f.name
+        else:
+            assert action.default == f.default and not action.required, f.name
+        # the help is the docstring's words (quotes and case aside), not a second text
+        words = docs[f.name].replace("``", "`").rstrip(".").split()
+        assert " ".join(words[1:]) in " ".join(action.help.split()), f.name
+        hint = typing.get_type_hints(options)[f.name]
+        if typing.get_origin(hint) is typing.Literal:
+            assert action.choices == list(typing.get_args(hint))
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_parsing_nothing_gives_the_dataclass_defaults(name, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    options = COMMANDS[name].options
+    required = {
+        f.name: "x" for f in dataclasses.fields(options) if f.default is dataclasses.MISSING
+    }
+    args = [a for k, v in required.items() for a in (f"--{k.replace('_', '-')}", v)]
+    parsed = parse_options(options, _parser(options).parse_args(args))
+    assert parsed == options(**required)
+
+
+def test_every_options_field_has_a_docstring():
+    for command in COMMANDS.values():
+        docs = field_docs(command.options)
+        missing = [f.name for f in dataclasses.fields(command.options) if not docs.get(f.name)]
+        assert not missing, f"lensprobe {command.name}: fields without a docstring: {missing}"
+
+
+def test_a_field_without_a_docstring_is_refused():
+    @dataclass(frozen=True)
+    class Half:
+        documented: int = 1
+        """Has help."""
+        silent: int = 2
+
+    assert set(field_docs(Half)) == {"documented"}
+    with pytest.raises(TypeError, match=r"Half\.silent has no docstring"):
+        _parser(Half)
+
+
+def test_flag_kinds_follow_the_field_types(monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, "/from/env")
+    parser = _parser(DatasetsOptions)
+    assert parse_options(DatasetsOptions, parser.parse_args([])) == DatasetsOptions(
+        data_dir="/from/env", count=True
+    )
+    assert not parse_options(DatasetsOptions, parser.parse_args(["--no-count"])).count
+    run = COMMANDS["run"].options
+    parsed = parse_options(
+        run, _parser(run).parse_args(["--dataset", "d", "--hooks", " a, b,,", "--n", "5"])
+    )
+    assert parsed.hooks == ("a", "b") and parsed.n == 5
+    assert parsed.probes == DEFAULT_PROBES  # the library's default, not a copy
+    assert COMMANDS["demo"].options().hooks == DEMO_HOOKS
+    with pytest.raises(SystemExit):
+        _parser(run).parse_args(["--dataset", "d", "--backend", "torch"])
+
+
+def test_help_shows_the_docstring_and_the_default(capsys):
+    assert main(["demo", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--quick a one-minute run (80 texts per task, 300 AdamW steps, one layer)" in out
+    assert "--max-length MAX_LENGTH tokens kept per text, BOS included (default: 160)" in out
+    assert "--seeds SEEDS seeds per probe; metrics are averaged (default: 1)" in out
