@@ -535,6 +535,135 @@ def _sequence_tokens(acts: Data, row: int, n_valid: int, token_strs: Any) -> tup
     return tuple(str(s) for s in strs)
 
 
+@dataclass(frozen=True)
+class _RowScores:
+    """Pass 1 of :func:`top_examples`: what ranks every row, and each head's mass per token."""
+
+    logits: Float[Tensor, "row n_outputs"]
+    peaks: Float[Tensor, "row probe_head"] | None
+    """Largest weight each head puts on one token (attention probes only)."""
+    head_tokens: tuple[tuple[TokenMass, ...], ...]
+
+
+def _batch_token_mass(
+    attention: Float[Tensor, "token probe_head"],
+    keys: Int[Tensor, " token"],
+    strs: Sequence[str],
+    first_str: dict[int, str],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct token keys of a batch, each head's attention mass on them and their counts.
+
+    ``first_str`` learns the text of each key the first time it is seen.
+    """
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    mass = torch.zeros(uniq.numel(), attention.shape[1], dtype=torch.float64)
+    mass.index_add_(0, inverse, attention)
+    count = torch.bincount(inverse, minlength=uniq.numel())
+    first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(keys.numel()), reduce="amin")
+    for key, at in zip(uniq.tolist(), first.tolist(), strict=True):
+        first_str.setdefault(key, strs[at])
+    return uniq, mass, count
+
+
+def _head_tokens(
+    parts: Sequence[tuple[Tensor, Tensor, Tensor]],
+    first_str: dict[int, str],
+    n_tokens: int,
+    n_rows: int,
+) -> tuple[tuple[TokenMass, ...], ...]:
+    """Per head, the ``n_tokens`` tokens with the most attention mass over all batches."""
+    keys, inverse = torch.unique(torch.cat([u for u, _, _ in parts]), return_inverse=True)
+    n_heads = parts[0][1].shape[1]
+    table = torch.zeros(keys.numel(), n_heads, dtype=torch.float64)
+    table.index_add_(0, inverse, torch.cat([m for _, m, _ in parts]))
+    count = torch.zeros(keys.numel(), dtype=torch.long)
+    count.index_add_(0, inverse, torch.cat([c for _, _, c in parts]))
+    return tuple(
+        tuple(
+            TokenMass(
+                token=first_str[int(keys[i])],
+                mass=float(table[i, h]),
+                share=float(table[i, h]) / n_rows,
+                count=int(count[i]),
+            )
+            for i in _top_rows(table[:, h], min(n_tokens, keys.numel())).tolist()
+        )
+        for h in range(n_heads)
+    )
+
+
+def _score_rows(
+    probe: Probe,
+    acts: Data,
+    rows: Tensor,
+    batch_size: int,
+    token_strs: Sequence[Sequence[str]] | None,
+    n_tokens: int,
+) -> _RowScores:
+    """Pass 1: every row's logits (and, for an attention probe, peaks and tokens per head).
+
+    For an attention probe: each row's largest weight on one token, per head, and the tokens
+    each head reads most over all the rows.
+    """
+    logits_parts, peak_parts, mass_parts = [], [], []
+    key_of: dict[str, int] = {}
+    first_str: dict[int, str] = {}
+    with _evaluating(probe):
+        for x, mask, batch_rows in _batches(probe, acts, rows, batch_size):
+            if not isinstance(probe, AttentionProbe):
+                logits_parts.append(probe(x, mask).float().cpu())
+                continue
+            logits, attn = probe(x, mask, return_attention=True)
+            logits_parts.append(logits.float().cpu())
+            peak_parts.append(attn.amax(dim=1).float().cpu())
+            keys, strs = _token_keys(acts, batch_rows, mask.cpu(), token_strs, key_of)
+            valid = attn[mask].double().cpu()  # (tokens, head), row-major = packed order
+            mass_parts.append(_batch_token_mass(valid, keys, strs, first_str))
+    if not peak_parts:
+        return _RowScores(torch.cat(logits_parts), None, ())
+    head_tokens = _head_tokens(mass_parts, first_str, n_tokens, rows.numel())
+    return _RowScores(torch.cat(logits_parts), torch.cat(peak_parts), head_tokens)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the examples come from: the activations, the rows ranked, their strings and labels."""
+
+    acts: Data
+    rows: Tensor
+    token_strs: Sequence[Sequence[str]] | None
+    labels: Tensor | None
+    texts: Sequence[str] | None
+
+
+def _ranked(
+    source: _Source,
+    detail: dict[int, dict[str, Any]],
+    picks: Sequence[Tensor],
+    scores: Tensor,
+    per_head: bool,
+) -> tuple[tuple[Example, ...], ...]:
+    """One list of examples per column of ``scores`` (a class or a head), best first."""
+    return tuple(
+        tuple(
+            _example(
+                detail[int(source.rows[p])],
+                source.acts,
+                int(source.rows[p]),
+                source.token_strs,
+                source.labels,
+                source.texts,
+                rank=rank,
+                score=float(scores[p, j]),
+                head=j if per_head else None,
+            )
+            for rank, p in enumerate(picked.tolist())
+        )
+        for j, picked in enumerate(picks)
+    )
+
+
 def top_examples(
     probe: Probe,
     acts: Data,
@@ -573,93 +702,22 @@ def top_examples(
     sel = _resolve_rows(rows, n)
     if sel.numel() == 0:
         raise ValueError("no rows to rank; pass at least one sequence")
-    label_t, texts = _labels_texts(acts, labels, n)
-    is_attention = isinstance(probe, AttentionProbe)
-    n_heads = probe.config.n_heads if is_attention else 0
-
-    # pass 1: scores of every row, and each head's token masses
-    logits_parts, peak_parts = [], []
-    key_of: dict[str, int] = {}
-    mass_parts: list[tuple[Tensor, Tensor, Tensor]] = []
-    first_str: dict[int, str] = {}
-    with _evaluating(probe):
-        for x, mask, batch_rows in _batches(probe, acts, sel, batch_size):
-            if is_attention:
-                logits, attn = probe(x, mask, return_attention=True)  # type: ignore[call-arg]
-                peak_parts.append(attn.amax(dim=1).float().cpu())
-                valid_attn = attn[mask].double().cpu()  # (tokens, head), row-major = packed order
-                keys, strs = _token_keys(acts, batch_rows, mask.cpu(), token_strs, key_of)
-                uniq, inverse = torch.unique(keys, return_inverse=True)
-                batch_mass = torch.zeros(uniq.numel(), n_heads, dtype=torch.float64)
-                batch_mass.index_add_(0, inverse, valid_attn)
-                batch_count = torch.bincount(inverse, minlength=uniq.numel())
-                first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long)
-                first.scatter_reduce_(0, inverse, torch.arange(keys.numel()), reduce="amin")
-                for key, at in zip(uniq.tolist(), first.tolist(), strict=True):
-                    first_str.setdefault(key, strs[at])
-                mass_parts.append((uniq, batch_mass, batch_count))
-            else:
-                logits = probe(x, mask)
-            logits_parts.append(logits.float().cpu())
-    all_logits = torch.cat(logits_parts)
+    source = _Source(acts, sel, token_strs, *_labels_texts(acts, labels, n))
+    scored = _score_rows(probe, acts, sel, batch_size, token_strs, n_tokens)
     k = min(k, sel.numel())
-    scores = class_scores(all_logits)
-    class_picks = [_top_rows(scores[:, c], k) for c in range(scores.shape[1])]
-    head_picks: list[Tensor] = []
-    head_tokens: list[tuple[TokenMass, ...]] = []
-    if is_attention:
-        peaks = torch.cat(peak_parts)
-        head_picks = [_top_rows(peaks[:, h], k) for h in range(n_heads)]
-        all_keys, inverse = torch.unique(
-            torch.cat([u for u, _, _ in mass_parts]), return_inverse=True
-        )
-        table = torch.zeros(all_keys.numel(), n_heads, dtype=torch.float64)
-        table.index_add_(0, inverse, torch.cat([m for _, m, _ in mass_parts]))
-        count = torch.zeros(all_keys.numel(), dtype=torch.long)
-        count.index_add_(0, inverse, torch.cat([c for _, _, c in mass_parts]))
-        for h in range(n_heads):
-            top = _top_rows(table[:, h], min(n_tokens, all_keys.numel()))
-            head_tokens.append(
-                tuple(
-                    TokenMass(
-                        token=first_str[int(all_keys[i])],
-                        mass=float(table[i, h]),
-                        share=float(table[i, h]) / sel.numel(),
-                        count=int(count[i]),
-                    )
-                    for i in top.tolist()
-                )
-            )
-
+    by_score = class_scores(scored.logits)
+    class_picks = [_top_rows(by_score[:, c], k) for c in range(by_score.shape[1])]
+    peaks = scored.peaks
+    head_picks = [] if peaks is None else [_top_rows(peaks[:, h], k) for h in range(peaks.shape[1])]
     # pass 2: the chosen rows in detail
     needed = sorted({int(i) for t in [*class_picks, *head_picks] for i in t.tolist()})
     detail = _details(probe, acts, sel[needed], batch_size)
-
-    def example(pos: int, rank: int, score: float, head: int | None = None) -> Example:
-        row = int(sel[pos])
-        return _example(
-            detail[row], acts, row, token_strs, label_t, texts, rank=rank, score=score, head=head
-        )
-
-    by_class = tuple(
-        tuple(example(int(p), r, float(scores[int(p), c])) for r, p in enumerate(picks.tolist()))
-        for c, picks in enumerate(class_picks)
-    )
-    by_head: tuple[tuple[Example, ...], ...] = ()
-    if is_attention:
-        by_head = tuple(
-            tuple(
-                example(int(p), r, float(peaks[int(p), h]), head=h)
-                for r, p in enumerate(picks.tolist())
-            )
-            for h, picks in enumerate(head_picks)
-        )
     return TopExamples(
         k=k,
         class_names=_class_names(probe, acts),
-        by_class=by_class,
-        by_head=by_head,
-        head_tokens=tuple(head_tokens),
+        by_class=_ranked(source, detail, class_picks, by_score, per_head=False),
+        by_head=() if peaks is None else _ranked(source, detail, head_picks, peaks, per_head=True),
+        head_tokens=scored.head_tokens,
         n_rows=int(sel.numel()),
         probe_kind=probe.config.kind,
         n_outputs=probe.config.n_outputs,

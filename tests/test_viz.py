@@ -207,7 +207,12 @@ def test_no_public_name_means_two_things():
     seen: dict[str, tuple[str, object]] = {}
     for module_name in ["lensprobe", *(f"lensprobe.{m}" for m in lp._SUBMODULES)]:
         module = importlib.import_module(module_name)
-        for name in module.__all__:
+        defined = [  # a module without __all__: the functions and classes it defines
+            n
+            for n, v in vars(module).items()
+            if not n.startswith("_") and getattr(v, "__module__", None) == module_name
+        ]
+        for name in getattr(module, "__all__", defined):
             value = getattr(module, name)
             if name in seen and isinstance(value, type(importlib)):
                 continue  # a submodule attribute (lp.metrics) next to the module itself
