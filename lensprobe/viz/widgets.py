@@ -41,11 +41,11 @@ from lensprobe.analysis import (
     Data,
     Example,
     TopExamples,
-    _class_names,
     attention_entropy,
     explain,
     top_examples,
 )
+from lensprobe.analysis.inputs import probe_class_names
 from lensprobe.probes import AttentionProbe, Probe
 
 __all__ = [
@@ -451,7 +451,7 @@ def attention_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
         "attention",
         attention_props(example.tokens, example.attention),
         component="ColoredTokensMulti",
-        header=_example_header(example, _class_names(probe, acts), title),
+        header=_example_header(example, probe_class_names(probe, acts), title),
     )
 
 
@@ -462,7 +462,7 @@ def contributions_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
     (the logit); otherwise one column per class logit. Blue pushes the score up, red down.
     """
     example = explain(probe, acts, index)
-    names = _class_names(probe, acts)
+    names = probe_class_names(probe, acts)
     n_outputs = probe.config.n_outputs
     columns = torch.stack([_class_values(example, c, n_outputs) for c in range(len(names))], dim=1)
     return Widget(

@@ -1,390 +1,36 @@
-"""What a trained probe attends to: per-head attention entropy, token contributions, top examples.
+"""The sequences a probe scores highest, per class and per head, and one sequence in detail.
 
-Three analyses of the EleutherAI "Attention Probes" study, done on every sequence asked for:
-
-- :func:`attention_entropy`: for each sequence and probe head, the entropy (in nats) of the
-  head's attention over the sequence's valid tokens, next to the entropy of a uniform
-  distribution over the same number of valid tokens, ``log(n_valid)``, and their ratio.
-- :func:`token_contributions`: each token's exact share of each logit, for every probe kind
-  (``logits = contributions.sum(pos) + bias``).
-- :func:`top_examples`: the true top-k sequences by class logit, for each class, and for each
-  probe head the top-k sequences by the largest attention weight the head puts on one token,
-  plus the tokens that receive the most attention mass over all the sequences.
-
-Every function takes a probe and either an :class:`~lensprobe.activations.Activations` or a padded
-``(x, mask)`` pair, optionally restricted to some ``rows`` (e.g. a protocol's test rows). Work is
-done in batches, on the probe's device, in ``no_grad`` and eval mode (the probe's mode is restored).
+:func:`top_examples` ranks every row asked for (exact lists, not samples): per class by its logit,
+per probe head by the largest weight the head puts on one token, and sums each head's attention
+per token to find the tokens it reads most. :func:`explain` details one sequence: tokens, logits,
+each token's contributions and each head's attention.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import einsum
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensprobe.activations import Activations
+from lensprobe.analysis.contributions import head_contributions, token_contributions
+from lensprobe.analysis.inputs import (
+    Data,
+    batches,
+    evaluating,
+    n_sequences,
+    probe_class_names,
+    resolve_rows,
+)
 from lensprobe.metrics import probabilities
-from lensprobe.probes import AttentionProbe, LastTokenProbe, MaxProbe, MeanProbe, Probe
-from lensprobe.probes.base import check_inputs
-from lensprobe.probes.pooled import last_index
+from lensprobe.probes import AttentionProbe, Probe
 
-__all__ = [
-    "AttentionEntropy",
-    "Example",
-    "TokenMass",
-    "TopExamples",
-    "attention_entropy",
-    "class_scores",
-    "entropy_from_attention",
-    "explain",
-    "token_contributions",
-    "top_examples",
-]
-
-Data = Activations | tuple[Tensor, Tensor]
-"""What the analyses read: an Activations, or padded ``(x, mask)``."""
-
-
-# -- plumbing ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _evaluating(probe: Probe) -> Iterator[None]:
-    """Eval mode and no_grad for the duration; the probe's train/eval mode is restored."""
-    was_training = probe.training
-    probe.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        probe.train(was_training)
-
-
-def _n_sequences(acts: Data) -> int:
-    if isinstance(acts, Activations):
-        return len(acts)
-    if isinstance(acts, tuple) and len(acts) == 2:
-        x, mask = acts
-        check_inputs(x, mask, x.shape[-1] if x.ndim == 3 else -1)
-        return int(x.shape[0])
-    raise TypeError(
-        f"expected an Activations (from lp.capture) or an (x, mask) tuple, got {type(acts).__name__}"
-    )
-
-
-def _resolve_rows(rows: Any, n: int) -> Tensor:
-    """Rows as a 1-D int64 tensor of positions in ``[0, n)`` (all rows when ``None``)."""
-    if rows is None:
-        return torch.arange(n)
-    rows = torch.as_tensor(rows).reshape(-1)
-    if rows.dtype == torch.bool:
-        if rows.numel() != n:
-            raise ValueError(f"a bool rows mask needs {n} entries, got {rows.numel()}")
-        return rows.nonzero().flatten().cpu()
-    if rows.is_floating_point():
-        raise TypeError(f"rows must be integer indices, got dtype {rows.dtype}")
-    rows = rows.to(device="cpu", dtype=torch.long)
-    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
-        raise IndexError(
-            f"rows must lie in [0, {n}) for these {n} sequences; got [{int(rows.min())}, "
-            f"{int(rows.max())}]: pass rows of the same activations the probe was evaluated on"
-        )
-    return rows
-
-
-def _probe_device_dtype(probe: Probe) -> tuple[torch.device, torch.dtype]:
-    p = next(probe.parameters())
-    return p.device, p.dtype
-
-
-def _batches(
-    probe: Probe, acts: Data, rows: Tensor, batch_size: int
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Padded ``(x, mask)`` batches of ``rows`` on the probe's device, and their rows."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    device, dtype = _probe_device_dtype(probe)
-    for start in range(0, rows.numel(), batch_size):
-        sel = rows[start : start + batch_size]
-        if isinstance(acts, Activations):
-            x, mask = acts.pad(sel, dtype=dtype, device=device)
-        else:
-            x_all, mask_all = acts
-            idx = sel.to(x_all.device)
-            x = x_all[idx].to(device=device, dtype=dtype)
-            mask = mask_all[idx].to(device)
-        check_inputs(x, mask, probe.config.d_model)
-        yield x, mask, sel
-
-
-def _class_names(probe: Probe, acts: Data) -> tuple[str, ...]:
-    names = probe.config.class_names
-    if names is None and isinstance(acts, Activations):
-        meta_names = acts.meta.class_names
-        if meta_names is not None and len(meta_names) == probe.config.n_classes:
-            names = meta_names
-    if names is None:
-        names = tuple(str(c) for c in range(probe.config.n_classes))
-    return tuple(names)
-
-
-def _require_attention(probe: Probe, what: str) -> AttentionProbe:
-    if not isinstance(probe, AttentionProbe):
-        raise TypeError(
-            f"{what} needs an AttentionProbe, got a {probe.config.kind} probe: a mean probe's "
-            "attention is uniform (entropy ratio 1) and a last-token probe's is one-hot (ratio 0); "
-            "use lp.analysis.token_contributions to see which tokens a pooled probe reads"
-        )
-    return probe
-
-
-# -- entropy -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AttentionEntropy:
-    """Entropy of each probe head's attention, per sequence, against a uniform baseline.
-
-    Entropies are in nats. A sequence with one valid token has entropy 0 and uniform entropy 0;
-    its ratio is undefined and stored as NaN, and every summary leaves it out of the ratios (it
-    still counts, with zeros, in the mean entropies).
-    """
-
-    entropy: Float[Tensor, "batch probe_head"]
-    """Entropy ``-sum_t a_t log a_t`` of each head's attention over the valid tokens."""
-    uniform: Float[Tensor, " batch"]
-    """Entropy of a uniform distribution over the same valid tokens: ``log(n_valid)``."""
-    ratio: Float[Tensor, "batch probe_head"]
-    """``entropy / uniform``: 1 for uniform attention, 0 for one token; NaN where n_valid is 1."""
-    n_valid: Int[Tensor, " batch"]
-    """Valid tokens of each sequence."""
-    rows: Int[Tensor, " batch"]
-    """Row of each sequence in the activations it was computed on."""
-
-    @property
-    def n_heads(self) -> int:
-        """Probe heads."""
-        return int(self.entropy.shape[1])
-
-    def __len__(self) -> int:
-        return int(self.entropy.shape[0])
-
-    def _stats(self, entropy: Tensor, uniform: Tensor, ratio: Tensor) -> dict[str, Any]:
-        defined = ratio[~ratio.isnan()]
-        mean_entropy = float(entropy.mean()) if entropy.numel() else math.nan
-        mean_uniform = float(uniform.mean()) if uniform.numel() else math.nan
-        return {
-            "mean_entropy": mean_entropy,
-            "std_entropy": float(entropy.std()) if entropy.numel() > 1 else math.nan,
-            "mean_uniform": mean_uniform,
-            "mean_ratio": float(defined.mean()) if defined.numel() else math.nan,
-            "median_ratio": float(defined.median()) if defined.numel() else math.nan,
-            "ratio_of_means": mean_entropy / mean_uniform if mean_uniform > 0 else math.nan,
-            "n_sequences": int(entropy.numel()),
-            "n_ratio_defined": int(defined.numel()),
-        }
-
-    def per_head(self) -> list[dict[str, Any]]:
-        """One row per head: mean and spread of its entropy, the uniform baseline, the ratios.
-
-        Keys: ``head``, ``mean_entropy``, ``std_entropy``, ``mean_uniform``, ``mean_ratio``
-        (mean of per-sequence ratios), ``median_ratio``, ``ratio_of_means`` (mean entropy over
-        mean uniform entropy), ``n_sequences`` and ``n_ratio_defined`` (sequences with more than
-        one valid token).
-        """
-        return [
-            {"head": h, **self._stats(self.entropy[:, h], self.uniform, self.ratio[:, h])}
-            for h in range(self.n_heads)
-        ]
-
-    def summary(self) -> dict[str, Any]:
-        """The same statistics over every head and sequence together."""
-        h = self.n_heads
-        stats = self._stats(
-            self.entropy.reshape(-1), self.uniform.repeat_interleave(h), self.ratio.reshape(-1)
-        )
-        stats["n_heads"] = h
-        return stats
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the summaries and the per-sequence values (NaN ratios as ``None``)."""
-
-        def clean(v: float) -> float | None:
-            return None if math.isnan(v) else v
-
-        return {
-            "summary": {
-                k: clean(v) if isinstance(v, float) else v for k, v in self.summary().items()
-            },
-            "per_head": [
-                {k: clean(v) if isinstance(v, float) else v for k, v in row.items()}
-                for row in self.per_head()
-            ],
-            "rows": self.rows.tolist(),
-            "n_valid": self.n_valid.tolist(),
-            "uniform": self.uniform.tolist(),
-            "entropy": self.entropy.tolist(),
-            "ratio": [[clean(v) for v in r] for r in self.ratio.tolist()],
-        }
-
-
-def entropy_from_attention(
-    attention: Float[Tensor, "batch pos probe_head"],
-    mask: Bool[Tensor, "batch pos"],
-    rows: Int[Tensor, " batch"] | None = None,
-) -> AttentionEntropy:
-    """Entropy of attention distributions over the valid tokens (the pure core of the analysis).
-
-    Args:
-        attention: Each head's attention over each sequence's positions; every head's weights
-            over the valid tokens should sum to one.
-        mask: True at valid tokens. Weights at masked positions are ignored.
-        rows: Row of each sequence in its activations (default ``0..batch-1``).
-
-    Returns:
-        Per sequence and head: the entropy (nats), ``log(n_valid)`` and their ratio.
-    """
-    if mask.shape != attention.shape[:2]:
-        raise ValueError(
-            f"mask {tuple(mask.shape)} does not match attention {tuple(attention.shape)[:2]}"
-        )
-    p = attention.detach().double().cpu().masked_fill(~mask.cpu()[..., None], 0.0)
-    entropy = (-torch.special.xlogy(p, p).sum(dim=1)).clamp_min(0.0) + 0.0  # no -0.0
-    n_valid = mask.sum(dim=1).cpu().long()
-    if bool((n_valid == 0).any()):
-        raise ValueError("a sequence has no valid token; drop it or fix the mask")
-    uniform = n_valid.double().log()
-    ratio = torch.where(
-        (n_valid > 1)[:, None], entropy / uniform.clamp_min(1e-300)[:, None], math.nan
-    )
-    if rows is None:
-        rows = torch.arange(attention.shape[0])
-    return AttentionEntropy(
-        entropy=entropy.float(),
-        uniform=uniform.float(),
-        ratio=ratio.float(),
-        n_valid=n_valid,
-        rows=rows.cpu().long(),
-    )
-
-
-def attention_entropy(
-    probe: Probe,
-    acts: Data,
-    *,
-    rows: Sequence[int] | Tensor | None = None,
-    batch_size: int = 64,
-) -> AttentionEntropy:
-    """Per sequence and probe head, the entropy of the attention against a uniform baseline.
-
-    Args:
-        probe: An attention probe.
-        acts: Activations at the probe's hook, or a padded ``(x, mask)`` pair.
-        rows: Which sequences (e.g. ``result.test_rows``); default all.
-        batch_size: Sequences per forward.
-
-    Returns:
-        An :class:`AttentionEntropy`; ``.per_head()`` and ``.summary()`` give the summaries.
-
-    Example:
-        >>> ent = lp.attention_entropy(res.probe, acts, rows=res.test_rows)
-        >>> ent.per_head()[0]["mean_ratio"]   # 1.0: as spread as uniform; 0.0: one token
-    """
-    attn_probe = _require_attention(probe, "attention_entropy")
-    sel = _resolve_rows(rows, _n_sequences(acts))
-    parts: list[AttentionEntropy] = []
-    with _evaluating(attn_probe):
-        for x, mask, batch_rows in _batches(attn_probe, acts, sel, batch_size):
-            # the tokens the probe reads (BOS left out when the probe excludes it)
-            read = attn_probe.effective_mask(mask)
-            parts.append(entropy_from_attention(attn_probe.attention(x, mask), read, batch_rows))
-    if not parts:
-        h = attn_probe.config.n_heads
-        return AttentionEntropy(
-            entropy=torch.zeros(0, h),
-            uniform=torch.zeros(0),
-            ratio=torch.zeros(0, h),
-            n_valid=torch.zeros(0, dtype=torch.long),
-            rows=torch.zeros(0, dtype=torch.long),
-        )
-    return AttentionEntropy(
-        entropy=torch.cat([p.entropy for p in parts]),
-        uniform=torch.cat([p.uniform for p in parts]),
-        ratio=torch.cat([p.ratio for p in parts]),
-        n_valid=torch.cat([p.n_valid for p in parts]),
-        rows=torch.cat([p.rows for p in parts]),
-    )
-
-
-# -- token contributions -------------------------------------------------------------------------
-
-
-def _head_contributions(
-    probe: AttentionProbe, x: Tensor, mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits, attention ``(b, p, h)`` and per-head token contributions ``(b, p, h, c)``."""
-    logits, attn = probe(x, mask, return_attention=True)
-    values = probe.head_values(x.masked_fill(~mask[..., None], 0.0), mask)
-    return logits, attn, attn[..., None] * values
-
-
-def token_contributions(
-    probe: Probe,
-    x: Float[Tensor, "batch pos d_model"],
-    mask: Bool[Tensor, "batch pos"],
-) -> Float[Tensor, "batch pos n_outputs"]:
-    """Each token's exact share of each logit: ``logits == contributions.sum(1) + probe.bias``.
-
-    - attention probe: ``sum_h attn[t, h] * (x_t @ V_h)``;
-    - mean probe: ``(x_t @ W) / n_valid``;
-    - last-token probe: ``x_last @ W`` on the last valid token, 0 elsewhere;
-    - max probe: feature ``d`` is credited to the token holding the maximum (split evenly between
-      tied tokens), so token ``t`` gets ``sum_{d won by t} x[t, d] W[d]``.
-
-    Masked positions get 0. Runs in no_grad and eval mode (the probe's mode is restored).
-
-    Args:
-        probe: Any lensprobe probe.
-        x: Padded activations.
-        mask: True at valid tokens.
-    """
-    check_inputs(x, mask, probe.config.d_model)
-    _, dtype = _probe_device_dtype(probe)
-    with _evaluating(probe):
-        if isinstance(probe, AttentionProbe):
-            # The probe applies its own effective mask (BOS excluded) to the mask as given.
-            x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
-            _, _, per_head = _head_contributions(probe, x, mask)
-            return per_head.sum(dim=2)
-        mask = probe.effective_mask(mask)
-        x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
-        if isinstance(probe, MeanProbe):
-            n_valid = mask.sum(dim=1).to(dtype)
-            out = einsum(x, probe.weight, "b p d, d c -> b p c") / n_valid[:, None, None]
-        elif isinstance(probe, LastTokenProbe):
-            last = torch.nn.functional.one_hot(last_index(mask), mask.shape[1]).to(dtype)
-            out = einsum(x * last[..., None], probe.weight, "b p d, d c -> b p c")
-        elif isinstance(probe, MaxProbe):
-            filled = x.masked_fill(~mask[..., None], float("-inf"))
-            winner = (filled == filled.amax(dim=1, keepdim=True)).to(dtype)
-            winner = winner / winner.sum(dim=1, keepdim=True)
-            out = einsum(x * winner, probe.weight, "b p d, d c -> b p c")
-        else:
-            raise TypeError(
-                f"token_contributions knows attention, mean, last and max probes, got "
-                f"{type(probe).__name__}"
-            )
-        return out.masked_fill(~mask[..., None], 0.0)
-
-
-# -- top examples --------------------------------------------------------------------------------
+__all__ = ["Example", "TokenMass", "TopExamples", "class_scores", "explain", "top_examples"]
 
 
 @dataclass(frozen=True)
@@ -609,8 +255,8 @@ def _score_rows(
     logits_parts, peak_parts, mass_parts = [], [], []
     key_of: dict[str, int] = {}
     first_str: dict[int, str] = {}
-    with _evaluating(probe):
-        for x, mask, batch_rows in _batches(probe, acts, rows, batch_size):
+    with evaluating(probe):
+        for x, mask, batch_rows in batches(probe, acts, rows, batch_size):
             if not isinstance(probe, AttentionProbe):
                 logits_parts.append(probe(x, mask).float().cpu())
                 continue
@@ -698,8 +344,8 @@ def top_examples(
     """
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    n = _n_sequences(acts)
-    sel = _resolve_rows(rows, n)
+    n = n_sequences(acts)
+    sel = resolve_rows(rows, n)
     if sel.numel() == 0:
         raise ValueError("no rows to rank; pass at least one sequence")
     source = _Source(acts, sel, token_strs, *_labels_texts(acts, labels, n))
@@ -714,7 +360,7 @@ def top_examples(
     detail = _details(probe, acts, sel[needed], batch_size)
     return TopExamples(
         k=k,
-        class_names=_class_names(probe, acts),
+        class_names=probe_class_names(probe, acts),
         by_class=_ranked(source, detail, class_picks, by_score, per_head=False),
         by_head=() if peaks is None else _ranked(source, detail, head_picks, peaks, per_head=True),
         head_tokens=scored.head_tokens,
@@ -727,11 +373,11 @@ def top_examples(
 def _details(probe: Probe, acts: Data, rows: Tensor, batch_size: int) -> dict[int, dict[str, Any]]:
     """Logits, contributions and attention (valid tokens only) of some rows, keyed by row."""
     detail: dict[int, dict[str, Any]] = {}
-    with _evaluating(probe):
-        for x, mask, batch_rows in _batches(probe, acts, rows, batch_size):
+    with evaluating(probe):
+        for x, mask, batch_rows in batches(probe, acts, rows, batch_size):
             x = x.masked_fill(~mask[..., None], 0.0)
             if isinstance(probe, AttentionProbe):
-                logits, attn, per_head = _head_contributions(probe, x, mask)
+                logits, attn, per_head = head_contributions(probe, x, mask)
                 contrib = per_head.sum(dim=2)
             else:
                 logits, attn, per_head = probe(x, mask), None, None
@@ -784,7 +430,7 @@ def explain(
         An :class:`Example` whose ``score`` is the predicted class's score (see
         :func:`class_scores`).
     """
-    n = _n_sequences(acts)
+    n = n_sequences(acts)
     if not -n <= index < n:
         raise IndexError(f"index {index} out of range for {n} sequences")
     row = index % n
