@@ -15,7 +15,6 @@ re-indexes sequences; activation rows are copied when a batch is padded or ``val
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,7 +30,7 @@ Index = int | slice | Sequence[int] | Tensor | np.ndarray
 """What selects sequences: a position, a slice, a list of positions, an index or bool tensor."""
 
 SegmentCheck = Callable[[], None]
-"""Called before a segment's rows are first read; raises if the segment is damaged (the store
+"""Called before a segment's rows are first read; raises if the segment is damaged (storage
 passes one per memory-mapped shard, which hashes the file once). Shared by subsets and concats."""
 
 
@@ -207,8 +206,9 @@ class Activations:
         token_strs: Each sequence's tokens decoded one by one (for widgets), or ``None``.
         texts: The source texts, or ``None``.
 
-    Construct from one packed tensor (``Activations(meta, values, offsets, token_ids, ...)``);
-    :func:`lensprobe.capture` and :meth:`load` build the segmented form themselves.
+    Construct from one packed tensor (``Activations(meta, values, offsets, token_ids, ...)``), or
+    from several with :meth:`from_segments` (what :mod:`lensprobe.storage` does with the shards of
+    a store). This class knows nothing about files: :mod:`lensprobe.storage` saves and loads it.
     """
 
     meta: ActivationsMeta
@@ -322,23 +322,38 @@ class Activations:
         self._values_cache: Tensor | None = None
 
     @classmethod
-    def _from_segments(
+    def from_segments(
         cls,
         meta: ActivationsMeta,
-        segments: tuple[Tensor, ...],
-        seg: Tensor,
-        starts: Tensor,
-        lengths: Tensor,
-        token_ids: Tensor,
-        labels: Tensor | None = None,
+        segments: tuple[Float[Tensor, "_rows d_model"], ...],
+        seg: Int[Tensor, " batch"],
+        starts: Int[Tensor, " batch"],
+        lengths: Int[Tensor, " batch"],
+        token_ids: Int[Tensor, " tokens"],
+        labels: Int[Tensor, " batch"] | None = None,
         token_strs: list[list[str]] | None = None,
         texts: list[str] | None = None,
         *,
         checks: tuple[SegmentCheck | None, ...] | None = None,
     ) -> Activations:
-        """Build from segment tensors; sequence i is ``segments[seg[i]][starts[i]:+lengths[i]]``.
+        """Build from several storage tensors (segments) without copying them.
 
-        ``checks`` (one per segment, or None) run before a segment's rows are first read.
+        Sequence ``i`` is ``segments[seg[i]][starts[i] : starts[i] + lengths[i]]``; segments may
+        be memory-mapped files, and their rows are read only when a batch is padded.
+
+        Args:
+            meta: Capture metadata; every segment must be ``(rows, meta.d_model)`` of
+                ``meta.dtype``.
+            segments: The storage tensors.
+            seg: Segment of each sequence.
+            starts: First row of each sequence in its segment.
+            lengths: Tokens of each sequence (all positive).
+            token_ids: Token id of every token, sequences end to end.
+            labels: One integer label per sequence.
+            token_strs: Each sequence's tokens as strings.
+            texts: Each sequence's source text.
+            checks: One integrity check per segment (or None), run before the segment's rows are
+                first read.
         """
         self = cls.__new__(cls)
         self.meta = meta
@@ -483,7 +498,7 @@ class Activations:
         """A subset of sequences (activations are re-indexed, not copied)."""
         sel = _as_index(idx, len(self))
         token_rows, _ = _row_index(self._offsets[:-1][sel], self._lengths[sel])
-        return Activations._from_segments(
+        return Activations.from_segments(
             self.meta,
             self._segments,
             self._seg[sel],
@@ -510,7 +525,7 @@ class Activations:
         meta = dataclasses.replace(
             self.meta, class_names=None if class_names is None else tuple(class_names)
         )
-        return Activations._from_segments(
+        return Activations.from_segments(
             meta,
             self._segments,
             self._seg,
@@ -532,63 +547,25 @@ class Activations:
         """
         if not parts:
             raise ValueError("concat needs at least one Activations")
-        first = parts[0].meta
-        for p in parts[1:]:
-            for field in (
-                "hook",
-                "model_id",
-                "backend",
-                "d_model",
-                "dtype",
-                "tokenizer",
-                "padding_side",
-                "prepend_bos",
-                "class_names",
-            ):
-                if getattr(p.meta, field) != getattr(first, field):
-                    raise ValueError(
-                        f"cannot concat activations whose meta.{field} differ "
-                        f"({getattr(first, field)!r} vs {getattr(p.meta, field)!r})"
-                    )
-        has_labels = {p.labels is not None for p in parts}
-        if len(has_labels) > 1:
-            raise ValueError("cannot concat labelled and unlabelled activations; label all parts")
-        segments: list[Tensor] = []
-        checks: list[SegmentCheck | None] = []
-        segs = []
-        for p in parts:
-            mapping = []
-            for j, s in enumerate(p._segments):
-                pos = next((k for k, t in enumerate(segments) if t is s), None)
-                if pos is None:
-                    segments.append(s)
-                    checks.append(None if p._checks is None else p._checks[j])
-                    pos = len(segments) - 1
-                mapping.append(pos)
-            segs.append(torch.as_tensor(mapping, dtype=torch.long)[p._seg] if len(p) else p._seg)
-        max_lengths = {p.meta.max_length for p in parts}
-        meta = dataclasses.replace(
-            first,
-            n_truncated=sum(p.meta.n_truncated for p in parts),
-            max_length=None if None in max_lengths else max(max_lengths),  # type: ignore[type-var]
-        )
+        _check_concat(parts)
+        segments, checks, seg = _merge_segments(parts)
         strs = None
         if all(p.token_strs is not None for p in parts):
             strs = [s for p in parts for s in p.token_strs]  # type: ignore[union-attr]
         texts = None
         if all(p.texts is not None for p in parts):
             texts = [t for p in parts for t in p.texts]  # type: ignore[union-attr]
-        return cls._from_segments(
-            meta,
-            tuple(segments),
-            torch.cat(segs),
+        return cls.from_segments(
+            _concat_meta(parts),
+            segments,
+            seg,
             torch.cat([p._starts for p in parts]),
             torch.cat([p._lengths for p in parts]),
             torch.cat([p.token_ids for p in parts]),
             None if parts[0].labels is None else torch.cat([p.labels for p in parts]),  # type: ignore[misc]
             strs,
             texts,
-            checks=tuple(checks),
+            checks=checks,
         )
 
     # -- padding -------------------------------------------------------------------------------
@@ -668,53 +645,64 @@ class Activations:
                 labels = self.labels[sel].to(x.device)
             yield x, mask, labels, sel
 
-    # -- disk ----------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
-        """Write a store directory (safetensors shards + ``manifest.json`` with checksums).
+_CONCAT_FIELDS = (
+    "hook",
+    "model_id",
+    "backend",
+    "d_model",
+    "dtype",
+    "tokenizer",
+    "padding_side",
+    "prepend_bos",
+    "class_names",
+)
+"""Metadata fields that parts of :meth:`Activations.concat` must share."""
 
-        Args:
-            path: Directory to create (must not hold another store).
-            shard_tokens: Tokens per shard file (default: ``lensprobe.store.auto_shard_tokens``).
-        """
-        from lensprobe.store import write_store
 
-        write_store(path, {self.meta.hook: self}, shard_tokens=shard_tokens)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        mmap: bool = True,
-        hook: str | None = None,
-        verify: Literal["lazy", "full", "off"] | bool = "lazy",
-    ) -> Activations:
-        """Read a store written by :meth:`save` or by ``capture(..., out=path)``.
-
-        Args:
-            path: The store directory.
-            mmap: Memory-map the shards (default) instead of reading them into memory.
-            hook: Which hook to read when the store holds several.
-            verify: ``"lazy"`` (default) hashes each shard the first time it is read, ``"full"``
-                (or True) every file now, ``"off"`` only checks sizes and headers (see
-                ``lensprobe.store.load_store``).
-
-        Raises:
-            lensprobe.errors.StoreCorruptError: A damaged file (named, with the fix).
-        """
-        from lensprobe.store import load_store
-
-        result = load_store(path, mmap=mmap, verify=verify)
-        if hook is None:
-            if len(result) != 1:
+def _check_concat(parts: Sequence[Activations]) -> None:
+    """Refuse parts whose metadata differ, or a mix of labelled and unlabelled parts."""
+    first = parts[0].meta
+    for p in parts[1:]:
+        for field in _CONCAT_FIELDS:
+            if getattr(p.meta, field) != getattr(first, field):
                 raise ValueError(
-                    f"the store at {os.fspath(path)} holds hooks {list(result)}; pass hook=..."
+                    f"cannot concat activations whose meta.{field} differ "
+                    f"({getattr(first, field)!r} vs {getattr(p.meta, field)!r})"
                 )
-            return next(iter(result.values()))
-        if hook not in result:
-            raise KeyError(f"hook {hook!r} not in the store; it holds {list(result)}")
-        return result[hook]
+    has_labels = {p.labels is not None for p in parts}
+    if len(has_labels) > 1:
+        raise ValueError("cannot concat labelled and unlabelled activations; label all parts")
+
+
+def _merge_segments(
+    parts: Sequence[Activations],
+) -> tuple[tuple[Tensor, ...], tuple[SegmentCheck | None, ...], Tensor]:
+    """The distinct segments of all parts (each once), their checks, and each sequence's segment."""
+    segments: list[Tensor] = []
+    checks: list[SegmentCheck | None] = []
+    segs = []
+    for p in parts:
+        mapping = []
+        for j, s in enumerate(p._segments):
+            pos = next((k for k, t in enumerate(segments) if t is s), None)
+            if pos is None:
+                segments.append(s)
+                checks.append(None if p._checks is None else p._checks[j])
+                pos = len(segments) - 1
+            mapping.append(pos)
+        segs.append(torch.as_tensor(mapping, dtype=torch.long)[p._seg] if len(p) else p._seg)
+    return tuple(segments), tuple(checks), torch.cat(segs)
+
+
+def _concat_meta(parts: Sequence[Activations]) -> ActivationsMeta:
+    """The first part's metadata with truncation counted over all parts."""
+    max_lengths = {p.meta.max_length for p in parts}
+    return dataclasses.replace(
+        parts[0].meta,
+        n_truncated=sum(p.meta.n_truncated for p in parts),
+        max_length=None if None in max_lengths else max(max_lengths),  # type: ignore[type-var]
+    )
 
 
 class CaptureResult(Mapping[str, Activations]):
@@ -758,22 +746,3 @@ class CaptureResult(Mapping[str, Activations]):
             f"CaptureResult(hooks={list(self._members)}, sequences={len(first)}, "
             f"tokens={first.n_tokens})"
         )
-
-    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
-        """Write every hook to one store directory (see :meth:`Activations.save`)."""
-        from lensprobe.store import write_store
-
-        write_store(path, self._members, shard_tokens=shard_tokens)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        mmap: bool = True,
-        verify: Literal["lazy", "full", "off"] | bool = "lazy",
-    ) -> CaptureResult:
-        """Read a store directory (see :meth:`Activations.load`)."""
-        from lensprobe.store import load_store
-
-        return load_store(path, mmap=mmap, verify=verify)

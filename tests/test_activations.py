@@ -14,14 +14,9 @@ import torch
 from hypothesis import given, settings
 
 import lensprobe as lp
+from lensprobe import storage
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult
-from lensprobe.store import (
-    StoreWriter,
-    load_store,
-    plan_shards,
-    read_safetensors,
-    write_store,
-)
+from lensprobe.storage import StoreWriter, plan_shards, read_safetensors
 
 D = 6
 
@@ -232,8 +227,8 @@ def test_plan_shards_covers_in_order():
 @pytest.mark.parametrize("mmap", [True, False])
 def test_save_load_round_trip(tmp_path: Path, mmap: bool):
     acts = make_acts((3, 1, 4, 2, 5), dtype=torch.bfloat16)
-    acts.save(tmp_path / "store", shard_tokens=4)
-    back = Activations.load(tmp_path / "store", mmap=mmap)
+    storage.save(acts, tmp_path / "store", shard_tokens=4)
+    back = storage.load_activations(tmp_path / "store", mmap=mmap)
     assert back.meta == acts.meta
     assert torch.equal(back.values, acts.values)
     assert torch.equal(back.offsets, acts.offsets)
@@ -248,7 +243,7 @@ def test_save_load_round_trip(tmp_path: Path, mmap: bool):
 
 def test_mmap_tensors_are_copy_on_write(tmp_path: Path):
     acts = make_acts()
-    acts.save(tmp_path / "s")
+    storage.save(acts, tmp_path / "s")
     shard = next((tmp_path / "s").glob("blocks*/shard-00000.safetensors"))
     before = shard.read_bytes()
     t = read_safetensors(shard, mmap=True)["values"]
@@ -259,7 +254,7 @@ def test_mmap_tensors_are_copy_on_write(tmp_path: Path):
 
 def test_store_manifest_has_checksums_and_verify_detects_damage(tmp_path: Path):
     acts = make_acts((3, 1, 4, 2))
-    acts.save(tmp_path / "s", shard_tokens=5)
+    storage.save(acts, tmp_path / "s", shard_tokens=5)
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["complete"] is True
     files = [rel for shard in manifest["shards"].values() for rel in shard["files"]]
@@ -272,23 +267,23 @@ def test_store_manifest_has_checksums_and_verify_detects_damage(tmp_path: Path):
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF  # same size, different content
     target.write_bytes(bytes(data))
-    lazy = Activations.load(tmp_path / "s")  # an activation shard is hashed when first read
+    lazy = storage.load_activations(tmp_path / "s")  # an activation shard is hashed when first read
     lazy.sequence(0)  # shard 0 is intact
     with pytest.raises(ValueError, match="fails its checksum"):
         lazy.pad()
     with pytest.raises(ValueError, match="fails its checksum"):
-        Activations.load(tmp_path / "s", verify=True)
-    Activations.load(tmp_path / "s", verify="off").pad()  # sizes and headers only
+        storage.load_activations(tmp_path / "s", verify=True)
+    storage.load_activations(tmp_path / "s", verify="off").pad()  # sizes and headers only
     target.write_bytes(bytes(data[:-3]))
     with pytest.raises(ValueError, match="truncated or overwritten"):
-        Activations.load(tmp_path / "s")
+        storage.load_activations(tmp_path / "s")
 
 
 def test_save_refuses_existing_store(tmp_path: Path):
     acts = make_acts()
-    acts.save(tmp_path / "s")
+    storage.save(acts, tmp_path / "s")
     with pytest.raises(FileExistsError):
-        acts.save(tmp_path / "s")
+        storage.save(acts, tmp_path / "s")
 
 
 def test_multi_hook_store_and_load_by_hook(tmp_path: Path):
@@ -301,14 +296,14 @@ def test_multi_hook_store_and_load_by_hook(tmp_path: Path):
         a.labels,
     )
     result = CaptureResult({a.meta.hook: a, b.meta.hook: b})
-    result.save(tmp_path / "s")
-    back = CaptureResult.load(tmp_path / "s")
+    storage.save(result, tmp_path / "s")
+    back = storage.load(tmp_path / "s")
     assert list(back) == [a.meta.hook, b.meta.hook]
     assert torch.equal(back[b.meta.hook].values, a.values * 2)
     assert back[a.meta.hook].token_ids is back[b.meta.hook].token_ids
     with pytest.raises(ValueError, match="pass hook="):
-        Activations.load(tmp_path / "s")
-    assert torch.equal(Activations.load(tmp_path / "s", hook=b.meta.hook).values, b.values)
+        storage.load_activations(tmp_path / "s")
+    assert torch.equal(storage.load_activations(tmp_path / "s", hook=b.meta.hook).values, b.values)
     with pytest.raises(KeyError, match="holds"):
         back["blocks.7.hook_resid_post"]
 
@@ -348,7 +343,7 @@ def test_writer_resumes_keeps_verified_shards_and_ignores_half_written_files(tmp
     hook_dir = tmp_path / "s" / w.manifest["hooks"][acts.meta.hook]["dir"]
     (hook_dir / "shard-00002.safetensors.tmp-999").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="incomplete"):
-        load_store(tmp_path / "s")
+        storage.load(tmp_path / "s")
 
     again = _writer(tmp_path / "s", acts, plan, fp)
     assert [again.is_done(k) for k in range(len(plan))] == [True, True] + [False] * (len(plan) - 2)
@@ -356,7 +351,7 @@ def test_writer_resumes_keeps_verified_shards_and_ignores_half_written_files(tmp
     for k in range(2, len(plan)):
         _write(again, acts, k)
     again.finish()
-    back = Activations.load(tmp_path / "s", verify=True)
+    back = storage.load_activations(tmp_path / "s", verify=True)
     assert torch.equal(back.values, acts.values)
     assert torch.equal(back.labels, acts.labels)
 
@@ -392,7 +387,7 @@ def test_writer_refuses_a_non_empty_directory_without_manifest(tmp_path: Path):
 
 
 def test_no_pickle_files_in_a_store(tmp_path: Path):
-    make_acts().save(tmp_path / "s")
+    storage.save(make_acts(), tmp_path / "s")
     suffixes = {p.suffix for p in (tmp_path / "s").rglob("*") if p.is_file()}
     assert suffixes <= {".json", ".safetensors"}
     assert all(os.path.getsize(p) > 0 for p in (tmp_path / "s").rglob("*") if p.is_file())
@@ -401,7 +396,7 @@ def test_no_pickle_files_in_a_store(tmp_path: Path):
 def test_write_store_requires_same_sequences(tmp_path: Path):
     a, b = make_acts((3, 1)), make_acts((2, 2), hook="other")
     with pytest.raises(ValueError, match="same sequences"):
-        write_store(tmp_path / "s", {"a": a, "b": b})
+        storage.save({"a": a, "b": b}, tmp_path / "s")
 
 
 @pytest.mark.parametrize("probe", ["attention", "mean"])
@@ -438,30 +433,30 @@ def test_selectors_lists_of_bools_and_reversed_numpy_orders():
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
 def test_a_loaded_store_holds_no_file_per_shard(tmp_path):
     acts = make_acts(tuple(range(1, 41)))
-    acts.save(tmp_path / "s", shard_tokens=8)
+    storage.save(acts, tmp_path / "s", shard_tokens=8)
     n_shards = len(list((tmp_path / "s").rglob("*.safetensors")))
     before = len(os.listdir("/proc/self/fd"))
-    back = Activations.load(tmp_path / "s")
+    back = storage.load_activations(tmp_path / "s")
     assert n_shards > 30 and len(os.listdir("/proc/self/fd")) - before < 5
     torch.testing.assert_close(back.values, acts.values)
     back.values.add_(1.0)  # copy-on-write: the files keep the captured values
-    torch.testing.assert_close(Activations.load(tmp_path / "s").values, acts.values)
+    torch.testing.assert_close(storage.load_activations(tmp_path / "s").values, acts.values)
 
 
 def test_a_store_refuses_hooks_with_different_labels(tmp_path):
     a = make_acts((3, 1, 2))
     b = Activations(a.meta, a.values + 1, a.offsets, a.token_ids, torch.tensor([1, 1, 0]))
     with pytest.raises(ValueError, match="labels of 'b' differ"):
-        write_store(tmp_path / "s1", {"a": a, "b": b})
+        storage.save({"a": a, "b": b}, tmp_path / "s1")
     with pytest.raises(ValueError, match="labels of 'a' differ"):
-        write_store(tmp_path / "s2", {"c": a.with_labels(None), "a": a})
-    write_store(tmp_path / "s3", {"a": a, "b": b.with_labels(a.labels)})
+        storage.save({"c": a.with_labels(None), "a": a}, tmp_path / "s2")
+    storage.save({"a": a, "b": b.with_labels(a.labels)}, tmp_path / "s3")
 
 
 def test_reads_across_many_shards_in_any_order(tmp_path):
     acts = make_acts(tuple(1 + (3 * i) % 5 for i in range(30)))
-    acts.save(tmp_path / "s", shard_tokens=6)
-    back = Activations.load(tmp_path / "s")
+    storage.save(acts, tmp_path / "s", shard_tokens=6)
+    back = storage.load_activations(tmp_path / "s")
     assert len(back._segments) > 10
     order = torch.randperm(30, generator=torch.Generator().manual_seed(0))
     for idx in (order, order[:7], torch.arange(30), torch.tensor([29, 0, 29])):

@@ -13,12 +13,13 @@ import time
 import pytest
 import torch
 
-from lensprobe.activations import Activations, CaptureResult
+from lensprobe import storage
+from lensprobe.activations import Activations
 from lensprobe.backends import detect_backend
 from lensprobe.backends.names import TABLES, UnknownHookError, resolve_sites
 from lensprobe.batching import collate, length_batches, tokenize
 from lensprobe.capturing import capture
-from lensprobe.store import StoreWriter
+from lensprobe.storage import StoreWriter
 
 BACKENDS = ["hf", "nnsight", "transformer_lens"]
 
@@ -478,7 +479,7 @@ def test_out_store_matches_memory_and_reruns_compute_nothing(
     assert torch.equal(again[hooks[0]].values, disk[hooks[0]].values)
     with pytest.raises(ValueError, match="differs in hooks"):
         capture(model, texts, hooks[:1], labels, out=tmp_path / "s", shard_tokens=20, **kw)
-    assert isinstance(CaptureResult.load(tmp_path / "s")[hooks[1]], Activations)
+    assert isinstance(storage.load(tmp_path / "s")[hooks[1]], Activations)
 
 
 def test_interrupted_capture_resumes_without_recomputing(
@@ -501,7 +502,7 @@ def test_interrupted_capture_resumes_without_recomputing(
         capture(model, texts, "blocks.1.hook_resid_post", out=tmp_path / "s", **kw)
     monkeypatch.setattr(StoreWriter, "write_shard", original)
     with pytest.raises(ValueError, match="incomplete"):
-        Activations.load(tmp_path / "s")
+        storage.load_activations(tmp_path / "s")
     calls, handle = _count_layer0(model)
     try:
         res = capture(model, texts, "blocks.1.hook_resid_post", out=tmp_path / "s", **kw)

@@ -26,7 +26,7 @@ from lensprobe.errors import (
     StoreCorruptError,
 )
 from lensprobe.probes import AttentionProbe, MeanProbe, ProbeConfig, load_probe
-from lensprobe.store import load_store
+from lensprobe.storage import load, save
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -63,7 +63,7 @@ def make_store(path: Path, n: int = 40, *, shard_tokens: int = 24) -> Activation
         token_strs=[[f"t{j}" for j in range(int(k))] for k in lengths],
         texts=[f"text {i}" for i in range(n)],
     )
-    acts.save(path, shard_tokens=shard_tokens)
+    save(acts, path, shard_tokens=shard_tokens)
     return acts
 
 
@@ -94,14 +94,14 @@ def test_flipped_values_are_detected_by_default(tmp_path):
     acts = make_store(tmp_path / "s")
     shard = tmp_path / "s" / HOOK / "shard-00002.safetensors"
     flip(shard, -5)
-    loaded = load_store(tmp_path / "s")[HOOK]  # loading maps; the shard is hashed when first read
+    loaded = load(tmp_path / "s")[HOOK]  # loading maps; the shard is hashed when first read
     torch.testing.assert_close(loaded.sequence(0), acts.sequence(0))  # shard 0 is intact
     with pytest.raises(StoreCorruptError, match=r"shard-00002\.safetensors fails its checksum"):
         loaded.pad()
     with pytest.raises(StoreCorruptError, match="to recompute shard 2"):
         loaded[list(range(len(loaded)))[::-1]].pad()  # every view checks the shards it reads
     with pytest.raises(StoreCorruptError, match="fails its checksum"):
-        load_store(tmp_path / "s", verify="full")
+        load(tmp_path / "s", verify="full")
 
 
 def test_flipped_labels_fail_at_load(tmp_path):
@@ -111,7 +111,7 @@ def test_flipped_labels_fail_at_load(tmp_path):
     with pytest.raises(
         StoreCorruptError, match=r"tokens/shard-00001\.safetensors fails its checksum"
     ):
-        load_store(tmp_path / "s")
+        load(tmp_path / "s")
 
 
 def test_cli_train_on_a_flipped_store_fails_instead_of_training_nan(tmp_path, capsys):
@@ -134,7 +134,7 @@ def test_flipped_token_ids_fail_at_load(tmp_path):
     tokens = tmp_path / "s" / "tokens" / "shard-00000.safetensors"
     flip(tokens, header_len(tokens) + 8 + 1)  # first bytes of the data: token ids come first
     with pytest.raises(StoreCorruptError, match="recompute shard 0"):
-        load_store(tmp_path / "s")
+        load(tmp_path / "s")
 
 
 @pytest.mark.parametrize("where", ["tokens", HOOK])
@@ -159,7 +159,7 @@ def test_damaged_shard_headers_fail_at_load(tmp_path, where, damage):
         data[8 : 8 + n] = header
     shard.write_bytes(bytes(data))
     with pytest.raises(StoreCorruptError, match="recompute shard 1") as err:
-        load_store(tmp_path / "s", verify="off")  # caught without hashing: the header is checked
+        load(tmp_path / "s", verify="off")  # caught without hashing: the header is checked
     assert "shard-00001.safetensors" in str(err.value)
 
 
@@ -170,14 +170,14 @@ def test_deleted_and_truncated_shards(tmp_path):
     with pytest.raises(
         StoreCorruptError, match=r"shard-00003\.safetensors has .* bytes.*truncated"
     ):
-        load_store(tmp_path / "s")
+        load(tmp_path / "s")
     values.unlink()
     with pytest.raises(StoreCorruptError, match=r"shard-00003\.safetensors is missing.*shard 3"):
-        load_store(tmp_path / "s")
+        load(tmp_path / "s")
     make_store(tmp_path / "t")
     (tmp_path / "t" / "texts.json").unlink()
     with pytest.raises(StoreCorruptError, match=r"texts\.json is missing"):
-        load_store(tmp_path / "t")
+        load(tmp_path / "t")
 
 
 # -- row: manifest truncated / empty / missing `plan` / a JSON list --------------------------------
@@ -213,7 +213,7 @@ def test_damaged_manifest_is_named_with_the_fix(tmp_path, how):
     make_store(tmp_path / "s")
     _damage_manifest(tmp_path / "s", how)
     with pytest.raises(StoreCorruptError, match=r"manifest\.json .*rerun the same capture"):
-        load_store(tmp_path / "s")
+        load(tmp_path / "s")
 
 
 def test_rerunning_the_capture_rebuilds_a_store_with_a_damaged_manifest(
@@ -228,7 +228,7 @@ def test_rerunning_the_capture_rebuilds_a_store_with_a_damaged_manifest(
     _damage_manifest(tmp_path / "s", "truncated")
     again = capture(model, tiny_texts, HOOK, out=tmp_path / "s", **kw)
     assert again.stats.n_tokens_run == first.n_tokens  # nothing trusted, everything recomputed
-    assert torch.equal(load_store(tmp_path / "s", verify="full")[HOOK].values, want)
+    assert torch.equal(load(tmp_path / "s", verify="full")[HOOK].values, want)
     assert (tmp_path / "s" / "manifest.json.damaged").is_file()  # kept for inspection
 
 

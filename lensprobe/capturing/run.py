@@ -1,0 +1,137 @@
+"""The capture loop: run every shard a sink still needs through the model, batch by batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lensprobe import backends
+from lensprobe.activations import ActivationsMeta, CaptureStats
+from lensprobe.backends.hf import Runner
+from lensprobe.batching import collate, length_batches
+from lensprobe.capturing.job import CaptureJob
+from lensprobe.capturing.sinks import Sink
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_capture"]
+
+
+@dataclass
+class _Counters:
+    """Running totals of one capture call, echoed on the progress bar."""
+
+    bar: Any
+    seconds: float = 0.0
+    padded: int = 0
+    tokens: int = 0
+
+    def add(self, seconds: float, padded: int, tokens: int, sequences: int) -> None:
+        self.seconds += seconds
+        self.padded += padded
+        self.tokens += tokens
+        self.bar.update(sequences)
+        self.bar.set_postfix_str(f"{self.tokens / max(self.seconds, 1e-9):,.0f} tok/s")
+
+
+def run_capture(
+    model: Any, backend: str, job: CaptureJob, sink: Sink, *, progress: bool
+) -> CaptureStats:
+    """Compute every shard ``sink`` does not hold yet and hand it over, shard by shard.
+
+    Returns:
+        What this run cost (shards the sink already held count as resumed).
+    """
+    metas = sink.stored_metas()
+    todo = [k for k in range(len(sink.shards)) if not sink.is_done(k)]
+    bar = tqdm(total=job.n, unit="seq", desc=f"capture ({backend})", disable=not progress)
+    counters = _Counters(bar)
+    try:
+        bar.update(job.n - sum(sink.shards[k][1] - sink.shards[k][0] for k in todo))
+        if todo:
+            with backends.open_runner(model, backend, job.hooks) as runner:
+                for k in todo:
+                    start, stop = sink.shards[k]
+                    values = _capture_range(runner, job, start, stop, metas, counters)
+                    sink.write(k, values, metas)
+    finally:
+        bar.close()
+    stats = CaptureStats(
+        n_sequences=job.n,
+        n_tokens=job.n_tokens,
+        n_tokens_run=counters.tokens,
+        n_padded_tokens=counters.padded,
+        n_truncated=job.tokenized.n_truncated,
+        seconds=counters.seconds,
+    )
+    if counters.padded:
+        logger.info(
+            "captured %d tokens at %.0f tokens/s, %.1f%% padding",
+            counters.tokens,
+            stats.tokens_per_second,
+            100 * stats.padding_waste,
+        )
+    return stats
+
+
+def _capture_range(
+    runner: Runner,
+    job: CaptureJob,
+    start: int,
+    stop: int,
+    metas: dict[str, ActivationsMeta],
+    counters: _Counters,
+) -> dict[str, Tensor]:
+    """Run sequences ``start..stop`` and pack their valid tokens, per hook, in original order.
+
+    ``metas`` gains an entry for every hook on its first batch (its width is known then).
+    """
+    offsets = job.offsets
+    first = int(offsets[start])
+    n_rows = int(offsets[stop]) - first
+    buffers: dict[str, Tensor] = {}
+    for index in length_batches(job.lengths[start:stop], job.batch_size, start=start):
+        t0 = time.perf_counter()
+        batch = collate(
+            job.tokenized.ids,
+            index,
+            pad_id=job.tokenized.pad_id,
+            padding_side=job.padding_side,
+            device=runner.device,
+        )
+        acts = runner.run(batch)
+        mask = batch.attention_mask.bool()
+        # Destination rows of the batch's valid tokens, in the order mask selection yields them.
+        rows = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in index])
+        rows -= first
+        for hook in job.hooks:
+            a = acts[hook]
+            if a.ndim != 3 or a.shape[:2] != mask.shape:
+                raise ValueError(
+                    f"hook {hook!r} gives a tensor of shape {tuple(a.shape)}; capture stores "
+                    "(batch, pos, d_model) activations"
+                )
+            if hook not in buffers:
+                buffers[hook] = torch.empty(n_rows, a.shape[-1], dtype=job.dtype)
+                metas[hook] = _hook_meta(job, hook, a.shape[-1], metas.get(hook))
+            buffers[hook][rows] = a[mask].to(device="cpu", dtype=job.dtype)
+        counters.add(time.perf_counter() - t0, batch.input_ids.numel(), len(rows), len(index))
+    return buffers
+
+
+def _hook_meta(
+    job: CaptureJob, hook: str, width: int, stored: ActivationsMeta | None
+) -> ActivationsMeta:
+    """A hook's metadata, first seen at ``width`` in this run; ``stored`` is its resumed record."""
+    meta = stored or ActivationsMeta(hook=hook, d_model=width, **job.base_meta)
+    if meta.d_model != width:
+        raise ValueError(
+            f"hook {hook!r} is {width} wide here but {meta.d_model} in the shards already stored"
+        )
+    return meta
