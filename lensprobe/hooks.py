@@ -8,10 +8,12 @@ activations at a hook (:func:`edit_activations`; steering and patching build on 
 
 How it works, for every backend:
 
-- *Where*: a TransformerLens name resolves to the bridge's ``HookPoint``; on nnsight and Hugging
-  Face models it is translated to a module's input or output by :mod:`lensprobe.backends.names`
-  (module paths such as ``model.layers.9`` work too). Hooks are plain PyTorch hooks on those
-  modules, registered for the ``with`` block and removed in ``finally``, so they compose with the
+- *Where*: the backend layer resolves the name (:func:`lensprobe.backends.resolve_hook`): a
+  TransformerLens name to the bridge's ``HookPoint``; on nnsight and Hugging Face models a
+  module's input or output (:mod:`lensprobe.backends.names`; module paths such as
+  ``model.layers.9`` work too). It also installs the reader or editor there
+  (:func:`lensprobe.backends.add_reader`, :func:`~lensprobe.backends.add_editor`): plain PyTorch
+  hooks, registered for the ``with`` block and removed in ``finally``, so they compose with the
   user's own ``run_with_hooks`` hooks, nnsight traces and ``generate``.
 - *Which tokens are valid*: a pre-hook on the Hugging Face model (the bridge's ``original_model``,
   the module an nnsight wrapper traces) reads the ``attention_mask`` each forward is given, and the
@@ -41,12 +43,14 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from lensprobe.backends import HookTarget, add_editor, add_reader, resolve_hook
+from lensprobe.backends import transformer_lens as tl_backend
 from lensprobe.backends.hf import StopForward
 from lensprobe.probes.base import Probe
 
@@ -210,7 +214,7 @@ class _InputTracker:
             past = cached or 0
             valid = torch.ones(batch, new, dtype=torch.bool, device=ref.device)
             if self._pad_from_ids is not None and isinstance(ids, Tensor) and past == 0:
-                valid = self._bridge_padding(ids)
+                valid = tl_backend.padding_mask(self.bridge, ids, self._pad_from_ids)  # type: ignore[arg-type]
         self.current = ForwardInfo(valid, past)
 
     def _root_post(self, *_: Any) -> None:
@@ -219,35 +223,11 @@ class _InputTracker:
     def _bridge_pre(
         self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        # A TransformerBridge pads a list of texts itself and, for right padding, gives the
-        # Hugging Face model no mask (causal attention makes it harmless to the logits).
-        text = args[0] if args else kwargs.get("input")
-        self._pad_from_ids = None
-        if (
-            isinstance(text, list)
-            and len(text) > 1
-            and all(isinstance(t, str) for t in text)
-            and kwargs.get("attention_mask") is None
-        ):
-            bridge = self.bridge
-            tokenizer = getattr(bridge, "tokenizer", None)
-            side = kwargs.get("padding_side") or getattr(tokenizer, "padding_side", "right")
-            bos = kwargs.get("prepend_bos")
-            if bos is None:
-                bos = bool(getattr(getattr(bridge, "cfg", None), "default_prepend_bos", True))
-            self._pad_from_ids = (str(side), bool(bos))
+        assert self.bridge is not None
+        self._pad_from_ids = tl_backend.text_padding(self.bridge, args, kwargs)
 
     def _bridge_post(self, *_: Any) -> None:
         self._pad_from_ids = None
-
-    def _bridge_padding(self, ids: Tensor) -> Tensor:
-        from transformer_lens import utilities as tl_utils
-
-        assert self._pad_from_ids is not None
-        side, bos = self._pad_from_ids
-        tokenizer = self.bridge.tokenizer  # type: ignore[union-attr]
-        mask = tl_utils.get_attention_mask(tokenizer, ids, prepend_bos=bos, padding_side=side)
-        return mask.to(device=ids.device).bool()
 
 
 def _signature(fn: Any) -> inspect.Signature | None:
@@ -255,188 +235,6 @@ def _signature(fn: Any) -> inspect.Signature | None:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Where a hook name reads, per backend
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HookTarget:
-    """A hook name resolved on a model: the module to hook and the model whose inputs to follow."""
-
-    name: str
-    """The hook name as given (``blocks.9.hook_resid_post`` or a module path)."""
-
-    backend: Literal["transformer_lens", "nnsight", "hf"]
-    """Which backend the model belongs to."""
-
-    module: nn.Module
-    """The module whose input or output is the activation (a ``HookPoint`` on TransformerLens)."""
-
-    side: Literal["input", "output"]
-    """Whether the activation is the module's first input or its output."""
-
-    root: nn.Module | None
-    """The Hugging Face model whose forward inputs (mask, cache) are followed."""
-
-    bridge: nn.Module | None = None
-    """The TransformerBridge, on the TransformerLens backend."""
-
-    def tracker(self) -> _InputTracker:
-        """A fresh input tracker for this model."""
-        return _InputTracker(self.root, self.bridge)
-
-
-def resolve_hook(model: Any, hook: str) -> HookTarget:
-    """Resolve a hook name on a TransformerLens, nnsight or Hugging Face model.
-
-    Args:
-        model: A ``TransformerBridge`` (or another TransformerLens ``HookedRootModule``), an
-            nnsight model, or a Hugging Face model.
-        hook: A TransformerLens hook name (``blocks.9.hook_resid_post``) or, on the nnsight and
-            Hugging Face backends, a module path (``model.layers.9``, read at its output).
-
-    Returns:
-        The resolved :class:`HookTarget`.
-
-    Raises:
-        lensprobe.backends.names.UnknownHookError: The model has no such hook (nearest names
-            listed).
-        TypeError: A model no backend understands.
-    """
-    from lensprobe.backends import detect_backend
-    from lensprobe.backends import nnsight as nnsight_backend
-    from lensprobe.backends import transformer_lens as tl_backend
-    from lensprobe.backends.names import UnknownHookError, nearest_names, resolve_sites
-
-    if not isinstance(hook, str) or not hook:
-        raise TypeError(
-            f"hook must be a hook name such as 'blocks.9.hook_resid_post', got {hook!r}"
-        )
-    backend = detect_backend(model)
-    if backend == "transformer_lens":
-        hook_dict = model.hook_dict
-        point = hook_dict.get(hook)
-        if point is None:
-            raise UnknownHookError(
-                f"unknown hook name {hook!r} for this {type(model).__name__}; nearest valid "
-                f"names: {nearest_names(hook, list(hook_dict))} (all names: model.hook_dict)"
-            )
-        return HookTarget(
-            name=hook,
-            backend=backend,
-            module=point,
-            side="output",
-            root=tl_backend.underlying_hf(model),
-            bridge=model if tl_backend.underlying_hf(model) is not None else None,
-        )
-    root = nnsight_backend.underlying_module(model) if backend == "nnsight" else model
-    site = resolve_sites(root, [hook])[hook]
-    return HookTarget(
-        name=hook,
-        backend=backend,
-        module=root.get_submodule(site.path),
-        side=site.side,
-        root=root,
-    )
-
-
-def _first_tensor(value: Any) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-        return value[0]
-    raise TypeError(
-        f"the hooked module returned a {type(value).__name__}, not a tensor or a tuple starting "
-        "with one; hook a module whose output is the (batch, pos, d_model) activation"
-    )
-
-
-def _replace_first(value: Any, new: Tensor) -> Any:
-    if isinstance(value, Tensor):
-        return new
-    if isinstance(value, tuple):
-        return (new, *value[1:])
-    return [new, *value[1:]]
-
-
-def _convert(target: HookTarget, value: Tensor) -> Tensor:
-    conversion = getattr(target.module, "hook_conversion", None)
-    return conversion.convert(value) if conversion is not None else value
-
-
-def _add_reader(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], None]) -> None:
-    """Call ``fn(activation)`` on every forward, after every other hook at the same point."""
-    module = target.module
-    if target.side == "input":
-
-        def read_input(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if args and isinstance(args[0], Tensor):
-                fn(args[0])
-            elif isinstance(kwargs.get("hidden_states"), Tensor):
-                fn(kwargs["hidden_states"])
-            else:
-                raise TypeError(f"{target.name}: the module was called without a tensor input")
-
-        handle = module.register_forward_pre_hook(read_input, with_kwargs=True)
-        stack.callback(handle.remove)
-        return
-
-    def read_output(_m: nn.Module, _args: Any, output: Any) -> None:
-        fn(_convert(target, _first_tensor(output)))
-
-    # Forward hooks run in registration order. Moving ours to the end just before each call (a
-    # pre-hook runs before any forward hook) makes it read what every other hook left, including
-    # hooks added after ``attach`` (run_with_hooks, steering).
-    state = {"handle": module.register_forward_hook(read_output)}
-
-    def move_last(_m: nn.Module, _args: Any) -> None:
-        state["handle"].remove()
-        state["handle"] = module.register_forward_hook(read_output)
-
-    pre = module.register_forward_pre_hook(move_last)
-    stack.callback(lambda: state["handle"].remove())
-    stack.callback(pre.remove)
-
-
-def _add_editor(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], Tensor]) -> None:
-    """Replace the activation with ``fn(activation)`` on every forward."""
-    module = target.module
-    if target.backend == "transformer_lens":
-        # Through the HookPoint's own API, so the edit is a TransformerLens hook like the user's.
-        def tl_hook(tensor: Tensor, hook: Any = None) -> Tensor:
-            return fn(tensor)
-
-        handle = module.add_hook(tl_hook, dir="fwd", is_permanent=True)  # type: ignore[operator]
-
-        def remove() -> None:
-            handle.hook.remove()
-            module.fwd_hooks = [h for h in module.fwd_hooks if h is not handle]  # type: ignore[union-attr]
-
-        stack.callback(remove)
-        return
-    if target.side == "input":
-
-        def edit_input(
-            _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            if args and isinstance(args[0], Tensor):
-                return (fn(args[0]), *args[1:]), kwargs
-            if isinstance(kwargs.get("hidden_states"), Tensor):
-                return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
-            raise TypeError(f"{target.name}: the module was called without a tensor input")
-
-        # Prepended, so edits run before any reader lensprobe registered at the same input.
-        handle = module.register_forward_pre_hook(edit_input, with_kwargs=True, prepend=True)
-    else:
-
-        def edit_output(_m: nn.Module, _args: Any, output: Any) -> Any:
-            return _replace_first(output, fn(_first_tensor(output)))
-
-        handle = module.register_forward_hook(edit_output)
-    stack.callback(handle.remove)
 
 
 @contextmanager
@@ -451,14 +249,14 @@ def edit_activations(model: Any, hook: str, fn: EditFn) -> Iterator[HookTarget]:
 
     Args:
         model: A TransformerBridge, an nnsight model or a Hugging Face model.
-        hook: Hook name (see :func:`resolve_hook`).
+        hook: Hook name (see :func:`lensprobe.backends.resolve_hook`).
         fn: The edit.
 
     Yields:
         The resolved hook. Every hook is removed when the block ends, also on error.
     """
     target = resolve_hook(model, hook)
-    tracker = target.tracker()
+    tracker = _InputTracker(target.root, target.bridge)
     with ExitStack() as stack:
         tracker.install(stack)
 
@@ -471,7 +269,7 @@ def edit_activations(model: Any, hook: str, fn: EditFn) -> Iterator[HookTarget]:
                 )
             return out
 
-        _add_editor(stack, target, apply)
+        add_editor(stack, target, apply)
         yield target
 
 
@@ -688,9 +486,9 @@ def attach(
     elif recorded is not None and recorded != hook:
         logger.warning("probe trained at %r is attached at %r", recorded, hook)
     target = resolve_hook(model, hook)
-    tracker = target.tracker()
+    tracker = _InputTracker(target.root, target.bridge)
     readout = Readout(probe, hook, stop=stop)
     with ExitStack() as stack:
         tracker.install(stack)
-        _add_reader(stack, target, lambda x: readout._observe(x, tracker.info(x)))
+        add_reader(stack, target, lambda x: readout._observe(x, tracker.info(x)))
         yield readout

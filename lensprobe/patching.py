@@ -35,7 +35,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensprobe.hooks import ForwardInfo, StopForward, attach, edit_activations
+from lensprobe.backends import detect_backend, forward_tokens, input_device
+from lensprobe.batching import token_strings, tokenize
+from lensprobe.hooks import ForwardInfo, attach, edit_activations
+from lensprobe.metrics import probabilities
 from lensprobe.probes.base import Probe
 
 __all__ = ["PatchResult", "patch_positions"]
@@ -106,8 +109,6 @@ class PatchResult:
     @property
     def probabilities(self) -> Float[Tensor, "n_patched n_classes"]:
         """Class probabilities of each patched run."""
-        from lensprobe.metrics import probabilities
-
         return probabilities(self.patched_logits)
 
     def to_rows(self) -> list[dict[str, Any]]:
@@ -134,8 +135,6 @@ def _token_ids(model: Any, text: str | Sequence[int] | Tensor, tokenizer: Any, b
         return ids
     if not isinstance(text, str):
         return torch.as_tensor(list(text), dtype=torch.long)
-    from lensprobe.batching import tokenize
-
     if tokenizer is None:
         raise ValueError(
             f"{type(model).__name__} has no .tokenizer; pass tokenizer=... or token ids"
@@ -143,19 +142,102 @@ def _token_ids(model: Any, text: str | Sequence[int] | Tensor, tokenizer: Any, b
     return torch.as_tensor(tokenize(tokenizer, [text], max_length=None, prepend_bos=bos).ids[0])
 
 
-def _run(model: Any, backend: str, ids: Tensor) -> None:
-    """One forward of ``ids (batch, pos)`` (every token valid, no KV cache), stopped early."""
-    from lensprobe.backends.nnsight import underlying_module
+def _hook_names(probe: Probe, hook: str | None, probe_hook: str | None) -> tuple[str, str]:
+    """The patch hook and the probe's hook (default: the one recorded in the probe)."""
+    probe_hook = probe_hook or probe.config.hook
+    if probe_hook is None:
+        raise ValueError(
+            "the probe records no hook name; pass probe_hook='blocks.9.hook_resid_post'"
+        )
+    return hook or probe_hook, probe_hook
 
-    try:
-        with torch.no_grad():
-            if backend == "transformer_lens":
-                model(ids, return_type=None, use_cache=False)
-            else:
-                module = underlying_module(model) if backend == "nnsight" else model
-                module(input_ids=ids, use_cache=False)
-    except StopForward:
-        pass
+
+def _token_pair(
+    model: Any, clean: Any, corrupted: Any, tokenizer: Any, bos: bool | None
+) -> tuple[Tensor, Tensor, list[list[str]]]:
+    """Both texts' token ids and token strings; they must have the same length."""
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    clean_ids = _token_ids(model, clean, tok, bos)
+    corrupt_ids = _token_ids(model, corrupted, tok, bos)
+    pair = [clean_ids.tolist(), corrupt_ids.tolist()]
+    strs = token_strings(tok, pair) if tok is not None else [[str(t) for t in p] for p in pair]
+    if clean_ids.numel() != corrupt_ids.numel():
+        raise ValueError(
+            f"clean has {clean_ids.numel()} tokens and corrupted {corrupt_ids.numel()}: patching "
+            f"position by position needs texts of equal token length. clean: {strs[0]}; "
+            f"corrupted: {strs[1]}"
+        )
+    return clean_ids, corrupt_ids, strs
+
+
+def _positions(positions: Sequence[int] | None, n: int) -> Tensor:
+    pos = torch.arange(n) if positions is None else torch.as_tensor(list(positions)).long()
+    if pos.numel() == 0 or bool(((pos < 0) | (pos >= n)).any()):
+        raise ValueError(f"positions must be indices in [0, {n}), got {pos.tolist()}")
+    return pos
+
+
+def _read(model: Any, probe: Probe, hook: str, probe_hook: str, ids: Tensor, edit: Any) -> Tensor:
+    """The probe's logits on ``ids (batch, pos)`` with ``edit`` at ``hook``; stops at its hook."""
+    backend = detect_backend(model)
+    with edit_activations(model, hook, edit), attach(model, probe, probe_hook, stop=True) as r:
+        forward_tokens(model, backend, ids)
+    return r.logits
+
+
+def _baseline(
+    model: Any, probe: Probe, hook: str, probe_hook: str, ids: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The activation at the patch hook and the probe's logits, on one unpatched text."""
+    stored: dict[str, Tensor] = {}
+
+    def record(x: Tensor, info: ForwardInfo) -> Tensor:
+        stored["x"] = x.detach().clone()
+        return x
+
+    logits = _read(model, probe, hook, probe_hook, ids[None], record)
+    if "x" not in stored:
+        raise ValueError(
+            f"the patch hook {hook!r} runs after the probe's hook {probe_hook!r} in the "
+            "forward, so patching there cannot change the probe's readout; patch at an "
+            "earlier hook or at the probe's own"
+        )
+    return stored["x"], logits[0]
+
+
+def _patched_logits(
+    model: Any,
+    probe: Probe,
+    hooks: tuple[str, str],
+    corrupt_ids: Tensor,
+    clean_x: Tensor,
+    pos: Tensor,
+    batch_size: int,
+) -> Tensor:
+    """The probe's logits on the corrupted text, one row per patched position, in batches."""
+    patched: list[Tensor] = []
+    for chunk in pos.split(batch_size):
+        rows = torch.arange(chunk.numel(), device=clean_x.device)
+        where = chunk.to(clean_x.device)
+
+        def patch(
+            x: Tensor, info: ForwardInfo, rows: Tensor = rows, where: Tensor = where
+        ) -> Tensor:
+            out = x.clone()
+            out[rows, where] = clean_x[0, where].to(out.dtype)
+            return out
+
+        ids = corrupt_ids[None].expand(chunk.numel(), corrupt_ids.numel())
+        patched.append(_read(model, probe, *hooks, ids, patch))
+    return torch.cat(patched)
+
+
+def _target_class(clean_logits: Tensor, target: int | None, n_classes: int) -> int:
+    if target is None:
+        return int(probabilities(clean_logits[None]).argmax(dim=-1))
+    if not 0 <= target < n_classes:
+        raise ValueError(f"target must be a class in [0, {n_classes}), got {target}")
+    return target
 
 
 def patch_positions(
@@ -173,6 +255,8 @@ def patch_positions(
     prepend_bos: bool | None = None,
 ) -> PatchResult:
     """Patch clean activations into a corrupted run, one position at a time; read the probe.
+
+    Steps: tokenize both texts, read both baselines, run the patched corrupted text in batches.
 
     Args:
         model: A TransformerBridge, an nnsight model or a Hugging Face model.
@@ -197,92 +281,17 @@ def patch_positions(
             message), a position is out of range, no hook is known, or the patch hook runs after
             the probe's hook (a patch there cannot change the readout).
     """
-    from lensprobe.backends import detect_backend
-    from lensprobe.batching import token_strings
-
-    probe_hook = probe_hook or probe.config.hook
-    if probe_hook is None:
-        raise ValueError(
-            "the probe records no hook name; pass probe_hook='blocks.9.hook_resid_post'"
-        )
-    hook = hook or probe_hook
+    hook, probe_hook = _hook_names(probe, hook, probe_hook)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    backend = detect_backend(model)
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    clean_ids = _token_ids(model, clean, tok, prepend_bos)
-    corrupt_ids = _token_ids(model, corrupted, tok, prepend_bos)
-    strs = (
-        token_strings(tok, [clean_ids.tolist(), corrupt_ids.tolist()])
-        if tok is not None
-        else [[str(t) for t in clean_ids.tolist()], [str(t) for t in corrupt_ids.tolist()]]
-    )
-    if clean_ids.numel() != corrupt_ids.numel():
-        raise ValueError(
-            f"clean has {clean_ids.numel()} tokens and corrupted {corrupt_ids.numel()}: patching "
-            f"position by position needs texts of equal token length. clean: {strs[0]}; "
-            f"corrupted: {strs[1]}"
-        )
-    n = clean_ids.numel()
-    pos = torch.arange(n) if positions is None else torch.as_tensor(list(positions)).long()
-    if pos.numel() == 0 or bool(((pos < 0) | (pos >= n)).any()):
-        raise ValueError(f"positions must be indices in [0, {n}), got {pos.tolist()}")
-
-    from lensprobe.backends.hf import model_device
-    from lensprobe.backends.nnsight import underlying_module
-
-    module = underlying_module(model) if backend == "nnsight" else model
-    device = model_device(module)
+    device = input_device(model, detect_backend(model))
+    clean_ids, corrupt_ids, strs = _token_pair(model, clean, corrupted, tokenizer, prepend_bos)
+    pos = _positions(positions, clean_ids.numel())
     clean_ids, corrupt_ids = clean_ids.to(device), corrupt_ids.to(device)
-
-    stored: dict[str, Tensor] = {}
-
-    def record(x: Tensor, info: ForwardInfo) -> Tensor:
-        stored["x"] = x.detach().clone()
-        return x
-
-    def baseline(ids: Tensor) -> tuple[Tensor, Tensor]:
-        stored.clear()
-        with (
-            edit_activations(model, hook, record),
-            attach(model, probe, probe_hook, stop=True) as r,
-        ):
-            _run(model, backend, ids[None])
-        if "x" not in stored:
-            raise ValueError(
-                f"the patch hook {hook!r} runs after the probe's hook {probe_hook!r} in the "
-                "forward, so patching there cannot change the probe's readout; patch at an "
-                "earlier hook or at the probe's own"
-            )
-        return stored["x"], r.logits[0]
-
-    clean_x, clean_logits = baseline(clean_ids)
-    _, corrupt_logits = baseline(corrupt_ids)
-
-    patched: list[Tensor] = []
-    for chunk in pos.split(batch_size):
-        rows = torch.arange(chunk.numel(), device=clean_x.device)
-        where = chunk.to(clean_x.device)
-
-        def patch(
-            x: Tensor, info: ForwardInfo, rows: Tensor = rows, where: Tensor = where
-        ) -> Tensor:
-            out = x.clone()
-            out[rows, where] = clean_x[0, where].to(out.dtype)
-            return out
-
-        ids = corrupt_ids[None].expand(chunk.numel(), n)
-        with edit_activations(model, hook, patch), attach(model, probe, probe_hook, stop=True) as r:
-            _run(model, backend, ids)
-        patched.append(r.logits)
-
-    n_classes = probe.config.n_classes
-    if target is None:
-        from lensprobe.metrics import probabilities
-
-        target = int(probabilities(clean_logits[None]).argmax(dim=-1))
-    elif not 0 <= target < n_classes:
-        raise ValueError(f"target must be a class in [0, {n_classes}), got {target}")
+    clean_x, clean_logits = _baseline(model, probe, hook, probe_hook, clean_ids)
+    _, corrupt_logits = _baseline(model, probe, hook, probe_hook, corrupt_ids)
+    hooks = (hook, probe_hook)
+    patched = _patched_logits(model, probe, hooks, corrupt_ids, clean_x, pos, batch_size)
     return PatchResult(
         hook=hook,
         probe_hook=probe_hook,
@@ -291,6 +300,6 @@ def patch_positions(
         positions=pos,
         clean_logits=clean_logits.detach().cpu(),
         corrupted_logits=corrupt_logits.detach().cpu(),
-        patched_logits=torch.cat(patched).detach().cpu(),
-        target=target,
+        patched_logits=patched.detach().cpu(),
+        target=_target_class(clean_logits, target, probe.config.n_classes),
     )

@@ -34,7 +34,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from lensprobe.hooks import ForwardInfo, HookTarget, edit_activations
+from lensprobe.backends import HookTarget
+from lensprobe.hooks import ForwardInfo, edit_activations
 from lensprobe.probes.attention import AttentionProbe
 from lensprobe.probes.base import Probe
 from lensprobe.probes.pooled import PooledProbe

@@ -9,9 +9,10 @@ import pytest
 import torch
 from probe_helpers import random_probe as _random_probe
 
+from lensprobe.backends import resolve_hook
 from lensprobe.backends.names import UnknownHookError
 from lensprobe.capturing import capture
-from lensprobe.hooks import Readout, attach, edit_activations, resolve_hook
+from lensprobe.hooks import Readout, attach, edit_activations
 from lensprobe.probes import AttentionProbe, MeanProbe
 
 HOOK = "blocks.1.hook_resid_post"

@@ -1,28 +1,46 @@
 """Model backends: where a hook name reads and edits on TransformerLens, nnsight and Hugging Face models.
 
-:func:`detect_backend` tells which adapter runs a model; each adapter module (:mod:`.hf`,
-:mod:`.nnsight`, :mod:`.transformer_lens`) opens a :class:`~.hf.Runner` for a list of hook names,
-which :mod:`.names` translates to module paths.
+This package alone turns a hook name into "where to read / where to edit". :func:`detect_backend`
+tells which adapter runs a model; each adapter module (:mod:`.hf`, :mod:`.nnsight`,
+:mod:`.transformer_lens`) holds that backend's knowledge:
+
+- *capture*: :func:`open_runner` opens a :class:`~.hf.Runner` for a list of hook names;
+- *attach / edit*: :func:`resolve_hook` gives a :class:`~.hf.HookTarget`, on which
+  :func:`add_reader` and :func:`add_editor` install a reader or an editor for a ``with`` block;
+- names: :mod:`.names` translates TransformerLens names to module sites of Hugging Face models
+  (one table per family) and raises the one :class:`~.names.UnknownHookError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from lensprobe.backends import hf as hf_backend
 from lensprobe.backends import nnsight as nnsight_backend
 from lensprobe.backends import transformer_lens as tl_backend
-from lensprobe.backends.hf import Runner
+from lensprobe.backends.hf import BackendName, HookTarget, Runner, StopForward, model_device
 from lensprobe.backends.names import resolve_sites
 from lensprobe.models import display_name
 
-__all__ = ["BackendName", "check_hooks", "detect_backend", "hf_module", "model_id", "open_runner"]
-
-BackendName = Literal["transformer_lens", "nnsight", "hf"]
+__all__ = [
+    "BackendName",
+    "HookTarget",
+    "add_editor",
+    "add_reader",
+    "check_hooks",
+    "detect_backend",
+    "forward_tokens",
+    "hf_module",
+    "input_device",
+    "model_id",
+    "open_runner",
+    "resolve_hook",
+]
 
 
 def detect_backend(model: Any) -> BackendName:
@@ -82,3 +100,78 @@ def check_hooks(model: Any, backend: BackendName, hooks: Sequence[str]) -> None:
     module = hf_module(model, backend)
     assert module is not None
     resolve_sites(module, hooks)
+
+
+def resolve_hook(model: Any, hook: str) -> HookTarget:
+    """Resolve a hook name on a TransformerLens, nnsight or Hugging Face model.
+
+    Args:
+        model: A ``TransformerBridge`` (or another TransformerLens ``HookedRootModule``), an
+            nnsight model, or a Hugging Face model.
+        hook: A TransformerLens hook name (``blocks.9.hook_resid_post``) or, on the nnsight and
+            Hugging Face backends, a module path (``model.layers.9``, read at its output).
+
+    Returns:
+        The resolved :class:`~.hf.HookTarget`.
+
+    Raises:
+        lensprobe.backends.names.UnknownHookError: The model has no such hook (nearest names
+            listed).
+        TypeError: A model no backend understands, or a hook that is not a name.
+    """
+    if not isinstance(hook, str) or not hook:
+        raise TypeError(
+            f"hook must be a hook name such as 'blocks.9.hook_resid_post', got {hook!r}"
+        )
+    backend = detect_backend(model)
+    if backend == "transformer_lens":
+        return tl_backend.resolve_target(model, hook)
+    if backend == "nnsight":
+        return nnsight_backend.resolve_target(model, hook)
+    return hf_backend.resolve_target(model, hook)
+
+
+def add_reader(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], None]) -> None:
+    """Call ``fn(activation)`` at ``target`` on every forward, after every other hook there.
+
+    ``stack`` removes the hooks when it closes.
+    """
+    if target.backend == "transformer_lens":
+        tl_backend.add_reader(stack, target.module, fn)
+    else:
+        hf_backend.add_reader(stack, target.module, target.side, fn)
+
+
+def add_editor(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], Tensor]) -> None:
+    """Replace the activation at ``target`` with ``fn(activation)`` on every forward.
+
+    ``stack`` removes the hooks when it closes.
+    """
+    if target.backend == "transformer_lens":
+        tl_backend.add_editor(stack, target.module, fn)
+    else:
+        hf_backend.add_editor(stack, target.module, target.side, fn)
+
+
+def input_device(model: Any, backend: BackendName) -> torch.device:
+    """Where ``model`` wants its token ids."""
+    module = model if backend == "transformer_lens" else hf_module(model, backend)
+    assert module is not None
+    return model_device(module)
+
+
+def forward_tokens(model: Any, backend: BackendName, ids: Tensor) -> None:
+    """One forward of token ids ``(batch, pos)``: no gradients, every token valid, no KV cache.
+
+    A hook that ends it early with :class:`~.hf.StopForward` ends it quietly.
+    """
+    try:
+        with torch.no_grad():
+            if backend == "transformer_lens":
+                tl_backend.forward_tokens(model, ids)
+            else:
+                module = hf_module(model, backend)
+                assert module is not None
+                hf_backend.forward_tokens(module, ids)
+    except StopForward:
+        pass

@@ -1,26 +1,51 @@
-"""Capture from a plain Hugging Face model with PyTorch forward hooks.
+"""Plain Hugging Face models: reading and editing a hook name with PyTorch hooks.
 
-Hook names are translated to module sites by :mod:`lensprobe.backends.names`. One forward hook (a
-pre-hook for ``input`` sites) per site stores its tensor; the hook that completes the set raises
-an internal exception that ends the forward, so nothing after the deepest site runs (in particular
-not the unembedding). Hooks are registered for the whole capture and removed in ``finally``.
+Hook names are translated to module sites by :mod:`lensprobe.backends.names`; a site is a module's
+first input or its output, and this module knows how to read and replace both
+(:func:`first_tensor` / :func:`replace_first`, :func:`input_tensor` / :func:`replace_input`).
+
+- *Capture* (:func:`open_runner`): one forward hook (a pre-hook for ``input`` sites) per site stores
+  its tensor; the hook that completes the set raises :class:`StopForward`, so nothing after the
+  deepest site runs (in particular not the unembedding). Hooks are registered for the whole capture
+  and removed in ``finally``.
+- *Attach / edit* (:func:`resolve_target`, :func:`add_reader`, :func:`add_editor`): a name resolves
+  to a :class:`HookTarget`, on which a reader or an editor is installed for a ``with`` block.
+  The nnsight backend resolves on the module it wraps and reuses all of this.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lensprobe.backends.names import Site, resolve_sites
+from lensprobe.backends.names import Side, Site, resolve_sites
 from lensprobe.batching import Batch
 
-__all__ = ["Runner", "first_tensor", "forward_kwargs", "open_runner", "site_order"]
+__all__ = [
+    "BackendName",
+    "HookTarget",
+    "Runner",
+    "StopForward",
+    "add_editor",
+    "add_reader",
+    "first_tensor",
+    "forward_kwargs",
+    "forward_tokens",
+    "input_tensor",
+    "open_runner",
+    "replace_first",
+    "replace_input",
+    "resolve_target",
+    "site_order",
+]
+
+BackendName = Literal["transformer_lens", "nnsight", "hf"]
 
 
 class StopForward(Exception):
@@ -41,26 +66,90 @@ class Runner:
     """Where the model wants its inputs."""
 
 
+@dataclass(frozen=True)
+class HookTarget:
+    """A hook name resolved on a model: the module to hook and the model whose inputs to follow."""
+
+    name: str
+    """The hook name as given (``blocks.9.hook_resid_post`` or a module path)."""
+
+    backend: BackendName
+    """Which backend the model belongs to."""
+
+    module: nn.Module
+    """The module whose input or output is the activation (a ``HookPoint`` on TransformerLens)."""
+
+    side: Side
+    """Whether the activation is the module's first input or its output."""
+
+    root: nn.Module | None
+    """The Hugging Face model whose forward inputs (mask, cache) are followed."""
+
+    bridge: nn.Module | None = None
+    """The TransformerBridge, on the TransformerLens backend."""
+
+
 def first_tensor(value: Any) -> Tensor:
-    """The tensor in a module's output: itself, or the first element of a tuple / model output."""
+    """The activation in a module's output.
+
+    The output itself, the first element of a tuple / list, or the first field of a Hugging Face
+    ``ModelOutput``.
+
+    Raises:
+        TypeError: The output holds no such tensor.
+    """
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
         return value[0]
     if hasattr(value, "to_tuple"):
         return first_tensor(value.to_tuple())
-    raise TypeError(f"expected a tensor or a tuple starting with one, got {type(value).__name__}")
+    raise TypeError(
+        f"the hooked module returned a {type(value).__name__}, not a tensor or a tuple starting "
+        "with one; hook a module whose output is the (batch, pos, d_model) activation"
+    )
 
 
-def _input_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor:
+def replace_first(value: Any, new: Tensor) -> Any:
+    """``value`` with the tensor :func:`first_tensor` reads replaced by ``new`` (its inverse)."""
+    if isinstance(value, Tensor):
+        return new
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    if isinstance(value, list):
+        return [new, *value[1:]]
+    if hasattr(value, "to_tuple"):  # a ModelOutput: its first set field
+        value[next(iter(value.keys()))] = new
+        return value
+    raise TypeError(f"cannot replace the activation in a {type(value).__name__}")
+
+
+def _input_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | str:
+    """Where a module's input activation is: positional argument 0, else a keyword."""
     if args and isinstance(args[0], Tensor):
-        return args[0]
+        return 0
     if isinstance(kwargs.get("hidden_states"), Tensor):
-        return kwargs["hidden_states"]
-    for value in kwargs.values():
+        return "hidden_states"
+    for key, value in kwargs.items():
         if isinstance(value, Tensor):
-            return value
+            return key
     raise TypeError("the module was called without a tensor input to read")
+
+
+def input_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor:
+    """The activation a module was called with (its first tensor argument)."""
+    key = _input_key(args, kwargs)
+    return args[0] if key == 0 else kwargs[key]  # type: ignore[index]
+
+
+def replace_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any], new: Tensor
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments with the tensor :func:`input_tensor` reads replaced by ``new``."""
+    key = _input_key(args, kwargs)
+    if key == 0:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, str(key): new}
 
 
 def model_device(module: nn.Module) -> torch.device:
@@ -111,7 +200,7 @@ def site_hooks(
             if site.side == "input":
 
                 def pre_hook(_mod: nn.Module, args: Any, kwargs: Any, site: Site = site) -> None:
-                    _put(site, _input_tensor(args, kwargs))
+                    _put(site, input_tensor(args, kwargs))
 
                 handles.append(target.register_forward_pre_hook(pre_hook, with_kwargs=True))
             else:
@@ -190,3 +279,95 @@ def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
             return {hook: store[site] for hook, site in sites.items()}
 
         yield Runner(backend="hf", run=run, device=model_device(model))
+
+
+def forward_tokens(module: nn.Module, ids: Tensor) -> None:
+    """One forward of token ids ``(batch, pos)``: every token valid, no KV cache."""
+    module(input_ids=ids, use_cache=False)
+
+
+def resolve_target(model: nn.Module, hook: str, backend: BackendName = "hf") -> HookTarget:
+    """Where ``hook`` reads on a Hugging Face model (a table name or a module path).
+
+    Raises:
+        lensprobe.backends.names.UnknownHookError: No such name (nearest names listed).
+    """
+    site = resolve_sites(model, [hook])[hook]
+    module = model.get_submodule(site.path)
+    return HookTarget(name=hook, backend=backend, module=module, side=site.side, root=model)
+
+
+def add_reader(
+    stack: ExitStack,
+    module: nn.Module,
+    side: Side,
+    fn: Callable[[Tensor], None],
+    *,
+    convert: Callable[[Tensor], Tensor] | None = None,
+) -> None:
+    """Call ``fn(activation)`` on every forward, after every other hook at the same point.
+
+    Args:
+        stack: Removes the hooks when it closes.
+        module: The module to read.
+        side: Its first input or its output.
+        fn: Receives the activation.
+        convert: Applied to an output before ``fn`` sees it.
+    """
+    if side == "input":
+
+        def read_input(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            fn(input_tensor(args, kwargs))
+
+        # Appended: the editors (prepended) run first, so the reader sees their result.
+        handle = module.register_forward_pre_hook(read_input, with_kwargs=True)
+        stack.callback(handle.remove)
+        return
+
+    def read_output(_m: nn.Module, _args: Any, output: Any) -> None:
+        x = first_tensor(output)
+        fn(convert(x) if convert is not None else x)
+
+    _register_last(stack, module, read_output)
+
+
+def _register_last(stack: ExitStack, module: nn.Module, hook: Callable[..., None]) -> None:
+    """Register a forward hook that runs after every other forward hook of ``module``.
+
+    Forward hooks run in registration order. Moving ours to the end just before each call (a
+    pre-hook runs before any forward hook) makes it read what every other hook left, including
+    hooks added after it (``run_with_hooks``, steering).
+    """
+    state = {"handle": module.register_forward_hook(hook)}
+
+    def move_last(_m: nn.Module, _args: Any) -> None:
+        state["handle"].remove()
+        state["handle"] = module.register_forward_hook(hook)
+
+    pre = module.register_forward_pre_hook(move_last)
+    stack.callback(lambda: state["handle"].remove())
+    stack.callback(pre.remove)
+
+
+def add_editor(
+    stack: ExitStack, module: nn.Module, side: Side, fn: Callable[[Tensor], Tensor]
+) -> None:
+    """Replace the activation at a module's input or output with ``fn(activation)``.
+
+    An input edit is prepended, so it runs before any reader registered at the same input.
+    """
+    if side == "input":
+
+        def edit_input(
+            _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return replace_input(args, kwargs, fn(input_tensor(args, kwargs)))
+
+        handle = module.register_forward_pre_hook(edit_input, with_kwargs=True, prepend=True)
+    else:
+
+        def edit_output(_m: nn.Module, _args: Any, output: Any) -> Any:
+            return replace_first(output, fn(first_tensor(output)))
+
+        handle = module.register_forward_hook(edit_output)
+    stack.callback(handle.remove)

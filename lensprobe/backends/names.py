@@ -30,6 +30,7 @@ __all__ = [
     "nearest_names",
     "resolve_sites",
     "table_for",
+    "unknown_hook",
 ]
 
 Side = Literal["input", "output"]
@@ -195,6 +196,35 @@ def nearest_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]
     return (same_layer or list(candidates))[:n]
 
 
+def unknown_hook(hook: str, owner: str, candidates: Sequence[str], where: str) -> UnknownHookError:
+    """The one error for a hook name a model lacks, with the nearest valid names.
+
+    Args:
+        hook: The name asked for.
+        owner: What lacks it (``"Gemma3ForCausalLM (the gemma3 table)"``).
+        candidates: Every valid name (the nearest few are listed).
+        where: Where to find all valid names (``"all names: model.hook_dict"``).
+    """
+    return UnknownHookError(
+        f"unknown hook name {hook!r} for {owner}; nearest valid names: "
+        f"{nearest_names(hook, candidates)} ({where})"
+    )
+
+
+def _unknown_site(model: nn.Module, hook: str, known: Mapping[str, Site]) -> UnknownHookError:
+    table = table_for(model)
+    if table is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        owner = f"{type(model).__name__} (no name table for model_type {model_type!r})"
+    else:
+        owner = f"{type(model).__name__} (the {table.family} table)"
+    modules = [n for n, _ in model.named_modules() if n]
+    where = "module paths: model.named_modules()"
+    if table is not None:
+        where = f"{table.family} table names, or {where}"
+    return unknown_hook(hook, owner, list(known) + modules, where)
+
+
 def resolve_sites(model: nn.Module, hooks: Sequence[str]) -> dict[str, Site]:
     """Translate hook names (table names or module paths) into sites of ``model``.
 
@@ -217,17 +247,5 @@ def resolve_sites(model: nn.Module, hooks: Sequence[str]) -> dict[str, Site]:
         elif hook and _has(model, hook):
             out[hook] = Site(hook, "output")
         else:
-            candidates = list(known) + [n for n, _ in model.named_modules() if n]
-            near = nearest_names(hook, candidates)
-            table = table_for(model)
-            family = (
-                f"the {table.family} table"
-                if table
-                else f"no name table for model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r}, "
-                "so use module paths"
-            )
-            raise UnknownHookError(
-                f"unknown hook name {hook!r} for {type(model).__name__} ({family}); "
-                f"nearest valid names: {near}"
-            )
+            raise _unknown_site(model, hook, known)
     return out

@@ -4,6 +4,9 @@ Hook names are translated to module sites with the same tables as the Hugging Fa
 read inside one ``model.trace(...)`` per batch: every site's ``.input`` / ``.output`` is saved in
 the order the forward reaches them (nnsight requires that order; it is found once on a tiny
 input), then ``tracer.stop()`` ends the forward after the deepest one.
+
+Attach and edit (:func:`resolve_target`) hook the module nnsight wraps, with the Hugging Face
+backend's PyTorch hooks: they see (and compose with) the edits of a user's own trace.
 """
 
 from __future__ import annotations
@@ -15,11 +18,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lensprobe.backends.hf import Runner, eval_mode, forward_kwargs, model_device, site_order
+from lensprobe.backends import hf as hf_backend
+from lensprobe.backends.hf import (
+    HookTarget,
+    Runner,
+    eval_mode,
+    first_tensor,
+    forward_kwargs,
+    input_tensor,
+    model_device,
+    site_order,
+)
 from lensprobe.backends.names import Site, resolve_sites
 from lensprobe.batching import Batch
 
-__all__ = ["is_nnsight_model", "open_runner", "underlying_module"]
+__all__ = ["is_nnsight_model", "open_runner", "resolve_target", "underlying_module"]
 
 
 def is_nnsight_model(model: Any) -> bool:
@@ -35,6 +48,11 @@ def underlying_module(model: Any) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise TypeError(f"{type(model).__name__} wraps no torch module that lensprobe can read")
     return module
+
+
+def resolve_target(model: Any, hook: str) -> HookTarget:
+    """Where ``hook`` reads: a site of the Hugging Face module the wrapper traces."""
+    return hf_backend.resolve_target(underlying_module(model), hook, backend="nnsight")
 
 
 def _envoy(model: Any, path: str) -> Any:
@@ -70,9 +88,10 @@ def open_runner(model: Any, hooks: Sequence[str]) -> Iterator[Runner]:
         kwargs = forward_kwargs(module, batch)
         with torch.no_grad(), model.trace(**kwargs) as tracer:
             for site, envoy in ordered:
-                value = envoy.output if site.side == "output" else envoy.input
-                if isinstance(value, (tuple, list)):
-                    value = value[0]
+                if site.side == "output":
+                    value = first_tensor(envoy.output)
+                else:
+                    value = input_tensor(*envoy.inputs)
                 saved[site] = nnsight.save(value)
             tracer.stop()
         return {hook: saved[site] for hook, site in sites.items()}

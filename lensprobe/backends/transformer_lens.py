@@ -1,28 +1,55 @@
-"""Capture from TransformerLens: a 4.x ``TransformerBridge`` or any ``HookedRootModule``.
+"""TransformerLens models: a 4.x ``TransformerBridge`` or any ``HookedRootModule``.
 
-Hooks are added by name through the model's own ``hooks()`` context (so only the requested hook
+A hook name is a ``HookPoint`` of ``model.hook_dict`` (:func:`hook_point`). *Capture*
+(:func:`open_runner`): hooks are added by name through the model's own ``hooks()`` context (so only the requested hook
 points do any work) and removed when the capture ends. The hook that completes the requested set
 ends the forward, so nothing after the deepest hook runs (the same effect as ``stop_at_layer``,
 and it also covers hooks after the last block). ``run_with_cache`` is avoided on purpose: the
 bridge's version asks the Hugging Face model for attention weights, which forces the slower eager
 attention.
+
+*Attach / edit* (:func:`resolve_target`, :func:`add_reader`, :func:`add_editor`): the reader is a
+PyTorch forward hook on the ``HookPoint`` that sees the value after every other hook (converted
+like the bridge's own hooks); the editor is a hook added through the ``HookPoint``'s own API, like
+a user's. A bridge given a list of texts pads it itself and tells the Hugging Face model nothing
+about it: :func:`text_padding` and :func:`padding_mask` recover that padding.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lensprobe.backends.hf import Runner, StopForward, eval_mode, first_tensor, model_device
-from lensprobe.backends.names import UnknownHookError, nearest_names
+from lensprobe.backends import hf as hf_backend
+from lensprobe.backends.hf import (
+    HookTarget,
+    Runner,
+    StopForward,
+    eval_mode,
+    first_tensor,
+    model_device,
+)
+from lensprobe.backends.names import unknown_hook
 from lensprobe.batching import Batch
 
-__all__ = ["check_hooks", "is_transformer_lens_model", "open_runner", "underlying_hf"]
+__all__ = [
+    "add_editor",
+    "add_reader",
+    "check_hooks",
+    "forward_tokens",
+    "hook_point",
+    "is_transformer_lens_model",
+    "open_runner",
+    "padding_mask",
+    "resolve_target",
+    "text_padding",
+    "underlying_hf",
+]
 
 
 def is_transformer_lens_model(model: Any) -> bool:
@@ -36,16 +63,25 @@ def underlying_hf(model: nn.Module) -> nn.Module | None:
     return hf if isinstance(hf, nn.Module) else None
 
 
+def hook_point(model: nn.Module, hook: str) -> nn.Module:
+    """The ``HookPoint`` named ``hook``.
+
+    Raises:
+        lensprobe.backends.names.UnknownHookError: The model has no such hook point (nearest
+            names listed).
+    """
+    hook_dict = model.hook_dict  # type: ignore[union-attr]
+    point = hook_dict.get(hook)
+    if point is None:
+        owner = f"this {type(model).__name__}"
+        raise unknown_hook(hook, owner, list(hook_dict), "all names: model.hook_dict")
+    return point
+
+
 def check_hooks(model: nn.Module, hooks: Sequence[str]) -> None:
-    """Raise :class:`UnknownHookError` for a name the model has no hook point for."""
-    names = list(model.hook_dict)  # type: ignore[union-attr]
-    known = set(names)
+    """Raise :class:`~.names.UnknownHookError` for a name the model has no hook point for."""
     for hook in hooks:
-        if hook not in known:
-            raise UnknownHookError(
-                f"unknown hook name {hook!r} for this {type(model).__name__}; nearest valid "
-                f"names: {nearest_names(hook, names)} (all names: model.hook_dict)"
-            )
+        hook_point(model, hook)
 
 
 def _call_kwargs(model: nn.Module, batch: Batch) -> dict[str, Any]:
@@ -103,3 +139,81 @@ def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
             return {hook: store[hook] for hook in hooks}
 
         yield Runner(backend="transformer_lens", run=run, device=model_device(model))
+
+
+def forward_tokens(model: nn.Module, ids: Tensor) -> None:
+    """One forward of token ids ``(batch, pos)``: every token valid, no KV cache, no logits."""
+    model(ids, return_type=None, use_cache=False)
+
+
+def resolve_target(model: nn.Module, hook: str) -> HookTarget:
+    """The ``HookPoint`` behind ``hook``, and the models whose inputs tell the valid tokens."""
+    hf = underlying_hf(model)
+    return HookTarget(
+        name=hook,
+        backend="transformer_lens",
+        module=hook_point(model, hook),
+        side="output",
+        root=hf,
+        bridge=model if hf is not None else None,
+    )
+
+
+def add_reader(stack: ExitStack, point: nn.Module, fn: Callable[[Tensor], None]) -> None:
+    """Call ``fn(activation)`` on every forward, after every other hook at the hook point.
+
+    The value is converted the way the bridge converts it for its own hooks.
+    """
+    conversion = getattr(point, "hook_conversion", None)
+    convert = conversion.convert if conversion is not None else None
+    hf_backend.add_reader(stack, point, "output", fn, convert=convert)
+
+
+def add_editor(stack: ExitStack, point: nn.Module, fn: Callable[[Tensor], Tensor]) -> None:
+    """Replace the activation with ``fn(activation)``: a hook added through the HookPoint's API."""
+
+    def tl_hook(tensor: Tensor, hook: Any = None) -> Tensor:
+        return fn(tensor)
+
+    handle = point.add_hook(tl_hook, dir="fwd", is_permanent=True)  # type: ignore[operator]
+
+    def remove() -> None:
+        handle.hook.remove()
+        point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]  # type: ignore[union-attr]
+
+    stack.callback(remove)
+
+
+def text_padding(
+    bridge: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[str, bool] | None:
+    """How a bridge call pads a list of texts itself: ``(padding_side, prepend_bos)``.
+
+    ``None`` unless the call is a list of several texts without an ``attention_mask``: then the
+    bridge tokenises and pads them and, for right padding, gives the Hugging Face model no mask
+    (causal attention makes it harmless to the logits).
+    """
+    text = args[0] if args else kwargs.get("input")
+    if not (
+        isinstance(text, list)
+        and len(text) > 1
+        and all(isinstance(t, str) for t in text)
+        and kwargs.get("attention_mask") is None
+    ):
+        return None
+    tokenizer = getattr(bridge, "tokenizer", None)
+    side = kwargs.get("padding_side") or getattr(tokenizer, "padding_side", "right")
+    bos = kwargs.get("prepend_bos")
+    if bos is None:
+        bos = bool(getattr(getattr(bridge, "cfg", None), "default_prepend_bos", True))
+    return str(side), bool(bos)
+
+
+def padding_mask(bridge: nn.Module, ids: Tensor, padding: tuple[str, bool]) -> Tensor:
+    """The valid tokens of ids a bridge padded (as TransformerLens itself finds them)."""
+    from transformer_lens import utilities as tl_utils
+
+    side, bos = padding
+    tokenizer = bridge.tokenizer  # type: ignore[union-attr]
+    mask = tl_utils.get_attention_mask(tokenizer, ids, prepend_bos=bos, padding_side=side)
+    return mask.to(device=ids.device).bool()
