@@ -18,7 +18,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from lensprobe.viz.reporting import ReportEntry, render_report, report
+from lensprobe.viz.entries import ReportEntry
+from lensprobe.viz.reporting import render_report, report
 from lensprobe.viz.widgets import (
     Widget,
     attention_props,

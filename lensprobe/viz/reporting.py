@@ -22,302 +22,37 @@ nothing from the network and opens from disk in any browser.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import html
 import importlib.metadata
-import io
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Int
-from torch import Tensor
 
-from lensprobe.activations import Activations
-from lensprobe.analysis import AttentionEntropy, TopExamples, attention_entropy, top_examples
+from lensprobe.analysis import TopExamples, attention_entropy, top_examples
 from lensprobe.errors import InputError
-from lensprobe.probes import AttentionProbe, Probe
+from lensprobe.probes import AttentionProbe
 from lensprobe.train import Comparison, ProtocolResult
 from lensprobe.train.selection import (
     LayerChoice,
     choose_layers,
     compare_choices,
     interval,
-    result_record,
     splits_text,
 )
+from lensprobe.viz.entries import HEADLINE_METRICS, METRIC_COLUMNS, ReportEntry
+from lensprobe.viz.figures import cv_figure, entropy_figure, layer_number, metrics_figure
 from lensprobe.viz.widgets import Widget, entropy_html, entropy_props, page, top_examples_props
 
-__all__ = ["ReportEntry", "render_report", "report"]
+__all__ = ["render_report", "report"]
 
 logger = logging.getLogger(__name__)
 
-HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "auroc")
-"""Metrics shown with their interval."""
-
-METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced acc."),
-    ("macro_f1", "macro-F1"),
-    ("auroc", "AUROC"),
-    ("log_loss", "log loss"),
-)
-
-
-@dataclass(frozen=True)
-class ReportEntry:
-    """One probe at one hook, and what the report should analyse it on."""
-
-    label: str
-    """How the probe is named in the report, e.g. ``attention-8`` or ``mean``."""
-    probe: Probe
-    """The trained probe."""
-    metrics: Mapping[str, float]
-    """Its test metrics (accuracy, balanced_accuracy, macro_f1, auroc, log_loss)."""
-    acts: Activations | None = None
-    """Activations at the probe's hook, for entropy and top examples (none: metrics only)."""
-    rows: Int[Tensor, " n_rows"] | None = None
-    """Rows of ``acts`` to analyse (the test rows); ``None`` for all of them."""
-    hook: str | None = None
-    """Hook name (default: the probe's, else the activations')."""
-    weight_decay: float | None = None
-    """Weight decay chosen by cross-validation."""
-    cv_summary: tuple[Mapping[str, float], ...] | None = None
-    """Cross-validation metrics per weight decay (``ProtocolResult.cv_summary``)."""
-    n_train: int | None = None
-    """Training sequences."""
-    n_test: int | None = None
-    """Test sequences."""
-    record: Mapping[str, Any] | None = None
-    """The flat result record (:func:`lensprobe.train.selection.result_record`): the CV scores
-    (``cv_accuracy``, ...) the layer choice reads, the metrics' intervals and ``seeds``; none:
-    no CV score or interval is shown, and no layer is chosen."""
-    result: ProtocolResult | None = None
-    """The protocol result, when the entry was made from one (lets the report run the paired
-    comparisons itself)."""
-
-    def __post_init__(self) -> None:
-        if self.acts is not None and self.acts.d_model != self.probe.config.d_model:
-            raise ValueError(
-                f"entry {self.label!r}: the probe reads width {self.probe.config.d_model} but the "
-                f"activations have width {self.acts.d_model}; pass the activations of its hook"
-            )
-
-    @property
-    def hook_name(self) -> str:
-        """The hook, from the entry, the probe or the activations (``?`` when unknown)."""
-        if self.hook:
-            return self.hook
-        if self.probe.config.hook:
-            return self.probe.config.hook
-        if self.acts is not None:
-            return self.acts.meta.hook
-        return "?"
-
-    @classmethod
-    def from_result(
-        cls,
-        result: ProtocolResult,
-        acts: Activations | None = None,
-        *,
-        label: str | None = None,
-        hook: str | None = None,
-        record: Mapping[str, Any] | None = None,
-    ) -> ReportEntry:
-        """An entry for a protocol run (its probe, test metrics and test rows).
-
-        Args:
-            result: What :func:`lensprobe.run_protocol` returned.
-            acts: The activations the protocol ran on (its test rows index them).
-            label: Name in the report (default ``attention-<heads>`` or the probe kind).
-            hook: Hook name (default: the probe's).
-            record: Its flat record (default: :func:`~lensprobe.train.selection.result_record`,
-                which with one seed bootstraps the test rows for the intervals).
-        """
-        cfg = result.probe.config
-        if label is None:
-            label = f"attention-{cfg.n_heads}" if cfg.kind == "attention" else cfg.kind
-        return cls(
-            label=label,
-            probe=result.probe,
-            metrics=dict(result.metrics),
-            acts=acts,
-            rows=result.test_rows,
-            hook=hook,
-            weight_decay=result.weight_decay,
-            cv_summary=tuple(result.cv_summary),
-            n_train=int(result.train_rows.numel()),
-            n_test=int(result.test_rows.numel()),
-            record=dict(record) if record is not None else result_record(result),
-            result=result,
-        )
-
-
-# -- figures -------------------------------------------------------------------------------------
-
-_COLOURS = ("#3b6fb6", "#e08a2c", "#3a9a5b", "#c0392b", "#7d5ba6", "#8c6d46", "#d46fae", "#7f8c8d")
-
-
-def _png(fig: Any, alt: str) -> str:
-    """A matplotlib figure as an ``<img>`` with a base64 PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img class="figure" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[Any]]:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - exercised only without matplotlib
-        raise ImportError("the report needs matplotlib: pip install 'lensprobe[viz]'") from err
-    fig = Figure(figsize=(width, height))
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
-    for ax in axes:
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.grid(axis="y", color="#e6e6e6", linewidth=0.8)
-        ax.set_axisbelow(True)
-    return fig, axes
-
-
-def _layer(hook: str) -> int | None:
-    m = re.search(r"(?:blocks|layers|h)\.(\d+)", hook)
-    return int(m.group(1)) if m else None
-
-
-def _errors(entries: Sequence[ReportEntry], metric: str) -> list[list[float]] | None:
-    """Matplotlib ``yerr`` (below, above) of each entry's 95% interval; None if any lacks one."""
-    below, above = [], []
-    for e in entries:
-        ci = interval(e.record, metric) if e.record is not None else None
-        value = e.metrics.get(metric, math.nan)
-        if ci is None or math.isnan(value):
-            return None
-        below.append(max(0.0, value - ci[0]))
-        above.append(max(0.0, ci[1] - value))
-    return [below, above]
-
-
-def _metrics_figure(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice] = ()) -> str:
-    hooks = list(dict.fromkeys(e.hook_name for e in entries))
-    labels = list(dict.fromkeys(e.label for e in entries))
-    picked = {(c.probe, c.hook) for c in choices if len(c.hooks) > 1}
-    n_classes = max(e.probe.config.n_classes for e in entries)
-    fig, axes = _figure(10.0, 3.4, ncols=2)
-    for ax, (metric, title, chance) in zip(
-        axes,
-        [("accuracy", "test accuracy", 1 / n_classes), ("auroc", "test AUROC", 0.5)],
-        strict=True,
-    ):
-        if len(hooks) > 1:
-            layers = [_layer(h) for h in hooks]
-            xs = layers if all(v is not None for v in layers) else list(range(len(hooks)))
-            for i, label in enumerate(labels):
-                mine = sorted(
-                    (e for e in entries if e.label == label),
-                    key=lambda e: xs[hooks.index(e.hook_name)],
-                )
-                px = [xs[hooks.index(e.hook_name)] for e in mine]
-                py = [e.metrics.get(metric, math.nan) for e in mine]
-                colour = _COLOURS[i % len(_COLOURS)]
-                ax.errorbar(
-                    px,
-                    py,
-                    yerr=_errors(mine, metric),
-                    marker="o",
-                    color=colour,
-                    label=label,
-                    capsize=2,
-                )
-                for x, y, e in zip(px, py, mine, strict=True):
-                    if (e.label, e.hook_name) in picked:
-                        ax.plot([x], [y], marker="*", markersize=14, color=colour)
-            ax.set_xlabel("layer" if xs == layers else "hook")
-        else:
-            firsts = [next(e for e in entries if e.label == lb) for lb in labels]
-            values = [e.metrics.get(metric, math.nan) for e in firsts]
-            bars = ax.bar(
-                labels,
-                values,
-                yerr=_errors(firsts, metric),
-                capsize=3,
-                color=[_COLOURS[i % len(_COLOURS)] for i in range(len(labels))],
-            )
-            ax.bar_label(bars, fmt="%.3f", fontsize=8, label_type="center")
-            ax.set_xlabel(hooks[0])
-        ax.axhline(chance, color="#888", linestyle="--", linewidth=1)
-        star = "; star: the layer CV picks" if picked else ""
-        ax.set_title(f"{title} (bars: 95% interval{star})", fontsize=10)
-        shown = [e.metrics.get(metric, math.nan) for e in entries]
-        low = min([chance, *(v for v in shown if not math.isnan(v))])
-        ax.set_ylim(max(0.0, low - 0.08), 1.02)
-    if len(hooks) > 1:
-        axes[0].legend(fontsize=8, frameon=False)
-    return _png(fig, "test accuracy and AUROC of every probe")
-
-
-def _cv_figure(entries: Sequence[ReportEntry]) -> str | None:
-    with_cv = [e for e in entries if e.cv_summary]
-    if not with_cv:
-        return None
-    fig, (ax,) = _figure(5.2, 3.2)
-    for i, e in enumerate(with_cv):
-        rows = sorted(e.cv_summary or (), key=lambda r: r["weight_decay"])
-        decays = [r["weight_decay"] for r in rows]
-        positive = [d for d in decays if d > 0]
-        floor = min(positive) / 10 if positive else 1e-4
-        xs = [d if d > 0 else floor for d in decays]
-        ys = [r.get("accuracy", math.nan) for r in rows]
-        name = e.label if len({x.hook_name for x in with_cv}) == 1 else f"{e.label} @ {e.hook_name}"
-        ax.plot(xs, ys, marker="o", color=_COLOURS[i % len(_COLOURS)], label=name)
-        if e.weight_decay is not None and e.weight_decay in decays:
-            j = decays.index(e.weight_decay)
-            ax.plot([xs[j]], [ys[j]], marker="*", markersize=13, color=_COLOURS[i % len(_COLOURS)])
-    ax.set_xscale("log")
-    ax.set_xlabel("weight decay (0 drawn at the left end)")
-    ax.set_title("cross-validation accuracy (star: the chosen weight decay)", fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
-    return _png(fig, "cross-validation accuracy against weight decay")
-
-
-def _entropy_figure(ent: AttentionEntropy, label: str) -> str:
-    heads = ent.per_head()
-    fig, (ax1, ax2) = _figure(10.0, 3.2, ncols=2)
-    xs = list(range(len(heads)))
-    means = [r["mean_entropy"] for r in heads]
-    stds = [0.0 if math.isnan(r["std_entropy"]) else r["std_entropy"] for r in heads]
-    ax1.bar(xs, means, yerr=stds, color=_COLOURS[0], capsize=3, label="probe head")
-    uniform = ent.summary()["mean_uniform"]
-    ax1.axhline(uniform, color="#c0392b", linestyle="--", linewidth=1.2, label="uniform (log n)")
-    ax1.set_xticks(xs)
-    ax1.set_xlabel("head")
-    ax1.set_ylabel("nats")
-    ax1.set_title("mean attention entropy (± std)", fontsize=10)
-    ax1.legend(fontsize=8, frameon=False)
-    ratios = [ent.ratio[:, h][~ent.ratio[:, h].isnan()].tolist() for h in xs]
-    if any(ratios):
-        ax2.boxplot(
-            [r if r else [math.nan] for r in ratios],
-            positions=xs,
-            widths=0.6,
-            showfliers=False,
-        )
-    ax2.axhline(1.0, color="#c0392b", linestyle="--", linewidth=1.2)
-    ax2.set_xticks(xs)
-    ax2.set_xticklabels([str(x) for x in xs])
-    ax2.set_ylim(-0.03, 1.08)
-    ax2.set_xlabel("head")
-    ax2.set_title("entropy / uniform entropy per sequence", fontsize=10)
-    return _png(fig, f"attention entropy per head of {label}")
-
-
-# -- HTML pieces ---------------------------------------------------------------------------------
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; color: #1f2328;
@@ -541,7 +276,7 @@ def _entry_section(entry: ReportEntry, k: int, n_tokens: int, batch_size: int) -
         props = entropy_props(ent)
         parts += [
             "<h3>Attention entropy per head</h3>",
-            _entropy_figure(ent, entry.label),
+            entropy_figure(ent, entry.label),
             Widget("entropy", props, body=entropy_html(props)),
             "<h3>What each head reads</h3>",
             _head_tokens_table(top),
@@ -622,13 +357,13 @@ def _metrics_sections(
     parts = [
         '<h2 id="metrics">Test metrics</h2>',
         _metrics_table(items, choices),
-        _metrics_figure(items, choices),
+        metrics_figure(items, choices),
     ]
     if any(len(c.hooks) > 1 for c in choices):
         parts.append(_choice_section(choices))
     if comparisons:
         parts.append(_comparisons_section(comparisons))
-    cv = _cv_figure(items)
+    cv = cv_figure(items)
     if cv:
         parts.append(cv)
     return parts
@@ -664,7 +399,7 @@ def render_report(
     items = [e if isinstance(e, ReportEntry) else ReportEntry.from_result(e) for e in entries]
     if not items:
         raise ValueError("a report needs at least one entry (ReportEntry or ProtocolResult)")
-    items.sort(key=lambda e: (_layer(e.hook_name) or 0, e.hook_name))
+    items.sort(key=lambda e: (layer_number(e.hook_name) or 0, e.hook_name))
     analysed = [e for e in items if e.acts is not None]
     parts: list[Any] = _title_block(items, title, description)
     if analysed:
