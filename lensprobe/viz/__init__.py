@@ -19,17 +19,18 @@ import warnings
 from typing import Any
 
 from lensprobe.viz.entries import ReportEntry
-from lensprobe.viz.reporting import render_report, report
-from lensprobe.viz.widgets import (
-    Widget,
+from lensprobe.viz.props import (
     attention_props,
-    attention_widget,
-    contributions_widget,
     entropy_props,
-    entropy_widget,
-    page,
     token_values_props,
     top_examples_props,
+)
+from lensprobe.viz.rendering import Widget, page
+from lensprobe.viz.reporting import render_report, report
+from lensprobe.viz.widgets import (
+    attention_widget,
+    contributions_widget,
+    entropy_widget,
     top_examples_widget,
 )
 

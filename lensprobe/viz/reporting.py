@@ -47,7 +47,9 @@ from lensprobe.train.selection import (
 )
 from lensprobe.viz.entries import HEADLINE_METRICS, METRIC_COLUMNS, ReportEntry
 from lensprobe.viz.figures import cv_figure, entropy_figure, layer_number, metrics_figure
-from lensprobe.viz.widgets import Widget, entropy_html, entropy_props, page, top_examples_props
+from lensprobe.viz.props import entropy_props, top_examples_props
+from lensprobe.viz.rendering import Widget, page
+from lensprobe.viz.widgets import entropy_html
 
 __all__ = ["render_report", "report"]
 
