@@ -38,7 +38,6 @@ running prefix would mix beams; use greedy or sampling for live readouts during 
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -50,6 +49,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from lensprobe.backends import HookTarget, add_editor, add_reader, resolve_hook
+from lensprobe.backends import hf as hf_backend
 from lensprobe.backends import transformer_lens as tl_backend
 from lensprobe.backends.hf import StopForward
 from lensprobe.probes.base import Probe
@@ -93,35 +93,6 @@ class ForwardInfo:
         return torch.arange(self.mask.shape[1], device=self.mask.device) + self.past
 
 
-_CACHE_ARGS = ("cache", "past_key_values", "past_key_value")
-"""Names a Hugging Face forward has given its KV cache: ``cache`` (transformers >= 5.2x, which
-deprecates the older ``past_key_values``) and the older spellings."""
-
-
-def _cache_length(call: dict[str, Any]) -> int | None:
-    """Tokens in the KV cache before a forward, or ``None`` when the call says nothing about it.
-
-    ``call`` is the forward's bound arguments. The cache is read wherever this transformers
-    version passes it (:data:`_CACHE_ARGS`); a ``Cache`` object tells its length, a legacy tuple
-    of per-layer ``(key, value)`` tensors its key length, and ``cache_position`` (older versions)
-    its first position.
-    """
-    for name in _CACHE_ARGS:
-        cache = call.get(name)
-        if cache is None:
-            continue
-        if hasattr(cache, "get_seq_length"):
-            return int(cache.get_seq_length())
-        try:  # legacy tuple of (key, value) per layer
-            return int(cache[0][0].shape[-2])
-        except (TypeError, IndexError, AttributeError, KeyError):
-            continue
-    position = call.get("cache_position")
-    if isinstance(position, Tensor) and position.numel():
-        return int(position.flatten()[0])
-    return None
-
-
 class _InputTracker:
     """Follows the inputs of each forward of the Hugging Face model under a hook.
 
@@ -135,7 +106,6 @@ class _InputTracker:
         self.bridge = bridge
         self.current: ForwardInfo | None = None
         self._pad_from_ids: tuple[str, bool] | None = None
-        self._signature = _signature(type(root).forward) if root is not None else None
 
     def install(self, stack: ExitStack) -> None:
         """Register the hooks; ``stack`` removes them."""
@@ -165,32 +135,16 @@ class _InputTracker:
         return cur if cur.mask.device == x.device else ForwardInfo(cur.mask.to(x.device), cur.past)
 
     # -- hooks ------------------------------------------------------------------------------------
-    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self._signature is not None:
-            try:
-                bound = self._signature.bind_partial(self.root, *args, **kwargs)
-            except TypeError:
-                pass
-            else:
-                out = dict(bound.arguments)
-                for name, param in self._signature.parameters.items():
-                    if param.kind is inspect.Parameter.VAR_KEYWORD and name in out:
-                        out.update(out.pop(name))
-                return out
-        out = dict(kwargs)
-        if args:
-            out.setdefault("input_ids", args[0])
-        return out
-
     def _root_pre(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        call = self._bind(args, kwargs)
+        assert self.root is not None
+        call = hf_backend.forward_arguments(self.root, args, kwargs)
         ids, embeds = call.get("input_ids"), call.get("inputs_embeds")
         ref = ids if isinstance(ids, Tensor) else embeds if isinstance(embeds, Tensor) else None
         if ref is None or ref.ndim < 2:
             self.current = None
             return
         batch, new = int(ref.shape[0]), int(ref.shape[1])
-        cached = _cache_length(call)
+        cached = hf_backend.cache_length(call)
         mask = call.get("attention_mask")
         if (
             isinstance(mask, Tensor)
@@ -228,13 +182,6 @@ class _InputTracker:
 
     def _bridge_post(self, *_: Any) -> None:
         self._pad_from_ids = None
-
-
-def _signature(fn: Any) -> inspect.Signature | None:
-    try:
-        return inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
 
 
 @contextmanager

@@ -11,10 +11,13 @@ first input or its output, and this module knows how to read and replace both
 - *Attach / edit* (:func:`resolve_target`, :func:`add_reader`, :func:`add_editor`): a name resolves
   to a :class:`HookTarget`, on which a reader or an editor is installed for a ``with`` block.
   The nnsight backend resolves on the module it wraps and reuses all of this.
+- *Forward inputs* (:func:`forward_arguments`, :func:`cache_length`): what a forward was given
+  (ids, mask, KV cache), from which a readout tells the valid tokens and the cached prefix.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -28,13 +31,16 @@ from lensprobe.backends.names import Side, Site, resolve_sites
 from lensprobe.batching import Batch
 
 __all__ = [
+    "CACHE_ARGS",
     "BackendName",
     "HookTarget",
     "Runner",
     "StopForward",
     "add_editor",
     "add_reader",
+    "cache_length",
     "first_tensor",
+    "forward_arguments",
     "forward_kwargs",
     "forward_tokens",
     "input_tensor",
@@ -150,6 +156,69 @@ def replace_input(
     if key == 0:
         return (new, *args[1:]), kwargs
     return args, {**kwargs, str(key): new}
+
+
+CACHE_ARGS = ("cache", "past_key_values", "past_key_value")
+"""Names a Hugging Face forward has given its KV cache: ``cache`` (transformers >= 5.2x, which
+deprecates the older ``past_key_values``) and the older spellings."""
+
+
+def cache_length(call: dict[str, Any]) -> int | None:
+    """Tokens in the KV cache before a forward, or ``None`` when the call says nothing about it.
+
+    ``call`` is the forward's bound arguments. The cache is read wherever this transformers
+    version passes it (:data:`CACHE_ARGS`); a ``Cache`` object tells its length, a legacy tuple
+    of per-layer ``(key, value)`` tensors its key length, and ``cache_position`` (older versions)
+    its first position.
+    """
+    for name in CACHE_ARGS:
+        cache = call.get(name)
+        if cache is None:
+            continue
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        try:  # legacy tuple of (key, value) per layer
+            return int(cache[0][0].shape[-2])
+        except (TypeError, IndexError, AttributeError, KeyError):
+            continue
+    position = call.get("cache_position")
+    if isinstance(position, Tensor) and position.numel():
+        return int(position.flatten()[0])
+    return None
+
+
+@functools.cache
+def _forward_signature(cls: type) -> inspect.Signature | None:
+    try:
+        return inspect.signature(cls.forward)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+
+
+def forward_arguments(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """A forward call's arguments by name (``input_ids``, ``attention_mask``, the cache...).
+
+    Bound to the module's ``forward`` signature (``**kwargs`` flattened in); without a usable
+    signature, the keywords and the first positional argument as ``input_ids``.
+    """
+    signature = _forward_signature(type(module))
+    if signature is not None:
+        try:
+            bound = signature.bind_partial(module, *args, **kwargs)
+        except TypeError:
+            pass
+        else:
+            out = dict(bound.arguments)
+            for name, param in signature.parameters.items():
+                if param.kind is inspect.Parameter.VAR_KEYWORD and name in out:
+                    out.update(out.pop(name))
+            return out
+    out = dict(kwargs)
+    if args:
+        out.setdefault("input_ids", args[0])
+    return out
 
 
 def model_device(module: nn.Module) -> torch.device:
