@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from lensprobe.data.builtin import BUILTIN_TASKS
+from lensprobe.data.builtin import BUILTIN_TASKS, BuiltinTask
 from lensprobe.data.dataset import TextDataset
 from lensprobe.data.mapping import to_dataset
 from lensprobe.data.registry import (
@@ -223,12 +223,22 @@ def _resolve(
     return spec, folder, source
 
 
+def _generate(task: BuiltinTask, n: int | None, seed: int, balance: bool) -> TextDataset:
+    """A built-in task's rows (its default size unless ``n`` is given), balanced if asked."""
+    ds = task.make(task.default_size if n is None else n, seed=seed)
+    return ds.subsample(balance=True, seed=seed) if balance else ds
+
+
+def _cache(cache_dir: str | os.PathLike[str] | None) -> str | None:
+    return None if cache_dir is None else os.fspath(cache_dir)
+
+
 def _load_local(
     spec: DatasetSpec,
     folder: Path | None,
     data_dir: str | os.PathLike[str] | None,
     split: str | Sequence[str] | None,
-    cache: str | None,
+    cache_dir: str | os.PathLike[str] | None,
 ) -> TextDataset:
     """The entry's local copy, read from ``folder``."""
     if spec.local is None:
@@ -240,7 +250,7 @@ def _load_local(
             f"{spec.name}: folder {spec.local.folder!r} not found under data_dir={data_dir!r}; "
             f"pass the folder that holds {spec.local.folder}/"
         )
-    rows, splits = read_local(spec.local, folder, split, cache)
+    rows, splits = read_local(spec.local, folder, split, _cache(cache_dir))
     origin = f"local:{folder} ({'+'.join(splits)})"
     return to_dataset(spec.name, rows, spec.local.columns, spec.class_names, origin)
 
@@ -250,7 +260,7 @@ def _load_hub(
     data_dir: str | os.PathLike[str] | None,
     split: str | Sequence[str] | None,
     n: int | None,
-    cache: str | None,
+    cache_dir: str | os.PathLike[str] | None,
 ) -> TextDataset:
     """The entry's hub copy (the split the caller names, else the entry's)."""
     if spec.hub is None:
@@ -265,7 +275,7 @@ def _load_hub(
         )
     hub_split = split if isinstance(split, str) or split is None else "+".join(split)
     hub_split = hub_split or spec.hub.split
-    rows = read_hub(spec.hub, hub_split, spec.class_names, n, cache)
+    rows = read_hub(spec.hub, hub_split, spec.class_names, n, _cache(cache_dir))
     origin = f"hub:{spec.hub.id} ({hub_split})"
     return to_dataset(spec.name, rows, spec.hub.columns, spec.class_names, origin)
 
@@ -325,14 +335,12 @@ def load_dataset(
     _check_arguments(source, n, data_dir)
     builtin = BUILTIN_TASKS.get(name.lower().removeprefix("builtin/"))
     if builtin is not None:
-        ds = builtin.make(builtin.default_size if n is None else n, seed=seed)
-        return ds.subsample(balance=True, seed=seed) if balance else ds
+        return _generate(builtin, n, seed, balance)
     spec, folder, source = _resolve(name, source, data_dir, text_column, label_column)
-    cache = None if cache_dir is None else os.fspath(cache_dir)
     if source == "local" or (source == "auto" and folder is not None):
-        ds = _load_local(spec, folder, data_dir, split, cache)
+        ds = _load_local(spec, folder, data_dir, split, cache_dir)
     else:
-        ds = _load_hub(spec, data_dir, split, n, cache)
+        ds = _load_hub(spec, data_dir, split, n, cache_dir)
     return ds.subsample(n, seed=seed, balance=balance) if n is not None or balance else ds
 
 
