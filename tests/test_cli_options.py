@@ -11,7 +11,7 @@ import pytest
 
 from lensprobe.cli import COMMANDS, main
 from lensprobe.cli.options import DATA_DIR_ENV, DEMO_HOOKS, DatasetsOptions
-from lensprobe.cli.parsing import add_flags, field_docs, flag_name, parse_options
+from lensprobe.cli.parsing import add_flags, field_docs, flag, flag_name, parse_options
 from lensprobe.experiment import DEFAULT_PROBES
 
 
@@ -103,3 +103,20 @@ def test_help_shows_the_docstring_and_the_default(capsys):
     assert "--quick a one-minute run (80 texts per task, 300 AdamW steps, one layer)" in out
     assert "--max-length MAX_LENGTH tokens kept per text, BOS included (default: 160)" in out
     assert "--seeds SEEDS seeds per probe; metrics are averaged (default: 1)" in out
+
+
+def test_flag_metadata_adds_what_the_type_does_not_say():
+    @dataclass(frozen=True)
+    class Special:
+        out: str = flag("here", short="-o", metavar="DIR")
+        """Where to write."""
+        scale: float = flag(1.0, type=lambda text: float(text) / 100)
+        """Percent."""
+
+    parser = _parser(Special)
+    actions = _actions(parser)
+    assert actions["out"].option_strings == ["-o", "--out"] and actions["out"].metavar == "DIR"
+    assert actions["out"].help == "where to write (default: here)"
+    assert parse_options(Special, parser.parse_args(["-o", "x", "--scale", "50"])) == Special(
+        out="x", scale=0.5
+    )

@@ -19,16 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lensprobe.cli import commands
+from lensprobe.cli import options as opts
 from lensprobe.cli.commands import format_datasets_table
-from lensprobe.cli.options import (
-    DATA_DIR_ENV,
-    CaptureOptions,
-    DatasetsOptions,
-    DemoOptions,
-    ReportOptions,
-    RunOptions,
-    TrainOptions,
-)
+from lensprobe.cli.options import DATA_DIR_ENV, DatasetsOptions
 from lensprobe.cli.parsing import add_flags, parse_options
 from lensprobe.cli.steps import say
 from lensprobe.errors import LensprobeError
@@ -76,31 +69,31 @@ COMMANDS: dict[str, Command] = {
         Command(
             "demo",
             "the bundled Gemma 3 270M on the built-in tasks: probes, table and HTML report",
-            DemoOptions,
+            opts.DemoOptions,
             commands.run_demo,
         ),
         Command(
             "run",
             "capture any model at hooks on a dataset, train probes, write results and a report",
-            RunOptions,
+            opts.RunOptions,
             commands.run_run,
         ),
         Command(
             "capture",
             "capture a dataset at hooks into an on-disk activation store",
-            CaptureOptions,
+            opts.CaptureOptions,
             commands.run_capture,
         ),
         Command(
             "train",
             "train probes on a stored capture (results, probes, report)",
-            TrainOptions,
+            opts.TrainOptions,
             commands.run_train,
         ),
         Command(
             "report",
             "rebuild the HTML report from saved results and the activation store",
-            ReportOptions,
+            opts.ReportOptions,
             commands.run_report,
         ),
     )

@@ -9,8 +9,8 @@ dashes), and everything ``argparse`` needs is read from the field:
 - default: the field's default; a field without one is a required flag;
 - ``Literal[...]``: the choices; ``bool``: a switch (``--name`` when the default is False,
   ``--no-name`` when it is True); ``tuple[str, ...]``: a comma-separated list;
-- anything else goes in the field's metadata through :func:`flag` (an environment variable
-  that overrides the default, a metavar).
+- anything else goes in the field's metadata through :func:`flag`: an environment variable that
+  overrides the default, a short spelling, a metavar, a converter.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import os
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING
 from typing import Any
 
@@ -50,10 +51,14 @@ class FlagSpec:
     """Environment variable whose non-empty value replaces the default."""
     metavar: str | None = None
     """Placeholder shown in the usage line (default: the field name in capitals)."""
+    short: str | None = None
+    """A one-letter spelling besides the long one, e.g. ``-o``."""
+    type: Callable[[str], Any] | None = None
+    """Converts the typed text, where the field's type alone does not say how."""
 
 
 def flag(default: Any = dataclasses.MISSING, **spec: Any) -> Any:
-    """A dataclass field with a default and :class:`FlagSpec` settings (``env``, ``metavar``)."""
+    """A dataclass field with a default and :class:`FlagSpec` settings (``env=``, ``short=``, ...)."""
     return dataclasses.field(default=default, metadata={_META_KEY: FlagSpec(**spec)})
 
 
@@ -145,8 +150,7 @@ def flag_arguments(cls: type, field: dataclasses.Field[Any]) -> dict[str, Any]:
         kwargs["action"] = "store_false" if default is True else "store_true"
     else:
         kwargs.update(_type_arguments(hint))
-        if spec.metavar:
-            kwargs["metavar"] = spec.metavar
+        kwargs.update({k: v for k, v in (("metavar", spec.metavar), ("type", spec.type)) if v})
     if default is dataclasses.MISSING:
         kwargs["required"] = True
     else:
@@ -179,7 +183,9 @@ def flag_order(cls: type) -> list[dataclasses.Field[Any]]:
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of the options dataclass ``cls`` (see the module docstring)."""
     for field in flag_order(cls):
-        parser.add_argument(flag_name(field), **flag_arguments(cls, field))
+        spec: FlagSpec = field.metadata.get(_META_KEY, FlagSpec())
+        names = [spec.short] if spec.short else []
+        parser.add_argument(*names, flag_name(field), **flag_arguments(cls, field))
 
 
 def parse_options(cls: type, namespace: argparse.Namespace) -> Any:
