@@ -256,33 +256,50 @@ def fit_members(
     # differ in the last float32 digits near the end, where rounding would decide the result.
     dtype = torch.float64 if train.optimizer == "lbfgs" else torch.float32
     data = _Data(config, x, mask, dtype, input_scale)
-    labels = labels.to(device)
+    problem = _Problem.build(cls, data, labels.to(device), members)
     start = init if init is not None else cls.init_members(config, list(members.seeds))
     params = {
         k: v.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
         for k, v in start.items()
     }
-    wd = members.weight_decay.to(device=device, dtype=dtype)
-    train_w = members.train.to(device=device, dtype=dtype)
     if train.optimizer == "lbfgs":
-        return _fit_lbfgs(cls, data, params, labels, train_w, members, train, on_step)
-    stop_w = members.stop.to(device=device, dtype=dtype)
+        return _fit_lbfgs(problem, params, train, on_step)
     if order_rows is None:
         order_rows = members.train.any(dim=0).nonzero().flatten()
-    return _fit_adamw(
-        cls,
-        data,
-        params,
-        labels,
-        train_w,
-        stop_w,
-        wd,
-        members,
-        train,
-        order_rows.to(device),
-        eval_batch_size,
-        on_step,
-    )
+    return _fit_adamw(problem, params, train, order_rows.to(device), eval_batch_size, on_step)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What a fit optimises, whatever the optimizer.
+
+    The probe class, the rows it reads, the labels, and each member's weight decay and row
+    weights in the fit's dtype, on the labels' device.
+    """
+
+    probe_cls: type[Probe]
+    data: _Data
+    labels: Int[Tensor, " batch"]
+    members: Members
+    wd: Float[Tensor, " member"]
+    train_w: Float[Tensor, "member batch"]
+    """1.0 on each member's training rows."""
+    stop_w: Float[Tensor, "member batch"]
+    """1.0 on each member's early-stopping rows."""
+
+    @classmethod
+    def build(cls, probe: type[Probe], data: _Data, labels: Tensor, members: Members) -> _Problem:
+        """The problem of ``members`` on ``data`` (tables moved to the labels' device)."""
+        device, dtype = labels.device, data.dtype
+        return cls(
+            probe_cls=probe,
+            data=data,
+            labels=labels,
+            members=members,
+            wd=members.weight_decay.to(device=device, dtype=dtype),
+            train_w=members.train.to(device=device, dtype=dtype),
+            stop_w=members.stop.to(device=device, dtype=dtype),
+        )
 
 
 _HISTORY = 20
@@ -536,12 +553,8 @@ class _History:
 
 
 def _fit_lbfgs(
-    cls: type[Probe],
-    data: _Data,
+    problem: _Problem,
     params: dict[str, Tensor],
-    labels: Tensor,
-    train_w: Tensor,
-    members: Members,
     train: TrainConfig,
     on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
@@ -554,25 +567,18 @@ def _fit_lbfgs(
     its step changes by less than 1e-12, when its line search finds no decrease, or after
     ``lbfgs_max_iter`` iterations. Stopped members leave the computation.
     """
-    shapes = {k: tuple(v.shape[1:]) for k, v in params.items()}
-    wd = members.weight_decay.to(device=train_w.device, dtype=train_w.dtype)
-    # Solve in the span of the rows' features when the start lies in it (zero weights).
-    reduce = data.pooled and not bool(params["weight"].detach().any())
-    objective = _Objective(cls, data, labels, train_w, wd, shapes, reduce=reduce)
-    with torch.no_grad():
-        x = objective.flatten({k: v.detach() for k, v in params.items()})
+    objective, x = _lbfgs_objective(problem, params)
     m = x.shape[0]
     ids = torch.arange(m, device=x.device)
     f, g = objective(x, ids)
     for bad, what in ((~torch.isfinite(f), "loss"), (~torch.isfinite(g).all(dim=1), "gradient")):
         if bool(bad.any()):
-            raise _nonfinite_error(members, bad.cpu(), f"training {what} at the starting point")
+            where = f"training {what} at the starting point"
+            raise _nonfinite_error(problem.members, bad.cpu(), where)
     out = x.clone()
     iters = torch.zeros(m, dtype=torch.long, device=x.device)
-    tol = train.lbfgs_tolerance
-    eps = torch.finfo(x.dtype).eps
     history = _History(m, x.shape[1], x.dtype, x.device)
-    live = g.abs().amax(dim=1) > tol
+    live = g.abs().amax(dim=1) > train.lbfgs_tolerance
     step = 0
     if on_step is not None:
         on_step(0)
@@ -583,31 +589,11 @@ def _fit_lbfgs(
             history.keep(live)
         if ids.numel() == 0 or step >= train.lbfgs_max_iter:
             break
-        d = history.direction(g)
-        descent = (g * d).sum(dim=1) < 0
-        d = torch.where(descent[:, None], d, -g)
-        t = torch.ones_like(f)
-        if step == 0:  # no curvature yet: a first step of length at most 1 in the L1 norm
-            t = (1.0 / g.abs().sum(dim=1)).clamp(max=1.0)
-        t, f_new, g_new, failed = _armijo(objective, x, f, g, d, t, ids)
-        bad = ~failed & ~torch.isfinite(g_new).all(dim=1)
-        if bool(bad.any()):
-            flags = torch.zeros(m, dtype=torch.bool)
-            flags[ids[bad].cpu()] = True
-            raise _nonfinite_error(members, flags, f"gradient at L-BFGS iteration {step + 1}")
-        s = torch.where(failed[:, None], 0.0, t[:, None] * d)
-        y = g_new - g
-        sy = (s * y).sum(dim=1)
-        good = ~failed & (sy > eps * (s.norm(dim=1) * y.norm(dim=1)))
-        history.add(s, y, good)
+        s, f_new, g_new, stop = _lbfgs_iteration(
+            objective, history, problem, x, f, g, ids, step, train.lbfgs_tolerance
+        )
         step += 1
         iters[ids] = step
-        stop = (
-            failed
-            | (g_new.abs().amax(dim=1) <= tol)
-            | ((f_new - f).abs() < _TOLERANCE_CHANGE)
-            | (s.abs().amax(dim=1) <= _TOLERANCE_CHANGE)
-        )
         x, f, g = x + s, f_new, g_new
         live = ~stop
         if on_step is not None:
@@ -623,37 +609,77 @@ def _fit_lbfgs(
     )
 
 
-def _raise_if_bad(members: Members, bad_step: Tensor) -> None:
-    """Raise for the member(s) whose training loss went NaN/inf first (``bad_step`` >= 0)."""
-    went = bad_step >= 0
-    if bool(went.any()):
-        first = int(bad_step[went].min())
-        raise _nonfinite_error(members, (bad_step == first).cpu(), f"training loss at step {first}")
+def _lbfgs_objective(problem: _Problem, params: dict[str, Tensor]) -> tuple[_Objective, Tensor]:
+    """The members' objective, and their starting point as its flat parameters.
+
+    Pooled probes are solved in the span of the rows' features when the start lies in it (zero
+    weights): see :class:`_Objective`.
+    """
+    shapes = {k: tuple(v.shape[1:]) for k, v in params.items()}
+    reduce = problem.data.pooled and not bool(params["weight"].detach().any())
+    objective = _Objective(
+        problem.probe_cls,
+        problem.data,
+        problem.labels,
+        problem.train_w,
+        problem.wd,
+        shapes,
+        reduce=reduce,
+    )
+    with torch.no_grad():
+        x = objective.flatten({k: v.detach() for k, v in params.items()})
+    return objective, x
 
 
-@torch.no_grad()
-def _stop_losses(
-    data: _Data, params: dict[str, Tensor], labels: Tensor, stop_w: Tensor, batch: int
-) -> Tensor:
-    rows = stop_w.bool().any(dim=0).nonzero().flatten()
-    total = torch.zeros(stop_w.shape[0], dtype=stop_w.dtype, device=stop_w.device)
-    for start in range(0, rows.numel(), batch):
-        r = rows[start : start + batch]
-        loss = per_example_loss(data.logits(params, r), labels[r])
-        w = stop_w[:, r]
-        total += (torch.where(w > 0, loss, 0.0) * w).sum(dim=1)
-    return total / stop_w.sum(dim=1).clamp_min(1.0)
+def _lbfgs_iteration(
+    objective: _Objective,
+    history: _History,
+    problem: _Problem,
+    x: Tensor,
+    f: Tensor,
+    g: Tensor,
+    ids: Tensor,
+    step: int,
+    tol: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One iteration of the live members ``ids`` at ``x`` (objective ``f``, gradient ``g``).
+
+    Each member steps along its own quasi-Newton direction (steepest descent where that is not
+    a descent direction) with its own line search, stores its curvature pair, and tests whether
+    it stops (largest gradient entry at most ``tol``, see :func:`_fit_lbfgs`).
+
+    Returns:
+        Per member the step taken, the objective and gradient after it, and whether it stops.
+    """
+    d = history.direction(g)
+    descent = (g * d).sum(dim=1) < 0
+    d = torch.where(descent[:, None], d, -g)
+    t = torch.ones_like(f)
+    if step == 0:  # no curvature yet: a first step of length at most 1 in the L1 norm
+        t = (1.0 / g.abs().sum(dim=1)).clamp(max=1.0)
+    t, f_new, g_new, failed = _armijo(objective, x, f, g, d, t, ids)
+    bad = ~failed & ~torch.isfinite(g_new).all(dim=1)
+    if bool(bad.any()):
+        flags = torch.zeros(len(problem.members), dtype=torch.bool)
+        flags[ids[bad].cpu()] = True
+        raise _nonfinite_error(problem.members, flags, f"gradient at L-BFGS iteration {step + 1}")
+    s = torch.where(failed[:, None], 0.0, t[:, None] * d)
+    y = g_new - g
+    sy = (s * y).sum(dim=1)
+    good = ~failed & (sy > torch.finfo(x.dtype).eps * (s.norm(dim=1) * y.norm(dim=1)))
+    history.add(s, y, good)
+    stop = (
+        failed
+        | (g_new.abs().amax(dim=1) <= tol)
+        | ((f_new - f).abs() < _TOLERANCE_CHANGE)
+        | (s.abs().amax(dim=1) <= _TOLERANCE_CHANGE)
+    )
+    return s, f_new, g_new, stop
 
 
 def _fit_adamw(
-    cls: type[Probe],
-    data: _Data,
+    problem: _Problem,
     params: dict[str, Tensor],
-    labels: Tensor,
-    train_w: Tensor,
-    stop_w: Tensor,
-    wd: Tensor,
-    members: Members,
     train: TrainConfig,
     order_rows: Tensor,
     eval_batch_size: int,
@@ -666,100 +692,210 @@ def _fit_adamw(
 
     The early-stopping loss is evaluated at the end of the first epoch that completes
     ``eval_every`` steps since the last evaluation. A member whose loss has not dropped by more
-    than ``min_delta`` for ``patience`` evaluations is finished: its best parameters are frozen, it is no longer computed,
-    and the fit ends when every member is finished (or after ``max_steps``).
+    than ``min_delta`` for ``patience`` evaluations is finished: its best parameters are frozen,
+    it is no longer computed, and the fit ends when every member is finished (or after
+    ``max_steps``).
 
     A member whose training loss on a minibatch or whose early-stopping loss is NaN/inf is an
     error naming it (checked at each evaluation and at the end, so the loop never waits on the
     device for it).
     """
-    m = wd.shape[0]
-    device = wd.device
+    m, device = problem.wd.shape[0], problem.wd.device
     opt = torch.optim.Adam(list(params.values()), lr=train.lr)
     gen = torch.Generator().manual_seed(train.seed)
-    early_stop = bool(stop_w.bool().any())
-    best = {k: v.detach().clone() for k, v in params.items()}
-    best_loss = torch.full((m,), float("inf"), dtype=wd.dtype, device=device)
-    ref_loss = best_loss.clone()
-    best_step = torch.zeros(m, dtype=torch.long, device=device)
+    early_stop = bool(problem.stop_w.bool().any())
+    state = _EarlyStop.start(params, problem.wd)
     steps = torch.zeros(m, dtype=torch.long, device=device)
-    bad = torch.zeros(m, dtype=torch.long, device=device)
-    active = torch.ones(m, dtype=torch.bool, device=device)
     # first step at which each member's training loss was NaN/inf (-1: never)
     bad_step = torch.full((m,), -1, dtype=torch.long, device=device)
-    decay = set(cls.decay_params)
     step = last_eval = 0
-
-    while step < train.max_steps and bool(active.any()):
+    while step < train.max_steps and bool(state.active.any()):
         perm = order_rows[torch.randperm(order_rows.numel(), generator=gen).to(device)]
         # Finished members keep their best parameters; only the active ones are computed, so the
         # sweep gets cheaper as members stop. (Adam still moves finished members' parameters from
         # its momentum, which is harmless: they are never read again.)
-        live = None if bool(active.all()) else active.nonzero().flatten()
-        for start in range(0, perm.numel(), train.batch_size):
-            if step >= train.max_steps:
-                break
-            rows = perm[start : start + train.batch_size]
-            opt.zero_grad(set_to_none=True)
-            if live is None:
-                w = train_w[:, rows]
-                loss = per_example_loss(data.logits(params, rows), labels[rows])
-            else:
-                w = train_w[live][:, rows]
-                live_params = {k: v[live] for k, v in params.items()}
-                loss = per_example_loss(data.logits(live_params, rows), labels[rows])
-            member_loss = _member_mean(loss, w)
-            went_bad = ~torch.isfinite(member_loss.detach())
-            if train.decay == "l2":  # wd / 2 * ||W||^2 in each member's loss, as L-BFGS
-                if live is None:
-                    member_loss = member_loss + _decay_penalty(cls, params, wd)
-                else:
-                    member_loss = member_loss + _decay_penalty(cls, live_params, wd[live])
-            if live is not None:
-                went_bad = torch.zeros_like(active).index_put_((live,), went_bad)
-            bad_step = torch.where(went_bad & (bad_step < 0), step + 1, bad_step)
-            member_loss.sum().backward()
-            with torch.no_grad():  # decoupled weight decay, per member
-                for name in decay if train.decay == "decoupled" else ():
-                    p = params[name]
-                    p.mul_((1 - train.lr * wd).reshape(-1, *([1] * (p.ndim - 1))))
-            opt.step()
-            step += 1
-            if on_step is not None:
-                on_step(step)
-        steps = torch.where(active, step, steps)
+        live = None if bool(state.active.all()) else state.active.nonzero().flatten()
+        step, bad_step = _adamw_epoch(
+            problem, params, opt, train, perm, live, step, bad_step, on_step
+        )
+        steps = torch.where(state.active, step, steps)
         if not early_stop or (step - last_eval < train.eval_every and step < train.max_steps):
             continue
         last_eval = step
-        _raise_if_bad(members, bad_step)
-        losses = torch.full_like(best_loss, float("inf"))
-        idx = active.nonzero().flatten()
-        losses[idx] = _stop_losses(
-            data, {k: v[idx] for k, v in params.items()}, labels, stop_w[idx], eval_batch_size
-        )
-        if not bool(torch.isfinite(losses[idx]).all()):
-            bad = torch.zeros(m, dtype=torch.bool)
-            bad[idx.cpu()] = ~torch.isfinite(losses[idx]).cpu()
-            raise _nonfinite_error(members, bad, f"early-stopping loss at step {step}")
-        improved = active & (losses < best_loss)  # keep the best parameters seen
-        best_loss = torch.where(improved, losses, best_loss)
-        best_step = torch.where(improved, step, best_step)
-        for k, v in params.items():
-            sel = improved.reshape(-1, *([1] * (v.ndim - 1)))
-            best[k] = torch.where(sel, v.detach(), best[k])
-        progressed = active & (losses < ref_loss - train.min_delta)  # patience resets only here
-        ref_loss = torch.where(progressed, losses, ref_loss)
-        bad = torch.where(progressed, 0, bad + 1)
-        active &= bad < train.patience
-    _raise_if_bad(members, bad_step)
+        _raise_if_bad(problem.members, bad_step)
+        losses = _early_stop_losses(problem, params, state.active, step, eval_batch_size)
+        state.update(losses, params, step, train)
+    _raise_if_bad(problem.members, bad_step)
+    logger.debug("AdamW fit: %d members, steps %s", m, steps.tolist())
+    best, best_step, best_loss = state.best, state.best_step, state.best_loss
     if not early_stop:
         best = {k: v.detach() for k, v in params.items()}
-        best_step = steps.clone()
-        best_loss = torch.full((m,), float("nan"), device=device)
-    logger.debug("AdamW fit: %d members, steps %s", m, steps.tolist())
+        best_step, best_loss = steps.clone(), torch.full((m,), float("nan"), device=device)
     return FitResult(
         params=best, steps=steps.cpu(), best_step=best_step.cpu(), stop_loss=best_loss.cpu()
     )
+
+
+def _adamw_epoch(
+    problem: _Problem,
+    params: dict[str, Tensor],
+    opt: torch.optim.Optimizer,
+    train: TrainConfig,
+    perm: Tensor,
+    live: Tensor | None,
+    step: int,
+    bad_step: Tensor,
+    on_step: Callable[[int], None] | None,
+) -> tuple[int, Tensor]:
+    """One epoch: minibatches of the shuffled rows ``perm``, until ``max_steps`` at most.
+
+    Returns:
+        The steps taken so far, and each member's first step with a NaN/inf training loss
+        (``bad_step`` updated; -1: none yet).
+    """
+    for start in range(0, perm.numel(), train.batch_size):
+        if step >= train.max_steps:
+            break
+        rows = perm[start : start + train.batch_size]
+        went_bad = _adamw_step(problem, params, opt, train, rows, live)
+        bad_step = torch.where(went_bad & (bad_step < 0), step + 1, bad_step)
+        step += 1
+        if on_step is not None:
+            on_step(step)
+    return step, bad_step
+
+
+def _adamw_step(
+    problem: _Problem,
+    params: dict[str, Tensor],
+    opt: torch.optim.Optimizer,
+    train: TrainConfig,
+    rows: Tensor,
+    live: Tensor | None,
+) -> Bool[Tensor, " member"]:
+    """One optimizer step of the live members (all when ``live`` is None) on one minibatch.
+
+    Each member's loss is its mean over its own rows of the minibatch, plus the L2 penalty with
+    ``decay="l2"``; with ``decay="decoupled"`` the decayed weights shrink before the step.
+
+    Returns:
+        Which members' training loss on this minibatch is NaN/inf.
+    """
+    opt.zero_grad(set_to_none=True)
+    if live is None:
+        w, wd, member_params = problem.train_w[:, rows], problem.wd, params
+    else:
+        w, wd = problem.train_w[live][:, rows], problem.wd[live]
+        member_params = {k: v[live] for k, v in params.items()}
+    loss = per_example_loss(problem.data.logits(member_params, rows), problem.labels[rows])
+    member_loss = _member_mean(loss, w)
+    went_bad = ~torch.isfinite(member_loss.detach())
+    if train.decay == "l2":  # wd / 2 * ||W||^2 in each member's loss, as L-BFGS
+        member_loss = member_loss + _decay_penalty(problem.probe_cls, member_params, wd)
+    if live is not None:
+        all_members = torch.zeros(problem.wd.shape[0], dtype=torch.bool, device=live.device)
+        went_bad = all_members.index_put_((live,), went_bad)
+    member_loss.sum().backward()
+    if train.decay == "decoupled":
+        with torch.no_grad():  # decoupled weight decay, per member
+            for name in problem.probe_cls.decay_params:
+                p = params[name]
+                p.mul_((1 - train.lr * problem.wd).reshape(-1, *([1] * (p.ndim - 1))))
+    opt.step()
+    return went_bad
+
+
+def _raise_if_bad(members: Members, bad_step: Tensor) -> None:
+    """Raise for the member(s) whose training loss went NaN/inf first (``bad_step`` >= 0)."""
+    went = bad_step >= 0
+    if bool(went.any()):
+        first = int(bad_step[went].min())
+        raise _nonfinite_error(members, (bad_step == first).cpu(), f"training loss at step {first}")
+
+
+def _early_stop_losses(
+    problem: _Problem, params: dict[str, Tensor], active: Tensor, step: int, batch: int
+) -> Float[Tensor, " member"]:
+    """Each active member's early-stopping loss (inf for finished members).
+
+    Raises:
+        FloatingPointError: An active member's early-stopping loss is NaN/inf (named).
+    """
+    m = problem.wd.shape[0]
+    losses = torch.full((m,), float("inf"), dtype=problem.wd.dtype, device=problem.wd.device)
+    idx = active.nonzero().flatten()
+    losses[idx] = _stop_losses(
+        problem.data,
+        {k: v[idx] for k, v in params.items()},
+        problem.labels,
+        problem.stop_w[idx],
+        batch,
+    )
+    if not bool(torch.isfinite(losses[idx]).all()):
+        bad = torch.zeros(m, dtype=torch.bool)
+        bad[idx.cpu()] = ~torch.isfinite(losses[idx]).cpu()
+        raise _nonfinite_error(problem.members, bad, f"early-stopping loss at step {step}")
+    return losses
+
+
+@torch.no_grad()
+def _stop_losses(
+    data: _Data, params: dict[str, Tensor], labels: Tensor, stop_w: Tensor, batch: int
+) -> Tensor:
+    """Each member's mean loss over its early-stopping rows, a batch of rows at a time."""
+    rows = stop_w.bool().any(dim=0).nonzero().flatten()
+    total = torch.zeros(stop_w.shape[0], dtype=stop_w.dtype, device=stop_w.device)
+    for start in range(0, rows.numel(), batch):
+        r = rows[start : start + batch]
+        loss = per_example_loss(data.logits(params, r), labels[r])
+        w = stop_w[:, r]
+        total += (torch.where(w > 0, loss, 0.0) * w).sum(dim=1)
+    return total / stop_w.sum(dim=1).clamp_min(1.0)
+
+
+@dataclass
+class _EarlyStop:
+    """Each member's early-stopping record during an AdamW fit."""
+
+    best: dict[str, Tensor]
+    """The parameters at each member's best early-stopping loss so far."""
+    best_loss: Float[Tensor, " member"]
+    best_step: Int[Tensor, " member"]
+    ref_loss: Float[Tensor, " member"]
+    """The loss the next evaluation must beat by ``min_delta`` to reset the patience."""
+    waited: Int[Tensor, " member"]
+    """Evaluations since the member last made progress."""
+    active: Bool[Tensor, " member"]
+    """Members still training."""
+
+    @classmethod
+    def start(cls, params: dict[str, Tensor], wd: Tensor) -> _EarlyStop:
+        """Before the first evaluation: the starting parameters, infinite losses."""
+        m, device = wd.shape[0], wd.device
+        best_loss = torch.full((m,), float("inf"), dtype=wd.dtype, device=device)
+        return cls(
+            best={k: v.detach().clone() for k, v in params.items()},
+            best_loss=best_loss,
+            best_step=torch.zeros(m, dtype=torch.long, device=device),
+            ref_loss=best_loss.clone(),
+            waited=torch.zeros(m, dtype=torch.long, device=device),
+            active=torch.ones(m, dtype=torch.bool, device=device),
+        )
+
+    def update(
+        self, losses: Tensor, params: dict[str, Tensor], step: int, train: TrainConfig
+    ) -> None:
+        """Record one evaluation: keep improved members' parameters, finish the patient ones."""
+        improved = self.active & (losses < self.best_loss)  # keep the best parameters seen
+        self.best_loss = torch.where(improved, losses, self.best_loss)
+        self.best_step = torch.where(improved, step, self.best_step)
+        for k, v in params.items():
+            sel = improved.reshape(-1, *([1] * (v.ndim - 1)))
+            self.best[k] = torch.where(sel, v.detach(), self.best[k])
+        progressed = self.active & (losses < self.ref_loss - train.min_delta)  # resets patience
+        self.ref_loss = torch.where(progressed, losses, self.ref_loss)
+        self.waited = torch.where(progressed, 0, self.waited + 1)
+        self.active &= self.waited < train.patience
 
 
 @torch.no_grad()
