@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from lensprobe.backends import HookTarget, add_editor, add_reader, resolve_hook
 from lensprobe.backends import hf as hf_backend
 from lensprobe.backends import transformer_lens as tl_backend
-from lensprobe.backends.hf import StopForward
+from lensprobe.backends.core import StopForward
 from lensprobe.probes.base import Probe
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import torch
 from probe_helpers import random_probe
 
 from lensprobe import backends
-from lensprobe.backends.hf import first_tensor, input_tensor, replace_first, replace_input
+from lensprobe.backends.core import first_tensor, input_tensor, replace_first, replace_input
 from lensprobe.backends.names import UnknownHookError
 from lensprobe.capturing import capture
 from lensprobe.hooks import attach, edit_activations

@@ -4,9 +4,11 @@ This package alone turns a hook name into "where to read / where to edit". :func
 tells which adapter runs a model; each adapter module (:mod:`.hf`, :mod:`.nnsight`,
 :mod:`.transformer_lens`) holds that backend's knowledge:
 
-- *capture*: :func:`open_runner` opens a :class:`~.hf.Runner` for a list of hook names;
-- *attach / edit*: :func:`resolve_hook` gives a :class:`~.hf.HookTarget`, on which
+- *capture*: :func:`open_runner` opens a :class:`~.core.Runner` for a list of hook names;
+- *attach / edit*: :func:`resolve_hook` gives a :class:`~.core.HookTarget`, on which
   :func:`add_reader` and :func:`add_editor` install a reader or an editor for a ``with`` block;
+- :mod:`.core`: what every backend hands back (:class:`~.core.Runner`,
+  :class:`~.core.HookTarget`) and how a module's activation is read and replaced;
 - names: :mod:`.names` translates TransformerLens names to module sites of Hugging Face models
   (one table per family) and raises the one :class:`~.names.UnknownHookError`.
 """
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from lensprobe.backends import hf as hf_backend
 from lensprobe.backends import nnsight as nnsight_backend
 from lensprobe.backends import transformer_lens as tl_backend
-from lensprobe.backends.hf import BackendName, HookTarget, Runner, StopForward, model_device
+from lensprobe.backends.core import BackendName, HookTarget, Runner, StopForward, model_device
 from lensprobe.backends.names import resolve_sites
 from lensprobe.models import display_name
 
@@ -112,7 +114,7 @@ def resolve_hook(model: Any, hook: str) -> HookTarget:
             Hugging Face backends, a module path (``model.layers.9``, read at its output).
 
     Returns:
-        The resolved :class:`~.hf.HookTarget`.
+        The resolved :class:`~.core.HookTarget`.
 
     Raises:
         lensprobe.backends.names.UnknownHookError: The model has no such hook (nearest names
@@ -163,7 +165,7 @@ def input_device(model: Any, backend: BackendName) -> torch.device:
 def forward_tokens(model: Any, backend: BackendName, ids: Tensor) -> None:
     """One forward of token ids ``(batch, pos)``: no gradients, every token valid, no KV cache.
 
-    A hook that ends it early with :class:`~.hf.StopForward` ends it quietly.
+    A hook that ends it early with :class:`~.core.StopForward` ends it quietly.
     """
     try:
         with torch.no_grad():

@@ -1,8 +1,7 @@
 """Plain Hugging Face models: reading and editing a hook name with PyTorch hooks.
 
 Hook names are translated to module sites by :mod:`lensprobe.backends.names`; a site is a module's
-first input or its output, and this module knows how to read and replace both
-(:func:`first_tensor` / :func:`replace_first`, :func:`input_tensor` / :func:`replace_input`).
+first input or its output, read and replaced with :mod:`lensprobe.backends.core`'s helpers.
 
 - *Capture* (:func:`open_runner`): one forward hook (a pre-hook for ``input`` sites) per site stores
   its tensor; the hook that completes the set raises :class:`StopForward`, so nothing after the
@@ -19,144 +18,41 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lensprobe.backends.core import (
+    BackendName,
+    HookTarget,
+    Runner,
+    StopForward,
+    eval_mode,
+    first_tensor,
+    input_tensor,
+    model_device,
+    replace_first,
+    replace_input,
+)
 from lensprobe.backends.names import Side, Site, resolve_sites
 from lensprobe.batching import Batch
 
 __all__ = [
     "CACHE_ARGS",
-    "BackendName",
-    "HookTarget",
-    "Runner",
-    "StopForward",
     "add_editor",
     "add_reader",
     "cache_length",
-    "first_tensor",
     "forward_arguments",
     "forward_kwargs",
     "forward_tokens",
-    "input_tensor",
     "open_runner",
-    "replace_first",
-    "replace_input",
     "resolve_target",
+    "site_hooks",
     "site_order",
 ]
-
-BackendName = Literal["transformer_lens", "nnsight", "hf"]
-
-
-class StopForward(Exception):
-    """Raised inside a hook once every requested activation is stored (ends the forward)."""
-
-
-@dataclass(frozen=True)
-class Runner:
-    """A backend ready to run batches (valid inside its ``open_runner`` context)."""
-
-    backend: str
-    """Backend name recorded in the metadata."""
-
-    run: Callable[[Batch], dict[str, Tensor]]
-    """Runs one batch and returns hook name -> ``(batch, pos, d_model)`` activations."""
-
-    device: torch.device
-    """Where the model wants its inputs."""
-
-
-@dataclass(frozen=True)
-class HookTarget:
-    """A hook name resolved on a model: the module to hook and the model whose inputs to follow."""
-
-    name: str
-    """The hook name as given (``blocks.9.hook_resid_post`` or a module path)."""
-
-    backend: BackendName
-    """Which backend the model belongs to."""
-
-    module: nn.Module
-    """The module whose input or output is the activation (a ``HookPoint`` on TransformerLens)."""
-
-    side: Side
-    """Whether the activation is the module's first input or its output."""
-
-    root: nn.Module | None
-    """The Hugging Face model whose forward inputs (mask, cache) are followed."""
-
-    bridge: nn.Module | None = None
-    """The TransformerBridge, on the TransformerLens backend."""
-
-
-def first_tensor(value: Any) -> Tensor:
-    """The activation in a module's output.
-
-    The output itself, the first element of a tuple / list, or the first field of a Hugging Face
-    ``ModelOutput``.
-
-    Raises:
-        TypeError: The output holds no such tensor.
-    """
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-        return value[0]
-    if hasattr(value, "to_tuple"):
-        return first_tensor(value.to_tuple())
-    raise TypeError(
-        f"the hooked module returned a {type(value).__name__}, not a tensor or a tuple starting "
-        "with one; hook a module whose output is the (batch, pos, d_model) activation"
-    )
-
-
-def replace_first(value: Any, new: Tensor) -> Any:
-    """``value`` with the tensor :func:`first_tensor` reads replaced by ``new`` (its inverse)."""
-    if isinstance(value, Tensor):
-        return new
-    if isinstance(value, tuple):
-        return (new, *value[1:])
-    if isinstance(value, list):
-        return [new, *value[1:]]
-    if hasattr(value, "to_tuple"):  # a ModelOutput: its first set field
-        value[next(iter(value.keys()))] = new
-        return value
-    raise TypeError(f"cannot replace the activation in a {type(value).__name__}")
-
-
-def _input_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | str:
-    """Where a module's input activation is: positional argument 0, else a keyword."""
-    if args and isinstance(args[0], Tensor):
-        return 0
-    if isinstance(kwargs.get("hidden_states"), Tensor):
-        return "hidden_states"
-    for key, value in kwargs.items():
-        if isinstance(value, Tensor):
-            return key
-    raise TypeError("the module was called without a tensor input to read")
-
-
-def input_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor:
-    """The activation a module was called with (its first tensor argument)."""
-    key = _input_key(args, kwargs)
-    return args[0] if key == 0 else kwargs[key]  # type: ignore[index]
-
-
-def replace_input(
-    args: tuple[Any, ...], kwargs: dict[str, Any], new: Tensor
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The call's arguments with the tensor :func:`input_tensor` reads replaced by ``new``."""
-    key = _input_key(args, kwargs)
-    if key == 0:
-        return (new, *args[1:]), kwargs
-    return args, {**kwargs, str(key): new}
-
 
 CACHE_ARGS = ("cache", "past_key_values", "past_key_value")
 """Names a Hugging Face forward has given its KV cache: ``cache`` (transformers >= 5.2x, which
@@ -221,13 +117,6 @@ def forward_arguments(
     return out
 
 
-def model_device(module: nn.Module) -> torch.device:
-    """Device of the module's first parameter (CPU for a module without parameters)."""
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def forward_kwargs(module: nn.Module, batch: Batch) -> dict[str, Any]:
     """Keyword arguments for a Hugging Face forward: ids, mask, positions, no KV cache."""
     params = inspect.signature(module.forward).parameters
@@ -282,20 +171,6 @@ def site_hooks(
     finally:
         for handle in handles:
             handle.remove()
-
-
-@contextmanager
-def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
-    """Put modules in eval mode for the block and restore every submodule's mode afterwards."""
-    present = [m for m in modules if m is not None]
-    modes = [(sub, sub.training) for m in present for sub in m.modules()]
-    try:
-        for m in present:
-            m.eval()
-        yield
-    finally:
-        for sub, training in modes:
-            sub.training = training
 
 
 def site_order(module: nn.Module, sites: Sequence[Site], batch: Batch) -> list[Site]:

@@ -19,16 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from lensprobe.backends import hf as hf_backend
-from lensprobe.backends.hf import (
+from lensprobe.backends.core import (
     HookTarget,
     Runner,
     eval_mode,
     first_tensor,
-    forward_kwargs,
     input_tensor,
     model_device,
-    site_order,
 )
+from lensprobe.backends.hf import forward_kwargs, site_order
 from lensprobe.backends.names import Site, resolve_sites
 from lensprobe.batching import Batch
 
@@ -72,7 +71,7 @@ def open_runner(model: Any, hooks: Sequence[str]) -> Iterator[Runner]:
         hooks: Hook names (TransformerLens names of the model's family, or module paths).
 
     Yields:
-        A :class:`~lensprobe.backends.hf.Runner`.
+        A :class:`~lensprobe.backends.core.Runner`.
     """
     import nnsight
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lensprobe.backends import hf as hf_backend
-from lensprobe.backends.hf import (
+from lensprobe.backends.core import (
     HookTarget,
     Runner,
     StopForward,
@@ -107,7 +107,7 @@ def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
         hooks: Names from ``model.hook_dict``.
 
     Yields:
-        A :class:`~lensprobe.backends.hf.Runner`.
+        A :class:`~lensprobe.backends.core.Runner`.
     """
     check_hooks(model, hooks)
     names = list(dict.fromkeys(hooks))

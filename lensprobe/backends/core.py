@@ -1,0 +1,163 @@
+"""What every backend hands back, and how a hooked module's values are read and replaced.
+
+- :class:`Runner` (capture) and :class:`HookTarget` (attach / edit): a backend's answer for a list
+  of hook names, or for one.
+- :func:`first_tensor` / :func:`replace_first` read and replace the activation in a module's
+  output; :func:`input_tensor` / :func:`replace_input` in its call's arguments. Capture, readers
+  and editors of every backend go through these, so they agree on what a name reads.
+- :class:`StopForward` ends a forward from inside a hook; :func:`eval_mode` and
+  :func:`model_device` are shared by the adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lensprobe.backends.names import Side
+from lensprobe.batching import Batch
+
+__all__ = [
+    "BackendName",
+    "HookTarget",
+    "Runner",
+    "StopForward",
+    "eval_mode",
+    "first_tensor",
+    "input_tensor",
+    "model_device",
+    "replace_first",
+    "replace_input",
+]
+
+BackendName = Literal["transformer_lens", "nnsight", "hf"]
+
+
+class StopForward(Exception):
+    """Raised inside a hook once every requested activation is stored (ends the forward)."""
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A backend ready to run batches (valid inside its ``open_runner`` context)."""
+
+    backend: str
+    """Backend name recorded in the metadata."""
+
+    run: Callable[[Batch], dict[str, Tensor]]
+    """Runs one batch and returns hook name -> ``(batch, pos, d_model)`` activations."""
+
+    device: torch.device
+    """Where the model wants its inputs."""
+
+
+@dataclass(frozen=True)
+class HookTarget:
+    """A hook name resolved on a model: the module to hook and the model whose inputs to follow."""
+
+    name: str
+    """The hook name as given (``blocks.9.hook_resid_post`` or a module path)."""
+
+    backend: BackendName
+    """Which backend the model belongs to."""
+
+    module: nn.Module
+    """The module whose input or output is the activation (a ``HookPoint`` on TransformerLens)."""
+
+    side: Side
+    """Whether the activation is the module's first input or its output."""
+
+    root: nn.Module | None
+    """The Hugging Face model whose forward inputs (mask, cache) are followed."""
+
+    bridge: nn.Module | None = None
+    """The TransformerBridge, on the TransformerLens backend."""
+
+
+def first_tensor(value: Any) -> Tensor:
+    """The activation in a module's output.
+
+    The output itself, the first element of a tuple / list, or the first field of a Hugging Face
+    ``ModelOutput``.
+
+    Raises:
+        TypeError: The output holds no such tensor.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    if hasattr(value, "to_tuple"):
+        return first_tensor(value.to_tuple())
+    raise TypeError(
+        f"the hooked module returned a {type(value).__name__}, not a tensor or a tuple starting "
+        "with one; hook a module whose output is the (batch, pos, d_model) activation"
+    )
+
+
+def replace_first(value: Any, new: Tensor) -> Any:
+    """``value`` with the tensor :func:`first_tensor` reads replaced by ``new`` (its inverse)."""
+    if isinstance(value, Tensor):
+        return new
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    if isinstance(value, list):
+        return [new, *value[1:]]
+    if hasattr(value, "to_tuple"):  # a ModelOutput: its first set field
+        value[next(iter(value.keys()))] = new
+        return value
+    raise TypeError(f"cannot replace the activation in a {type(value).__name__}")
+
+
+def _input_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | str:
+    """Where a module's input activation is: positional argument 0, else a keyword."""
+    if args and isinstance(args[0], Tensor):
+        return 0
+    if isinstance(kwargs.get("hidden_states"), Tensor):
+        return "hidden_states"
+    for key, value in kwargs.items():
+        if isinstance(value, Tensor):
+            return key
+    raise TypeError("the module was called without a tensor input to read")
+
+
+def input_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor:
+    """The activation a module was called with (its first tensor argument)."""
+    key = _input_key(args, kwargs)
+    return args[0] if key == 0 else kwargs[key]  # type: ignore[index]
+
+
+def replace_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any], new: Tensor
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments with the tensor :func:`input_tensor` reads replaced by ``new``."""
+    key = _input_key(args, kwargs)
+    if key == 0:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, str(key): new}
+
+
+def model_device(module: nn.Module) -> torch.device:
+    """Device of the module's first parameter (CPU for a module without parameters)."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """Put modules in eval mode for the block and restore every submodule's mode afterwards."""
+    present = [m for m in modules if m is not None]
+    modes = [(sub, sub.training) for m in present for sub in m.modules()]
+    try:
+        for m in present:
+            m.eval()
+        yield
+    finally:
+        for sub, training in modes:
+            sub.training = training
