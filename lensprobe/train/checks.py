@@ -70,6 +70,14 @@ def check_activations(x: Any, mask: Any) -> None:
             f"row(s) {_first(empty, len(empty))} of {x.shape[0]} have no valid token: drop them "
             "(x[keep], mask[keep], labels[keep]) or fix the mask"
         )
+    _check_finite(x, mask)
+
+
+def _check_finite(x: Tensor, mask: Tensor) -> None:
+    """Raise when a valid token holds NaN or inf, naming the first tokens and rows.
+
+    ``x`` is read a chunk of rows at a time (never a second copy of a large capture).
+    """
     bad_rows: list[int] = []
     bad_tokens: list[tuple[int, int]] = []
     n_bad = 0
@@ -107,6 +115,23 @@ def encode_labels(
         original labels; ``class_names`` names each class (``None`` when the labels already
         were ``0..k-1`` and no names are known).
     """
+    arr = _label_array(labels, n_rows)
+    if arr.dtype.kind in "OUS":
+        ids, classes = _encode_strings(arr)
+        return ids, classes, classes
+    values = torch.from_numpy(_integer_labels(arr))
+    uniq = values.unique()
+    classes = tuple(int(c) for c in uniq.tolist())
+    ids = torch.searchsorted(uniq, values)
+    if names is not None and all(0 <= c < len(names) for c in classes):
+        return ids, classes, tuple(str(names[c]) for c in classes)
+    if classes == tuple(range(len(classes))):
+        return ids, classes, None
+    return ids, classes, tuple(str(c) for c in classes)
+
+
+def _label_array(labels: Any, n_rows: int) -> np.ndarray:
+    """The labels as a flat array of ``n_rows`` (a tensor, array or list); errors name the fix."""
     if isinstance(labels, Tensor):
         arr = labels.detach().cpu()
         if arr.dtype == torch.bfloat16:
@@ -130,15 +155,22 @@ def encode_labels(
             f"{count} labels for {n_rows} sequences: pass one label per sequence, as a flat list "
             "or a 1-d tensor"
         )
-    if arr.dtype.kind in "OUS":
-        if arr.dtype.kind == "O" and not all(isinstance(v, str) for v in arr.tolist()):
-            kinds = sorted({type(v).__name__ for v in arr.tolist()})
-            raise TypeError(f"labels mix types {kinds}: use all strings or all integers")
-        arr = arr.astype(str)
-        classes = tuple(sorted(set(arr.tolist())))
-        index = {c: i for i, c in enumerate(classes)}
-        ids = torch.tensor([index[v] for v in arr.tolist()], dtype=torch.long)
-        return ids, classes, classes
+    return arr
+
+
+def _encode_strings(arr: np.ndarray) -> tuple[Int[Tensor, " batch"], tuple[str, ...]]:
+    """Class ids of string labels, and the sorted distinct strings; mixed types are an error."""
+    if arr.dtype.kind == "O" and not all(isinstance(v, str) for v in arr.tolist()):
+        kinds = sorted({type(v).__name__ for v in arr.tolist()})
+        raise TypeError(f"labels mix types {kinds}: use all strings or all integers")
+    strings = arr.astype(str).tolist()
+    classes = tuple(sorted(set(strings)))
+    index = {c: i for i, c in enumerate(classes)}
+    return torch.tensor([index[v] for v in strings], dtype=torch.long), classes
+
+
+def _integer_labels(arr: np.ndarray) -> np.ndarray:
+    """Integer, boolean, or integer-valued float labels as int64; anything else is an error."""
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             rows = np.flatnonzero(~np.isfinite(arr)).tolist()
@@ -149,15 +181,6 @@ def encode_labels(
             raise ValueError(
                 "labels must be class ids or names, got non-integer floats: a probe classifies"
             )
-        arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "biu":
         raise TypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
-    values = torch.from_numpy(arr.astype(np.int64))
-    uniq = values.unique()
-    classes = tuple(int(c) for c in uniq.tolist())
-    ids = torch.searchsorted(uniq, values)
-    if names is not None and all(0 <= c < len(names) for c in classes):
-        return ids, classes, tuple(str(names[c]) for c in classes)
-    if classes == tuple(range(len(classes))):
-        return ids, classes, None
-    return ids, classes, tuple(str(c) for c in classes)
+    return arr.astype(np.int64)

@@ -125,41 +125,13 @@ def compare(
         InputError: The results' splits differ, or a metric is missing.
     """
     _check_paired(a, b)
-    for res in (a, b):
-        if metric not in res.metrics:
-            raise InputError(f"no test metric {metric!r}; choose one of {sorted(res.metrics)}")
-    diffs = np.array(
-        [ra.metrics[metric] - rb.metrics[metric] for ra, rb in zip(a.runs, b.runs, strict=True)]
-    )
+    diffs = _differences(a, b, metric)
     # Identical per-seed differences give a t-interval of zero width: no estimate of the spread
     # at all, not certainty. ``auto`` then uses the paired bootstrap over the test rows.
     degenerate = len(diffs) >= 2 and float(np.ptp(diffs)) == 0.0
     if method == "auto":
         method = "t" if len(diffs) >= 2 and not degenerate else "bootstrap"
-    if method == "t":
-        if len(diffs) < 2:
-            raise InputError(
-                "a t-interval needs two or more seeds: run seeds=(0, 1, ...) or use "
-                "method='bootstrap'"
-            )
-        low, high = t_interval(diffs, confidence)
-    elif method == "bootstrap":
-        low, high = bootstrap_interval(
-            lambda idx: mean_metric(a.runs, metric, idx) - mean_metric(b.runs, metric, idx),
-            [r.test_labels for r in a.runs],
-            n_resamples=n_resamples,
-            confidence=confidence,
-            seed=seed,
-        )
-    else:
-        raise InputError(f"method must be 'auto', 't' or 'bootstrap', got {method!r}")
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    verdict: Literal["a better", "b better", "undecided"] = "undecided"
-    if not (math.isnan(low) or math.isnan(high) or (method == "t" and degenerate)):
-        if sign * low > 0 and sign * high > 0:
-            verdict = "a better"
-        elif sign * low < 0 and sign * high < 0:
-            verdict = "b better"
+    low, high = _interval(a, b, metric, diffs, method, confidence, n_resamples, seed)
     return Comparison(
         metric=metric,
         a=probe_name(a),
@@ -172,5 +144,66 @@ def compare(
         differences=tuple(float(d) for d in diffs),
         n_seeds=len(diffs),
         n_test=a.n_test,
-        verdict=verdict,
+        verdict=_verdict(metric, low, high, decides=not (method == "t" and degenerate)),
     )
+
+
+def _differences(a: ProtocolResult, b: ProtocolResult, metric: str) -> np.ndarray:
+    """``metric(a) - metric(b)`` at each seed; an error when a result lacks the metric."""
+    for res in (a, b):
+        if metric not in res.metrics:
+            raise InputError(f"no test metric {metric!r}; choose one of {sorted(res.metrics)}")
+    return np.array(
+        [ra.metrics[metric] - rb.metrics[metric] for ra, rb in zip(a.runs, b.runs, strict=True)]
+    )
+
+
+def _interval(
+    a: ProtocolResult,
+    b: ProtocolResult,
+    metric: str,
+    diffs: np.ndarray,
+    method: str,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """The interval of the difference ``a - b`` by ``method``.
+
+    ``t``: Student-t over the seeds' ``diffs``. ``bootstrap``: paired percentile bootstrap over
+    the shared test rows (both probes scored on the same resampled rows).
+    """
+    if method == "t":
+        if len(diffs) < 2:
+            raise InputError(
+                "a t-interval needs two or more seeds: run seeds=(0, 1, ...) or use "
+                "method='bootstrap'"
+            )
+        return t_interval(diffs, confidence)
+    if method == "bootstrap":
+        return bootstrap_interval(
+            lambda idx: mean_metric(a.runs, metric, idx) - mean_metric(b.runs, metric, idx),
+            [r.test_labels for r in a.runs],
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+        )
+    raise InputError(f"method must be 'auto', 't' or 'bootstrap', got {method!r}")
+
+
+def _verdict(
+    metric: str, low: float, high: float, *, decides: bool = True
+) -> Literal["a better", "b better", "undecided"]:
+    """Which probe the interval of ``a - b`` favours.
+
+    ``undecided`` when the interval contains 0, is NaN, or cannot decide (``decides`` False: a
+    zero-width t-interval over identical differences).
+    """
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    if not decides or math.isnan(low) or math.isnan(high):
+        return "undecided"
+    if sign * low > 0 and sign * high > 0:
+        return "a better"
+    if sign * low < 0 and sign * high < 0:
+        return "b better"
+    return "undecided"

@@ -177,8 +177,13 @@ def interval(
 
 def splits_text(record: Mapping[str, Any]) -> str:
     """``1 split`` or ``3 splits`` (each seed is an independent split)."""
-    seeds = int(_number(record.get("seeds")) if record.get("seeds") not in (None, "") else 1)
+    seeds = _seeds(record)
     return f"{seeds} split" + ("" if seeds == 1 else "s")
+
+
+def _seeds(record: Mapping[str, Any]) -> int:
+    """The seeds (splits) behind a record's test metrics (1 when it names none)."""
+    return int(_number(record.get("seeds")) if record.get("seeds") not in (None, "") else 1)
 
 
 def describe(record: Mapping[str, Any], metric: str = "accuracy", digits: int = 3) -> str:
@@ -265,6 +270,29 @@ def choose_layer(
             f"by={by!r} is not a cross-validation score: a layer is chosen on the training part, "
             f"pass by='cv_{by}' (one of {', '.join('cv_' + m for m in CV_METRICS)})"
         )
+    rows = _one_group(records, probe, dataset)
+    hooks = _hooks_with_scores(rows, by)
+    best = _best_row(rows, by)
+    rec = rows[best]
+    names = [*METRIC_NAMES, *BINARY_METRIC_NAMES]
+    return LayerChoice(
+        dataset=rec.get("dataset"),
+        probe=str(rec.get("probe")),
+        hook=hooks[best],
+        by=by,
+        cv_score=_number(rec[by]),
+        test={k: _number(rec[k]) for k in names if k in rec},
+        n_test=int(_number(rec.get("n_test"))),
+        seeds=_seeds(rec),
+        hooks=tuple(hooks),
+        record=dict(rec),
+    )
+
+
+def _one_group(
+    records: Sequence[Mapping[str, Any]], probe: str | None, dataset: str | None
+) -> list[Mapping[str, Any]]:
+    """The records of ``probe`` and ``dataset``; an error unless they form one group."""
     rows = [
         r
         for r in records
@@ -283,6 +311,11 @@ def choose_layer(
             f"the records hold {len(groups)} (dataset, probe) groups {groups}; pass dataset= and "
             "probe=, or use choose_layers for one choice per group"
         )
+    return rows
+
+
+def _hooks_with_scores(rows: Sequence[Mapping[str, Any]], by: str) -> list[str]:
+    """The hook of each record; an error for a hook recorded twice or a record without ``by``."""
     hooks = [str(r.get("hook")) for r in rows]
     twice = sorted({h for h in hooks if hooks.count(h) > 1})
     if twice:
@@ -293,6 +326,11 @@ def choose_layer(
             f"the records of hooks {missing} have no {by!r} (results written before lensprobe "
             "recorded CV scores); rerun lensprobe train"
         )
+    return hooks
+
+
+def _best_row(rows: Sequence[Mapping[str, Any]], by: str) -> int:
+    """Index of the best CV score ``by`` (ties: lower ``cv_log_loss``, then the earlier row)."""
     sign = 1.0 if by.removeprefix("cv_") in LOWER_IS_BETTER else -1.0
 
     def key(i: int) -> tuple[float, float, int]:
@@ -304,21 +342,7 @@ def choose_layer(
             i,
         )
 
-    best = min(range(len(rows)), key=key)
-    rec = rows[best]
-    names = [*METRIC_NAMES, *BINARY_METRIC_NAMES]
-    return LayerChoice(
-        dataset=rec.get("dataset"),
-        probe=str(rec.get("probe")),
-        hook=hooks[best],
-        by=by,
-        cv_score=_number(rec[by]),
-        test={k: _number(rec[k]) for k in names if k in rec},
-        n_test=int(_number(rec.get("n_test"))),
-        seeds=int(_number(rec.get("seeds")) if rec.get("seeds") not in (None, "") else 1),
-        hooks=tuple(hooks),
-        record=dict(rec),
-    )
+    return min(range(len(rows)), key=key)
 
 
 def choose_layers(
