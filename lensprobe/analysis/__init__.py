@@ -14,6 +14,10 @@ Three analyses of the EleutherAI "Attention Probes" study, done on every sequenc
 Every function takes a probe and either an :class:`~lensprobe.activations.Activations` or a padded
 ``(x, mask)`` pair, optionally restricted to some ``rows`` (e.g. a protocol's test rows). Work is
 done in batches, on the probe's device, in ``no_grad`` and eval mode (the probe's mode is restored).
+
+One module per analysis: :mod:`~lensprobe.analysis.entropy`,
+:mod:`~lensprobe.analysis.contributions`, :mod:`~lensprobe.analysis.examples` (top examples and
+:func:`explain`); :mod:`~lensprobe.analysis.inputs` is how they all read their input.
 """
 
 from __future__ import annotations
