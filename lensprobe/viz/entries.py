@@ -14,19 +14,7 @@ from lensprobe.probes import Probe
 from lensprobe.train import ProtocolResult
 from lensprobe.train.selection import result_record
 
-__all__ = ["HEADLINE_METRICS", "METRIC_COLUMNS", "ReportEntry"]
-
-
-HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "auroc")
-"""Metrics shown with their interval."""
-
-METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced acc."),
-    ("macro_f1", "macro-F1"),
-    ("auroc", "AUROC"),
-    ("log_loss", "log loss"),
-)
+__all__ = ["ReportEntry"]
 
 
 @dataclass(frozen=True)

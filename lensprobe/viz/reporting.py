@@ -39,13 +39,14 @@ from lensprobe.errors import InputError
 from lensprobe.probes import AttentionProbe
 from lensprobe.train import Comparison, ProtocolResult
 from lensprobe.train.selection import (
+    HEADLINE_METRICS,
     LayerChoice,
     choose_layers,
     compare_choices,
     interval,
     splits_text,
 )
-from lensprobe.viz.entries import HEADLINE_METRICS, METRIC_COLUMNS, ReportEntry
+from lensprobe.viz.entries import ReportEntry
 from lensprobe.viz.figures import cv_figure, entropy_figure, layer_number, metrics_figure
 from lensprobe.viz.props import entropy_props, top_examples_props
 from lensprobe.viz.rendering import Widget, page
@@ -54,6 +55,15 @@ from lensprobe.viz.widgets import entropy_html
 __all__ = ["render_report", "report"]
 
 logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced acc."),
+    ("macro_f1", "macro-F1"),
+    ("auroc", "AUROC"),
+    ("log_loss", "log loss"),
+)
+"""The metrics table's columns: (record key, heading); the ``HEADLINE_METRICS`` carry intervals."""
 
 
 CSS = """
