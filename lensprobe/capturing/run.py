@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from lensprobe import backends
 from lensprobe.activations import ActivationsMeta, CaptureStats
-from lensprobe.backends.hf import Runner
+from lensprobe.backends.core import Runner
 from lensprobe.batching import collate, length_batches
 from lensprobe.capturing.job import CaptureJob
 from lensprobe.capturing.sinks import Sink
