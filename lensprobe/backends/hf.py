@@ -3,10 +3,10 @@
 Hook names are translated to module sites by :mod:`lensprobe.backends.names`; a site is a module's
 first input or its output, read and replaced with :mod:`lensprobe.backends.core`'s helpers.
 
-- *Capture* (:func:`open_runner`): one forward hook (a pre-hook for ``input`` sites) per site stores
-  its tensor; the hook that completes the set raises :class:`StopForward`, so nothing after the
-  deepest site runs (in particular not the unembedding). Hooks are registered for the whole capture
-  and removed in ``finally``.
+- *Capture* (:func:`open_runner`): one reader per site (the same :func:`add_reader` that attach
+  uses) stores its tensor; the one that completes the set raises :class:`StopForward`, so nothing
+  after the deepest site runs (in particular not the unembedding). Hooks are registered for the
+  whole capture and removed in ``finally``.
 - *Attach / edit* (:func:`resolve_target`, :func:`add_reader`, :func:`add_editor`): a name resolves
   to a :class:`HookTarget`, on which a reader or an editor is installed for a ``with`` block.
   The nnsight backend resolves on the module it wraps and reuses all of this.
@@ -133,7 +133,7 @@ def forward_kwargs(module: nn.Module, batch: Batch) -> dict[str, Any]:
 def site_hooks(
     module: nn.Module, sites: Sequence[Site], *, stop: bool = True
 ) -> Iterator[dict[Site, Tensor]]:
-    """Register one hook per site; yields the dict they fill on every forward.
+    """Register one reader (:func:`add_reader`, as attach uses) per site; yields what they read.
 
     Args:
         module: The Hugging Face model.
@@ -144,33 +144,17 @@ def site_hooks(
         Site -> tensor, filled in the order the sites fire (clear it between forwards).
     """
     store: dict[Site, Tensor] = {}
-    n = len(sites)
-    handles = []
 
-    def _put(site: Site, value: Tensor) -> None:
+    def put(site: Site, value: Tensor) -> None:
         store[site] = value
-        if stop and len(store) == n:
+        if stop and len(store) == len(sites):
             raise StopForward
 
-    try:
+    with ExitStack() as stack:
         for site in sites:
-            target = module.get_submodule(site.path)
-            if site.side == "input":
-
-                def pre_hook(_mod: nn.Module, args: Any, kwargs: Any, site: Site = site) -> None:
-                    _put(site, input_tensor(args, kwargs))
-
-                handles.append(target.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            else:
-
-                def hook(_mod: nn.Module, _args: Any, output: Any, site: Site = site) -> None:
-                    _put(site, first_tensor(output))
-
-                handles.append(target.register_forward_hook(hook))
+            reader = functools.partial(put, site)
+            add_reader(stack, module.get_submodule(site.path), site.side, reader)
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def site_order(module: nn.Module, sites: Sequence[Site], batch: Batch) -> list[Site]:
