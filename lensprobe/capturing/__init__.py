@@ -109,7 +109,6 @@ def capture(
     tok = _tokenizer(model, tokenizer)
     backends.check_hooks(model, backend, inputs.hooks)  # fail before tokenising
     meta = _recorded_meta(model, backend, tok, model_id, dtype, padding_side, max_length)
-    meta["class_names"] = inputs.class_names
     job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype)
     sink = open_sink(job, out, shard_tokens)
     return sink.finish(run_capture(model, backend, job, sink, progress=progress))

@@ -87,7 +87,11 @@ def plan_job(
     batch_size: int,
     dtype: torch.dtype,
 ) -> CaptureJob:
-    """Tokenise the texts and pack their ids (``base_meta`` gains truncation and BOS handling)."""
+    """Tokenise the texts and pack their ids.
+
+    ``base_meta`` (what every hook records, known before tokenising) gains the class names, the
+    truncation count and the BOS handling.
+    """
     tokenized = tokenize(
         tokenizer, inputs.texts, max_length=base_meta["max_length"], prepend_bos=prepend_bos
     )
@@ -105,6 +109,7 @@ def plan_job(
         token_strs=token_strings(tokenizer, tokenized.ids) if keep_texts else None,
         base_meta={
             **base_meta,
+            "class_names": inputs.class_names,
             "n_truncated": tokenized.n_truncated,
             "prepend_bos": tokenized.prepend_bos,
         },
