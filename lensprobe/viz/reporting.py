@@ -424,16 +424,28 @@ def render_report(
 
 
 def report(
-    entries: Sequence[ReportEntry | ProtocolResult], path: str | Path, **options: Any
+    entries: Sequence[ReportEntry | ProtocolResult],
+    path: str | Path,
+    *,
+    title: str = "lensprobe report",
+    description: str | None = None,
+    k: int = 5,
+    n_tokens: int = 12,
+    batch_size: int = 64,
+    comparisons: Sequence[Comparison] | None = None,
 ) -> Path:
-    """Write one self-contained HTML page for a protocol run.
+    """Write one self-contained HTML page for a protocol run (:func:`render_report` to a file).
 
     Args:
         entries: One :class:`ReportEntry` per probe and hook (``ReportEntry.from_result(res,
             acts)``); a bare ``ProtocolResult`` gives a metrics-only entry.
         path: The HTML file to write (parent directories are created).
-        **options: ``title``, ``description``, ``k``, ``n_tokens``, ``batch_size`` and
-            ``comparisons``, as :func:`render_report` takes them.
+        title: Page title.
+        description: A line under the title (dataset, settings).
+        k: Top examples per class and per head.
+        n_tokens: Tokens per head in the "what each head reads" table.
+        batch_size: Sequences per forward when analysing.
+        comparisons: Paired comparisons to show (see :func:`render_report`).
 
     Returns:
         The path written.
@@ -442,7 +454,15 @@ def report(
         >>> res = lp.run_protocol(acts, probe="attention", n_heads=8)
         >>> lp.report([lp.viz.ReportEntry.from_result(res, acts)], "report.html")
     """
-    html_text = render_report(entries, **options)
+    html_text = render_report(
+        entries,
+        title=title,
+        description=description,
+        k=k,
+        n_tokens=n_tokens,
+        batch_size=batch_size,
+        comparisons=comparisons,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html_text, encoding="utf-8")
