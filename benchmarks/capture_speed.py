@@ -38,9 +38,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd
 import torch
 
-from lensprobe.capturing import capture as lp_capture
 from lensprobe.batching import collate, length_batches, tokenize
+from lensprobe.capturing import capture as lp_capture
 from lensprobe.models import load_model
+from lensprobe.storage import save as save_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     acts = results[0]
     with tempfile.TemporaryDirectory() as tmp:
-        acts.save(Path(tmp) / "store")
+        save_store(acts, Path(tmp) / "store")
         stored = sum(f.stat().st_size for f in (Path(tmp) / "store").rglob("*") if f.is_file())
     bytes_per_token = stored / acts.n_tokens
     padding_waste = 1 - lp_tokens / lp_padded

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lensprobe.store import load_store
+    from lensprobe.storage import load as load_store
 
     torch.set_num_threads(args.threads)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -285,7 +285,7 @@ def activations_for(
 ) -> dict[str, Any]:
     """Hook -> Activations of a dataset, from its store (captured first if needed)."""
     from lensprobe.capturing import capture
-    from lensprobe.store import load_store
+    from lensprobe.storage import load as load_store
 
     store = out / "acts" / task.slug
     hooks = [hook_of(layer) for layer in args.layers]

@@ -145,9 +145,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     if args.acts:
-        from lensprobe.activations import Activations
+        from lensprobe.storage import load_activations
 
-        acts = Activations.load(args.acts)
+        acts = load_activations(args.acts)
         x, mask = acts.pad()
         y = acts.labels
         source = f"activations from {args.acts}"
