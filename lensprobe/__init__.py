@@ -54,6 +54,7 @@ _SUBMODULES: tuple[str, ...] = (
     "errors",
     "metrics",
     "probes",
+    "storage",
     "train",
 )
 
@@ -114,7 +115,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lensprobe import analysis, data, errors, metrics, probes, train, viz
+    from lensprobe import analysis, data, errors, metrics, probes, storage, train, viz
     from lensprobe.activations import Activations
     from lensprobe.analysis import attention_entropy, top_examples
     from lensprobe.capturing import capture

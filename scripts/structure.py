@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("backends",),
     ("probes",),
     ("data",),
-    ("storage", "store"),
+    ("storage",),
     ("capturing",),
     ("hooks",),
     ("train",),
