@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -82,8 +83,19 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train config keys {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(cls, d, "train config")
         return cls(**d)
+
+
+def check_keys(cls: type, d: Mapping[str, Any], what: str) -> None:
+    """Raise a ``ValueError`` naming the keys of ``d`` that are no field of dataclass ``cls``.
+
+    Args:
+        cls: The dataclass ``d`` should rebuild.
+        d: A dict read back from ``to_dict`` output.
+        what: How the error names the dict, e.g. ``"train config"``.
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(known)}")

@@ -116,13 +116,19 @@ def per_example_loss(
     )
 
 
-def _member_mean(loss: Tensor, weight: Tensor) -> Tensor:
-    """Each member's mean loss over its rows (0 for a member with no row here).
+def _member_sum(
+    loss: Float[Tensor, "member batch"], weight: Float[Tensor, "member batch"]
+) -> Float[Tensor, " member"]:
+    """Each member's loss summed over its own rows, each row counted with its weight.
 
-    A row outside a member's set never reaches its mean, even with a non-finite loss.
+    A row outside a member's set (weight 0) never reaches its sum, even with a non-finite loss.
     """
-    loss = torch.where(weight > 0, loss, 0.0)
-    return (loss * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+    return (torch.where(weight > 0, loss, 0.0) * weight).sum(dim=1)
+
+
+def _member_mean(loss: Tensor, weight: Tensor) -> Tensor:
+    """Each member's mean loss over its rows (0 for a member with no row here)."""
+    return _member_sum(loss, weight) / weight.sum(dim=1).clamp_min(1.0)
 
 
 class _Data:
@@ -400,9 +406,7 @@ class _Objective:
             theta = theta.detach().requires_grad_(True)
             params = self.unflatten(theta)
             loss = per_example_loss(self.data.logits(params, self.rows), self.labels)
-            share = self.share[idx]
-            loss = torch.where(share > 0, loss, 0.0) * share  # other members' rows never count
-            f = loss.sum(dim=1) + _decay_penalty(self.cls, params, self.wd[idx])
+            f = _member_sum(loss, self.share[idx]) + _decay_penalty(self.cls, params, self.wd[idx])
             (g,) = torch.autograd.grad(f.sum(), theta)
         return f.detach(), g
 
@@ -433,8 +437,7 @@ class _Objective:
             dz = e / total - self.onehot
         share = self.share[idx]
         counted = share > 0  # other members' rows never count, even when not finite
-        loss = torch.where(counted, loss, 0.0) * share
-        f = loss.sum(dim=1) + 0.5 * wd * weight.pow(2).flatten(1).sum(dim=1)
+        f = _member_sum(loss, share) + 0.5 * wd * weight.pow(2).flatten(1).sum(dim=1)
         dz = torch.where(counted[..., None], dz * share[..., None], 0.0)  # d f / d logits
         d_bias = dz.sum(dim=1)
         d_weight = (self.features.T @ dz.permute(1, 0, 2).reshape(-1, k * c)).view(d, k, c)
@@ -848,8 +851,7 @@ def _stop_losses(
     for start in range(0, rows.numel(), batch):
         r = rows[start : start + batch]
         loss = per_example_loss(data.logits(params, r), labels[r])
-        w = stop_w[:, r]
-        total += (torch.where(w > 0, loss, 0.0) * w).sum(dim=1)
+        total += _member_sum(loss, stop_w[:, r])
     return total / stop_w.sum(dim=1).clamp_min(1.0)
 
 

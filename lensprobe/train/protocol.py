@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -44,7 +44,7 @@ from lensprobe.metrics import (
 from lensprobe.probes import Probe, ProbeConfig, ProbeKind, probe_class
 from lensprobe.probes.base import tokens_read
 from lensprobe.train.checks import check_activations, encode_labels
-from lensprobe.train.config import TrainConfig
+from lensprobe.train.config import TrainConfig, check_keys
 from lensprobe.train.fit import (
     Members,
     fit_members,
@@ -138,10 +138,7 @@ class ProtocolConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ProtocolConfig:
         """Rebuild from :meth:`to_dict` output."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown protocol keys {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(cls, d, "protocol")
         d = dict(d)
         for key in ("weight_decays", "seeds"):
             if key in d:
