@@ -220,10 +220,10 @@ def test_table_and_choices_print_n_intervals_and_the_pick(grid):
 
 
 def test_cli_train_chooses_by_cv_and_prints_n_and_intervals(tmp_path, capsys):
-    from lensprobe.store import write_store
+    from lensprobe.storage import save
 
     store = tmp_path / "acts"
-    write_store(store, disagreeing_acts())
+    save(disagreeing_acts(), store)
     out = tmp_path / "out"
     args = ["train", "--acts", str(store), "--probes", "mean,last", "--out", str(out)]
     assert main([*args, "--seeds", "2"]) == 0

@@ -45,13 +45,8 @@ from lensprobe.probes import Probe, ProbeConfig, ProbeKind, probe_class
 from lensprobe.probes.base import tokens_read
 from lensprobe.train.checks import check_activations, encode_labels
 from lensprobe.train.config import TrainConfig, check_keys
-from lensprobe.train.fit import (
-    Members,
-    fit_members,
-    predict_members,
-    token_scale,
-    unscale_params,
-)
+from lensprobe.train.fit import fit_members, predict_members, token_scale, unscale_params
+from lensprobe.train.members import Members
 from lensprobe.train.split import stratified_folds, stratified_split
 
 logger = logging.getLogger(__name__)

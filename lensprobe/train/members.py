@@ -1,0 +1,247 @@
+"""The members of a sweep, and what every fit of them shares.
+
+A sweep is one batched model with a leading ``member`` dim. Every member of a grid (weight decays
+x folds x seeds) has its own parameters, its own training rows and its own early-stopping rows,
+given as boolean ``(member, row)`` tables (:class:`Members`). All members read the same rows of
+activations (:class:`FitData`), and each member's loss counts only its own rows
+(:func:`member_sum`), so the members never interact.
+
+Pooled probes (mean / last / max) pool every sequence once up front; after that a fit only sees
+``(row, d_model)`` features. Masks passed in are the valid tokens of the input as captured; a fit
+reads the tokens :func:`~lensprobe.probes.base.tokens_read` selects for the probe's config (BOS
+left out when the config excludes it), the same rule the trained probe's ``forward`` applies.
+
+A non-finite loss is an error that names the member (index and weight decay,
+:func:`nonfinite_error`), never a member silently returned untrained.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from lensprobe.probes import Probe, ProbeConfig, probe_class
+from lensprobe.probes.base import tokens_read
+from lensprobe.probes.pooled import PooledProbe
+
+
+@dataclass(frozen=True)
+class Members:
+    """The grid of a sweep: per member a weight decay, an init seed and its rows."""
+
+    weight_decay: Float[Tensor, " member"]
+    """Weight decay of each member."""
+    seeds: tuple[int, ...]
+    """Initialisation seed of each member."""
+    train: Bool[Tensor, "member batch"]
+    """Rows each member trains on."""
+    stop: Bool[Tensor, "member batch"]
+    """Rows each member early-stops on (AdamW); may be all False (no early stopping)."""
+    index: tuple[int, ...] | None = None
+    """Each member's number in its whole sweep, as errors name it (default ``0, 1, ...``)."""
+
+    def __post_init__(self) -> None:
+        m = self.weight_decay.shape[0]
+        if len(self.seeds) != m or self.train.shape[0] != m or self.stop.shape != self.train.shape:
+            raise ValueError("weight_decay, seeds, train and stop must agree on the member count")
+        if self.index is not None and len(self.index) != m:
+            raise ValueError(f"index names {len(self.index)} members, the sweep has {m}")
+        if bool((self.train & self.stop).any()):
+            raise ValueError("a member's early-stopping rows overlap its training rows")
+        if not bool(self.train.any(dim=1).all()):
+            raise ValueError("every member needs at least one training row")
+
+    def __len__(self) -> int:
+        return self.weight_decay.shape[0]
+
+    def select(self, i: int) -> Members:
+        """Member ``i`` alone, as a one-member sweep that keeps its number for errors."""
+        return Members(
+            weight_decay=self.weight_decay[i : i + 1],
+            seeds=self.seeds[i : i + 1],
+            train=self.train[i : i + 1],
+            stop=self.stop[i : i + 1],
+            index=(self.index[i] if self.index is not None else i,),
+        )
+
+    def describe(self, i: int) -> str:
+        """How errors name member ``i``: its number in the sweep and its weight decay."""
+        number = self.index[i] if self.index is not None else i
+        return f"member {number} (weight decay {float(self.weight_decay[i]):g})"
+
+
+@dataclass
+class FitResult:
+    """What a batched fit returns."""
+
+    params: dict[str, Tensor]
+    """Final (best early-stopping) parameters, stacked on the member dim."""
+    steps: Int[Tensor, " member"]
+    """Optimizer steps (AdamW) or iterations (L-BFGS) each member trained before it stopped."""
+    best_step: Int[Tensor, " member"]
+    """Step whose parameters were kept (AdamW; equals ``steps`` for L-BFGS)."""
+    stop_loss: Float[Tensor, " member"]
+    """Best early-stopping loss per member (NaN without early-stopping rows)."""
+
+
+def per_example_loss(
+    logits: Float[Tensor, "member batch n_outputs"], labels: Int[Tensor, " batch"]
+) -> Float[Tensor, "member batch"]:
+    """Binary cross-entropy for one logit, softmax cross-entropy for k; no reduction."""
+    if logits.shape[-1] == 1:
+        target = labels.to(logits.dtype).expand(logits.shape[0], -1)
+        return F.binary_cross_entropy_with_logits(logits[..., 0], target, reduction="none")
+    m, b, c = logits.shape
+    return F.cross_entropy(logits.reshape(m * b, c), labels.repeat(m), reduction="none").reshape(
+        m, b
+    )
+
+
+def member_sum(
+    loss: Float[Tensor, "member batch"], weight: Float[Tensor, "member batch"]
+) -> Float[Tensor, " member"]:
+    """Each member's loss summed over its own rows, each row counted with its weight.
+
+    A row outside a member's set (weight 0) never reaches its sum, even with a non-finite loss.
+    """
+    return (torch.where(weight > 0, loss, 0.0) * weight).sum(dim=1)
+
+
+def member_mean(loss: Tensor, weight: Tensor) -> Tensor:
+    """Each member's mean loss over its rows (0 for a member with no row here)."""
+    return member_sum(loss, weight) / weight.sum(dim=1).clamp_min(1.0)
+
+
+class FitData:
+    """The rows a fit reads: pooled features (computed once), or the padded activations.
+
+    The padded activations are kept as given (e.g. bfloat16 from a capture) and each minibatch
+    is converted, zeroed at padding and scaled when it is read, so a fit never holds a float32
+    copy of the whole capture. The values are the same as converting everything up front.
+    """
+
+    chunk = 256
+    """Rows converted at a time when pooling."""
+
+    def __init__(
+        self, config: ProbeConfig, x: Tensor, mask: Tensor, dtype: torch.dtype, scale: float
+    ):
+        self.cls = probe_class(config.kind)
+        self.config = config
+        self.pooled = issubclass(self.cls, PooledProbe)
+        given = mask
+        mask = tokens_read(config, mask)  # the tokens the trained probe's forward reads
+        self.x, self.mask, self.dtype, self.scale = x, mask, dtype, scale
+        if self.pooled:
+            # Pooling commutes with the positive scale, so the raw pooled features are shared by
+            # every fit and prediction on the same activations (see _pooled).
+            self.features = (_pooled(self, given) / scale).to(dtype)
+
+    def _read(
+        self, rows: Tensor | slice, cols: slice | None, dtype: torch.dtype, *, scaled: bool = True
+    ) -> Tensor:
+        """Rows (and columns) of ``x`` in ``dtype``, zero at padding, divided by the scale."""
+        x = self.x[rows] if cols is None else self.x[rows, cols]
+        mask = self.mask[rows] if cols is None else self.mask[rows, cols]
+        x = x.to(dtype).masked_fill(~mask[..., None], 0.0)  # a new tensor: x is never changed
+        return x.div_(self.scale) if scaled and self.scale != 1.0 else x
+
+    def logits(self, params: dict[str, Tensor], rows: Tensor) -> Tensor:
+        """Logits ``(member, row, n_outputs)`` of some rows."""
+        if self.pooled:
+            return self.cls.linear_members(params, self.features[rows])  # type: ignore[attr-defined]
+        mask = self.mask[rows]
+        # Read only the columns some row of this batch uses (length-trimmed minibatches).
+        cols = mask.any(dim=0).nonzero().flatten()
+        lo, hi = int(cols[0]), int(cols[-1]) + 1
+        logits, _ = self.cls.forward_members(
+            self.config, params, self._read(rows, slice(lo, hi), self.dtype), mask[:, lo:hi]
+        )
+        return logits
+
+
+_POOLED: list[tuple[tuple, Tensor]] = []
+"""The last pooled features and what they were pooled from (see :func:`_pooled`)."""
+
+
+def _pooled(data: FitData, given_mask: Tensor) -> Tensor:
+    """Float32 pooled features of ``data.x`` (unscaled), pooled a chunk of rows at a time.
+
+    The last result is kept while the same ``x`` and mask objects live unchanged (same tensor
+    version), so a protocol that fits and then predicts on the same activations pools them once.
+    """
+    key = (data.config.kind, data.config.exclude_bos, data.x._version, given_mask._version)
+    if _POOLED:
+        (x_ref, mask_ref, *old_key), features = _POOLED[0]
+        if x_ref() is data.x and mask_ref() is given_mask and tuple(old_key) == key:
+            return features
+    features = torch.cat(
+        [
+            data.cls.pool(  # type: ignore[attr-defined]
+                data._read(slice(i, i + data.chunk), None, torch.float32, scaled=False),
+                data.mask[i : i + data.chunk],
+            )
+            for i in range(0, data.x.shape[0], data.chunk)
+        ]
+    )
+    _POOLED[:] = [((weakref.ref(data.x), weakref.ref(given_mask), *key), features)]
+    return features
+
+
+def decay_penalty(
+    cls: type[Probe], params: dict[str, Tensor], wd: Float[Tensor, " member"]
+) -> Float[Tensor, " member"]:
+    """Each member's L2 penalty ``wd / 2 * ||W||^2`` over the probe's decayed weight matrices."""
+    total = torch.zeros_like(wd)
+    for name in cls.decay_params:
+        p = params[name]
+        total = total + p.pow(2).reshape(p.shape[0], -1).sum(dim=1)
+    return 0.5 * wd * total
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a fit optimises, whatever the optimizer.
+
+    The probe class, the rows it reads, the labels, and each member's weight decay and row
+    weights in the fit's dtype, on the labels' device.
+    """
+
+    probe_cls: type[Probe]
+    data: FitData
+    labels: Int[Tensor, " batch"]
+    members: Members
+    wd: Float[Tensor, " member"]
+    train_w: Float[Tensor, "member batch"]
+    """1.0 on each member's training rows."""
+    stop_w: Float[Tensor, "member batch"]
+    """1.0 on each member's early-stopping rows."""
+
+    @classmethod
+    def build(cls, probe: type[Probe], data: FitData, labels: Tensor, members: Members) -> Problem:
+        """The problem of ``members`` on ``data`` (tables moved to the labels' device)."""
+        device, dtype = labels.device, data.dtype
+        return cls(
+            probe_cls=probe,
+            data=data,
+            labels=labels,
+            members=members,
+            wd=members.weight_decay.to(device=device, dtype=dtype),
+            train_w=members.train.to(device=device, dtype=dtype),
+            stop_w=members.stop.to(device=device, dtype=dtype),
+        )
+
+
+def nonfinite_error(members: Members, bad: Tensor, what: str) -> FloatingPointError:
+    """The error for members whose ``what`` became NaN/inf (``bad``: a flag per member)."""
+    which = bad.nonzero().flatten().tolist()
+    others = f" and {len(which) - 1} other member(s)" if len(which) > 1 else ""
+    return FloatingPointError(
+        f"{members.describe(which[0])}{others}: non-finite {what}; check the activations for "
+        "NaN/inf values (or lower the learning rate / weight decay)"
+    )
