@@ -17,7 +17,7 @@ import torch
 
 from lensprobe.errors import InputError
 from lensprobe.metrics import LOWER_IS_BETTER, bootstrap_interval, t_interval
-from lensprobe.train.protocol import ProtocolResult, mean_metric
+from lensprobe.train.result import ProtocolResult, mean_metric
 
 
 @dataclass(frozen=True)

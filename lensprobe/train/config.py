@@ -1,10 +1,16 @@
-"""How probes are optimised: one frozen config for both optimizers."""
+"""The settings of training, as frozen configs.
+
+:class:`TrainConfig`: how one fit optimises (both optimizers). :class:`ProtocolConfig`: the
+protocol that splits, cross-validates, chooses the weight decay, refits and tests.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
+
+from lensprobe.probes import ProbeKind, probe_class
 
 Optimizer = Literal["adamw", "lbfgs"]
 Decay = Literal["decoupled", "l2"]
@@ -99,3 +105,95 @@ def check_keys(cls: type, d: Mapping[str, Any], what: str) -> None:
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(known)}")
+
+
+SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss"]
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Settings of :func:`~lensprobe.train.protocol.run_protocol` (defaults: the study's protocol)."""
+
+    probe: ProbeKind = "attention"
+    """Probe kind: ``attention``, ``mean``, ``last`` or ``max``."""
+    n_heads: int = 1
+    """Attention probe heads."""
+    position: Literal["last", "first"] = "last"
+    """Attention probes: anchor of the position bias."""
+    optimizer: Literal["auto", "adamw", "lbfgs"] = "auto"
+    """``auto``: AdamW for attention probes, L-BFGS for pooled probes (as in the study)."""
+    weight_decays: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)
+    """The grid cross-validation chooses from. Each decay is an L2 penalty ``wd / 2 * ||W||^2``
+    on the (normalised) loss for both optimizers by default; AdamW's decoupled decay is
+    ``train.decay="decoupled"``, under which this grid barely moves the weights (see
+    :attr:`TrainConfig.decay`). The study's attention and ``-adamw`` columns use the default."""
+    n_folds: int = 5
+    """Cross-validation folds of the training part."""
+    test_fraction: float = 0.2
+    """Share of the sequences held out for the test metrics."""
+    seeds: tuple[int, ...] = (0,)
+    """Repeated random splits: each seed is a full, independent run of the protocol (its own
+    stratified split, folds, weight-decay choice, initialisation and data order, as one batched
+    sweep); metrics are averaged over seeds, with a t-interval."""
+    split_seed: int = 0
+    """Seed of the first split: seed ``s`` draws its train/test split, folds and early-stopping
+    slice with ``split_seed + s``."""
+    select_by: SelectBy = "accuracy"
+    """CV metric that picks the weight decay (ties go to the lower CV log loss)."""
+    normalize: Literal["token_norm", "none"] = "token_norm"
+    """``token_norm``: train on activations divided by one scalar, the median token norm of the
+    training part over sqrt(d_model) (the returned probe reads raw activations; weight decay acts
+    in the normalised units, so one grid suits every model and layer). ``none``: raw units."""
+    bos: Literal["auto", "drop", "keep"] = "auto"
+    """``auto``: drop each sequence's first token when the capture prepended BOS (recorded in the
+    Activations), keep it otherwise. The probe remembers the choice (``exclude_bos``)."""
+    execution: Literal["batched", "sequential"] = "batched"
+    """``batched``: all members of a seed as one model. ``sequential``: one member at a time."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimiser settings; its ``optimizer`` field is overridden by ``optimizer`` unless auto."""
+
+    def __post_init__(self) -> None:
+        probe_class(self.probe)  # validates the kind
+        if self.probe != "attention" and self.n_heads != 1:
+            raise ValueError(f"a {self.probe} probe has no heads; leave n_heads at 1")
+        if self.n_heads < 1:
+            raise ValueError(
+                f"an attention probe needs at least one head, got n_heads={self.n_heads}"
+            )
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds must be at least 2, got {self.n_folds}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not self.weight_decays or any(w < 0 for w in self.weight_decays):
+            raise ValueError(f"weight_decays must be non-negative, got {self.weight_decays}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        object.__setattr__(self, "weight_decays", tuple(float(w) for w in self.weight_decays))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+
+    @property
+    def resolved_train(self) -> TrainConfig:
+        """The train config with the optimizer this protocol uses."""
+        opt = self.optimizer
+        if opt == "auto":
+            opt = "adamw" if self.probe == "attention" else "lbfgs"
+        return replace(self.train, optimizer=opt)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        d = asdict(self)
+        d["weight_decays"] = list(self.weight_decays)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProtocolConfig:
+        """Rebuild from :meth:`to_dict` output."""
+        check_keys(cls, d, "protocol")
+        d = dict(d)
+        for key in ("weight_decays", "seeds"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if isinstance(d.get("train"), Mapping):
+            d["train"] = TrainConfig.from_dict(dict(d["train"]))
+        return cls(**d)

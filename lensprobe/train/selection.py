@@ -24,7 +24,7 @@ from typing import Any
 from lensprobe.errors import InputError
 from lensprobe.metrics import BINARY_METRIC_NAMES, LOWER_IS_BETTER, METRIC_NAMES
 from lensprobe.train.compare import Comparison, compare
-from lensprobe.train.protocol import ProtocolResult
+from lensprobe.train.result import ProtocolResult
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def cv_at_choice(runs: Sequence[Any]) -> dict[str, float]:
     over seeds (NaN values skipped).
 
     Args:
-        runs: :attr:`ProtocolResult.runs` (:class:`~lensprobe.train.protocol.SeedRun`), or their
+        runs: :attr:`ProtocolResult.runs` (:class:`~lensprobe.train.result.SeedRun`), or their
             ``to_dict()`` form as saved in ``results.json``.
 
     Returns:
