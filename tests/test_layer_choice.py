@@ -127,6 +127,13 @@ def test_choose_layer_needs_one_group_and_a_cv_score():
     old = [{k: v for k, v in r.items() if k != "cv_accuracy"} for r in recs]
     with pytest.raises(InputError, match="rerun lensprobe train"):
         choose_layer(old, probe="mean")
+    with pytest.raises(
+        InputError,
+        match=r"no records for dataset='e', probe='mean'; .* \[\('d', 'last'\), \('d', 'mean'\)\]",
+    ):
+        choose_layer(recs, dataset="e", probe="mean")
+    with pytest.raises(InputError, match=r"hooks \['a'\] appear in more than one record"):
+        choose_layer([*recs, dict(recs[0])], probe="mean")
 
 
 def test_results_files_round_trip_the_cv_score_and_the_choice(grid, tmp_path):

@@ -104,6 +104,16 @@ def test_protocol_config_round_trips_through_json():
         ProtocolConfig(probe="mean", n_heads=2)
 
 
+def test_config_dicts_with_unknown_keys_are_named_errors():
+    d = {**ProtocolConfig(probe="mean").to_dict(), "colour": "red", "folds": 3}
+    with pytest.raises(ValueError, match=r"unknown protocol keys \['colour', 'folds'\]; known: "):
+        ProtocolConfig.from_dict(d)
+    with pytest.raises(ValueError, match=r"unknown train config keys \['steps'\]; known: \['batch"):
+        TrainConfig.from_dict({"lr": 1e-3, "steps": 10})
+    with pytest.raises(ValueError, match=r"unknown train config keys \['steps'\]"):
+        ProtocolConfig.from_dict({"train": {"steps": 10}})  # the nested train config too
+
+
 def test_stratified_split_and_folds():
     y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
     kept, held = stratified_split(y, 0.2, seed=3)

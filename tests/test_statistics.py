@@ -157,6 +157,21 @@ def test_compare_with_one_seed_is_a_paired_bootstrap():
     assert itself.low == itself.high == 0.0  # paired: both scored on the same resampled rows
     with pytest.raises(InputError, match="two or more seeds"):
         lp.compare(mx, last, method="t")
+    with pytest.raises(InputError, match="no test metric 'f1'; choose one of"):
+        lp.compare(mx, last, "f1")
+
+
+def test_compare_verdicts_follow_the_direction_of_the_metric():
+    from lensprobe.train.compare import _verdict
+
+    assert _verdict("accuracy", 0.1, 0.3) == "a better"
+    assert _verdict("accuracy", -0.3, -0.1) == "b better"
+    assert _verdict("log_loss", 0.1, 0.3) == "b better"  # lower is better
+    assert _verdict("ece", -0.3, -0.1) == "a better"
+    assert _verdict("accuracy", -0.1, 0.3) == "undecided"  # contains 0
+    assert _verdict("accuracy", 0.0, 0.3) == "undecided"  # touches 0
+    assert _verdict("accuracy", math.nan, 0.3) == "undecided"
+    assert _verdict("accuracy", 0.2, 0.2, decides=False) == "undecided"  # zero-width t
 
 
 def test_compare_refuses_results_whose_splits_differ():
