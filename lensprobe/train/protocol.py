@@ -468,31 +468,24 @@ def _fit(
     scale: float,
     bar: _StepBar,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Fit all members batched, or one at a time; returns params, steps and best steps."""
+    """Fit all members batched, or one at a time; returns params, steps and best steps.
+
+    One at a time, each member keeps its number in the whole sweep for errors, and the results
+    are stacked in member order, as the batched fit returns them.
+    """
     if execution == "batched":
-        r = fit_members(
-            config,
-            x,
-            mask,
-            labels,
-            members,
-            train,
-            order_rows=order_rows,
-            input_scale=scale,
-            on_step=bar.step,
-        )
-        bar.fit_done()
-        return r.params, r.steps, r.best_step
+        groups = [members]
+    else:
+        groups = [members.select(i) for i in range(len(members))]
     parts = []
-    for i in range(len(members)):
-        one = members.select(i)  # member i alone; errors still call it member i
+    for group in groups:
         parts.append(
             fit_members(
                 config,
                 x,
                 mask,
                 labels,
-                one,
+                group,
                 train,
                 order_rows=order_rows,
                 input_scale=scale,
@@ -500,12 +493,11 @@ def _fit(
             )
         )
         bar.fit_done()
+    if len(parts) == 1:
+        return parts[0].params, parts[0].steps, parts[0].best_step
     params = {k: torch.cat([p.params[k] for p in parts]) for k in parts[0].params}
-    return (
-        params,
-        torch.cat([p.steps for p in parts]),
-        torch.cat([p.best_step for p in parts]),
-    )
+    steps = torch.cat([p.steps for p in parts])
+    return params, steps, torch.cat([p.best_step for p in parts])
 
 
 class _StepBar:
