@@ -488,7 +488,8 @@ def result_of(cell: dict[str, Any]) -> Any:
     """
     import torch
 
-    from lensprobe.train.protocol import ProtocolConfig, ProtocolResult, SeedRun
+    from lensprobe.train.config import ProtocolConfig
+    from lensprobe.train.result import ProtocolResult, SeedRun
 
     if "runs" not in cell:
         raise SystemExit(

@@ -24,6 +24,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensprobe._records import check_keys
+
 __all__ = ["Activations", "ActivationsMeta", "CaptureResult", "CaptureStats"]
 
 Index = int | slice | Sequence[int] | Tensor | np.ndarray
@@ -93,12 +95,7 @@ class ActivationsMeta:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ActivationsMeta:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(
-                f"unknown ActivationsMeta fields {sorted(unknown)}; known: {sorted(names)}"
-            )
+        check_keys(cls, data, "ActivationsMeta fields")
         kwargs = dict(data)
         if kwargs.get("class_names") is not None:
             kwargs["class_names"] = tuple(kwargs["class_names"])

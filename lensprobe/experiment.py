@@ -19,7 +19,9 @@ from typing import Any, Literal
 
 from lensprobe.errors import InputError
 from lensprobe.train.compare import Comparison
-from lensprobe.train.protocol import ProtocolConfig, ProtocolResult, run_protocol
+from lensprobe.train.config import ProtocolConfig
+from lensprobe.train.protocol import run_protocol
+from lensprobe.train.result import ProtocolResult
 from lensprobe.train.selection import (
     LayerChoice,
     choose_layer,

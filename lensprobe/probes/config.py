@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from lensprobe._records import check_keys
 
 if TYPE_CHECKING:
     from lensprobe.probes.base import Probe
@@ -82,10 +84,7 @@ class ProbeConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ProbeConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error that names them."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown probe config keys {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(cls, d, "probe config keys")
         d = dict(d)
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])

@@ -7,9 +7,10 @@ protocol that splits, cross-validates, chooses the weight decay, refits and test
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from lensprobe._records import check_keys
 from lensprobe.probes import ProbeKind, probe_class
 
 Optimizer = Literal["adamw", "lbfgs"]
@@ -89,22 +90,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output."""
-        check_keys(cls, d, "train config")
+        check_keys(cls, d, "train config keys")
         return cls(**d)
-
-
-def check_keys(cls: type, d: Mapping[str, Any], what: str) -> None:
-    """Raise a ``ValueError`` naming the keys of ``d`` that are no field of dataclass ``cls``.
-
-    Args:
-        cls: The dataclass ``d`` should rebuild.
-        d: A dict read back from ``to_dict`` output.
-        what: How the error names the dict, e.g. ``"train config"``.
-    """
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(known)}")
 
 
 SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_loss"]
@@ -189,7 +176,7 @@ class ProtocolConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ProtocolConfig:
         """Rebuild from :meth:`to_dict` output."""
-        check_keys(cls, d, "protocol")
+        check_keys(cls, d, "protocol keys")
         d = dict(d)
         for key in ("weight_decays", "seeds"):
             if key in d:
