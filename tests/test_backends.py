@@ -172,11 +172,33 @@ def test_first_tensor_and_its_inverse():
 
 def test_input_tensor_and_its_inverse():
     x, new, mask = torch.zeros(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2)
-    args, kwargs = replace_input((x, "a"), {"attention_mask": mask}, new)
+    args, kwargs = replace_input((x, "a"), {"attention_mask": mask}, lambda t: new)
     assert args == (new, "a") and kwargs["attention_mask"] is mask
     assert input_tensor(args, kwargs) is new
-    args, kwargs = replace_input((), {"hidden_states": x, "attention_mask": mask}, new)
+    args, kwargs = replace_input((), {"hidden_states": x, "attention_mask": mask}, lambda t: new)
     assert args == () and kwargs["hidden_states"] is new and kwargs["attention_mask"] is mask
     assert input_tensor(args, kwargs) is new
     with pytest.raises(TypeError, match="tensor input"):
         input_tensor(("text",), {})
+
+
+def test_an_input_edit_never_guesses_which_keyword_to_replace():
+    """Reading falls back to the first tensor keyword (as capture always did); an edit does not."""
+    from contextlib import ExitStack
+
+    from lensprobe.backends import hf as hf_backend
+
+    class Keywords(torch.nn.Module):
+        def forward(self, *, attention_mask, x):
+            return x * attention_mask
+
+    mask, x = torch.ones(2), torch.full((2,), 3.0)
+    assert input_tensor((), {"attention_mask": mask, "x": x}) is mask
+    with pytest.raises(TypeError, match="will not guess"):
+        replace_input((), {"attention_mask": mask, "x": x}, lambda t: t * 0)
+    module = Keywords()
+    with ExitStack() as stack:
+        hf_backend.add_editor(stack, module, "input", lambda t: t * 0, name="blocks.0.hook_x")
+        with pytest.raises(TypeError, match=r"^blocks\.0\.hook_x: .*will not guess"):
+            module(attention_mask=mask, x=x)
+    assert torch.equal(module(attention_mask=mask, x=x), x)  # the editor is gone

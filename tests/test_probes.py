@@ -258,3 +258,14 @@ def test_exclude_bos_ignores_the_first_valid_token(kind):
         probe(one, torch.ones(1, 1, dtype=torch.bool)),
         base(one, torch.ones(1, 1, dtype=torch.bool)),
     )
+
+
+def test_a_subclass_reusing_a_kind_does_not_replace_it():
+    from lensprobe.probes import MeanProbe
+    from lensprobe.probes.config import probe_class
+
+    class MyMean(MeanProbe):
+        kind = "mean"
+
+    assert probe_class("mean") is MeanProbe
+    assert MyMean.kind == "mean"

@@ -152,7 +152,7 @@ def add_editor(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], Tens
     if target.backend == "transformer_lens":
         tl_backend.add_editor(stack, target.module, fn)
     else:
-        hf_backend.add_editor(stack, target.module, target.side, fn)
+        hf_backend.add_editor(stack, target.module, target.side, fn, name=target.name)
 
 
 def input_device(model: Any, backend: BackendName) -> torch.device:

@@ -114,32 +114,41 @@ def replace_first(value: Any, new: Tensor) -> Any:
     raise TypeError(f"cannot replace the activation in a {type(value).__name__}")
 
 
-def _input_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | str:
-    """Where a module's input activation is: positional argument 0, else a keyword."""
+def _input_key(args: tuple[Any, ...], kwargs: Mapping[str, Any], *, strict: bool) -> int | str:
+    """Where a module's input activation is (``strict``: argument 0 or ``hidden_states`` only)."""
     if args and isinstance(args[0], Tensor):
         return 0
     if isinstance(kwargs.get("hidden_states"), Tensor):
         return "hidden_states"
-    for key, value in kwargs.items():
-        if isinstance(value, Tensor):
-            return key
-    raise TypeError("the module was called without a tensor input to read")
+    if not strict:
+        for key, value in kwargs.items():
+            if isinstance(value, Tensor):
+                return key
+        raise TypeError("the module was called without a tensor input to read")
+    raise TypeError(
+        "the module was called without its activation as argument 0 or hidden_states=; an edit "
+        "will not guess which tensor keyword to replace: edit a module whose input is its first "
+        "argument, or its output"
+    )
 
 
 def input_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor:
-    """The activation a module was called with (its first tensor argument)."""
-    key = _input_key(args, kwargs)
+    """The activation a module was called with: argument 0, ``hidden_states``, or the first tensor keyword."""
+    key = _input_key(args, kwargs, strict=False)
     return args[0] if key == 0 else kwargs[key]  # type: ignore[index]
 
 
 def replace_input(
-    args: tuple[Any, ...], kwargs: dict[str, Any], new: Tensor
+    args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[[Tensor], Tensor]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The call's arguments with the tensor :func:`input_tensor` reads replaced by ``new``."""
-    key = _input_key(args, kwargs)
+    """The call's arguments with the activation replaced by ``fn(activation)``.
+
+    Only argument 0 or ``hidden_states`` is replaced: a ``TypeError`` otherwise, never a guess.
+    """
+    key = _input_key(args, kwargs, strict=True)
     if key == 0:
-        return (new, *args[1:]), kwargs
-    return args, {**kwargs, str(key): new}
+        return (fn(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, str(key): fn(kwargs[key])}
 
 
 def model_device(module: nn.Module) -> torch.device:

@@ -278,18 +278,29 @@ def _register_last(stack: ExitStack, module: nn.Module, hook: Callable[..., None
 
 
 def add_editor(
-    stack: ExitStack, module: nn.Module, side: Side, fn: Callable[[Tensor], Tensor]
+    stack: ExitStack,
+    module: nn.Module,
+    side: Side,
+    fn: Callable[[Tensor], Tensor],
+    *,
+    name: str = "",
 ) -> None:
     """Replace the activation at a module's input or output with ``fn(activation)``.
 
     An input edit is prepended, so it runs before any reader registered at the same input.
+    ``name`` (the hook name) starts the message of an input the edit cannot find.
     """
     if side == "input":
 
         def edit_input(
             _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return replace_input(args, kwargs, fn(input_tensor(args, kwargs)))
+            try:
+                return replace_input(args, kwargs, fn)
+            except TypeError as e:
+                if "an edit will not guess" not in str(e):
+                    raise
+                raise TypeError(f"{name or type(_m).__name__}: {e}") from None
 
         handle = module.register_forward_pre_hook(edit_input, with_kwargs=True, prepend=True)
     else:

@@ -74,10 +74,14 @@ class Probe(nn.Module):
     """Parameters weight decay applies to (weight matrices; never biases or position slopes)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Record a subclass that names its ``kind`` in :data:`PROBE_CLASSES` (loading reads it)."""
+        """Record a subclass that names a new ``kind`` in :data:`PROBE_CLASSES` (loading reads it).
+
+        A kind already recorded keeps its class: a subclass that reuses ``kind = "mean"`` does not
+        change what ``load_probe`` or the protocol build for ``mean``.
+        """
         super().__init_subclass__(**kwargs)
         if "kind" in cls.__dict__:
-            PROBE_CLASSES[cls.kind] = cls
+            PROBE_CLASSES.setdefault(cls.kind, cls)
 
     def __init__(self, config: ProbeConfig):
         super().__init__()

@@ -28,15 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lensprobe.analysis import (
-    AttentionEntropy,
-    Data,
-    Example,
-    TopExamples,
-    attention_entropy,
-    explain,
-    top_examples,
-)
+from lensprobe import analysis
+from lensprobe.analysis import AttentionEntropy, Data, Example, TopExamples
 from lensprobe.analysis.inputs import probe_class_names
 from lensprobe.probes import AttentionProbe, Probe
 from lensprobe.viz.props import (
@@ -126,7 +119,7 @@ def attention_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
             "lp.viz.contributions_widget(probe, acts, index) shows which tokens it reads (its "
             "values: lp.analysis.token_contributions)"
         )
-    example = explain(probe, acts, index)
+    example = analysis.explain(probe, acts, index)
     assert example.attention is not None
     title = f"attention of {probe.config.n_heads} probe head(s)"
     if probe.config.hook:
@@ -145,7 +138,7 @@ def contributions_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
     For a one-logit probe the columns are the score of class 0 (minus the logit) and of class 1
     (the logit); otherwise one column per class logit. Blue pushes the score up, red down.
     """
-    example = explain(probe, acts, index)
+    example = analysis.explain(probe, acts, index)
     names = probe_class_names(probe, acts)
     n_outputs = probe.config.n_outputs
     columns = torch.stack([class_values(example, c, n_outputs) for c in range(len(names))], dim=1)
@@ -177,7 +170,7 @@ def top_examples_widget(
     if isinstance(top, Probe):
         if acts is None:
             raise TypeError("pass the activations too: lp.viz.top_examples_widget(probe, acts)")
-        top = top_examples(top, acts, k=k, rows=rows)
+        top = analysis.top_examples(top, acts, k=k, rows=rows)
     what = "class logit" if view == "class" else "peak attention of each head"
     header = (
         f'<div style="font-size:13px;color:#333"><b>top {top.k} of {top.n_rows} sequences by '
@@ -208,7 +201,7 @@ def entropy_widget(
     if isinstance(ent, Probe):
         if acts is None:
             raise TypeError("pass the activations too: lp.viz.entropy_widget(probe, acts)")
-        ent = attention_entropy(ent, acts, rows=rows)
+        ent = analysis.attention_entropy(ent, acts, rows=rows)
     props = entropy_props(ent)
     header = (
         f'<div style="font-size:13px;color:#333"><b>attention entropy per head</b> over '
