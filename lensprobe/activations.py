@@ -15,6 +15,8 @@ re-indexes sequences; activation rows are copied when a batch is padded or ``val
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -642,6 +644,32 @@ class Activations:
                 labels = self.labels[sel].to(x.device)
             yield x, mask, labels, sel
 
+    # -- lensprobe 0.1's file methods: lensprobe.storage now (they go in the next release) -------
+    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
+        """Deprecated: ``lensprobe.storage.save(acts, path)``."""
+        warnings.warn(
+            "Activations.save is deprecated and will be removed in the next release; use "
+            "lensprobe.storage.save(acts, path)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from lensprobe.storage import save
+
+        save(self, path, shard_tokens=shard_tokens)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **options: Any) -> Activations:
+        """Deprecated: ``lensprobe.storage.load_activations(path, hook=..., mmap=..., verify=...)``."""
+        warnings.warn(
+            "Activations.load is deprecated and will be removed in the next release; use "
+            "lensprobe.storage.load_activations(path)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from lensprobe.storage import load_activations
+
+        return load_activations(path, **options)
+
 
 _CONCAT_FIELDS = (
     "hook",
@@ -743,3 +771,29 @@ class CaptureResult(Mapping[str, Activations]):
             f"CaptureResult(hooks={list(self._members)}, sequences={len(first)}, "
             f"tokens={first.n_tokens})"
         )
+
+    # -- lensprobe 0.1's file methods: lensprobe.storage now (they go in the next release) -------
+    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
+        """Deprecated: ``lensprobe.storage.save(result, path)``."""
+        warnings.warn(
+            "CaptureResult.save is deprecated and will be removed in the next release; use "
+            "lensprobe.storage.save(result, path)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from lensprobe.storage import save
+
+        save(self, path, shard_tokens=shard_tokens)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **options: Any) -> CaptureResult:
+        """Deprecated: ``lensprobe.storage.load(path, mmap=..., verify=...)``."""
+        warnings.warn(
+            "CaptureResult.load is deprecated and will be removed in the next release; use "
+            "lensprobe.storage.load(path)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from lensprobe.storage import load
+
+        return load(path, **options)
