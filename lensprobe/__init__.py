@@ -77,7 +77,7 @@ _MOVED: dict[str, str] = {
     "ReportEntry": "lensprobe.viz",
     "ProbeSpec": "lensprobe.experiment",
     "run_grid": "lensprobe.experiment",
-    "UnknownHookError": "lensprobe.backends.names",
+    "UnknownHookError": "lensprobe.errors",
     "Readout": "lensprobe.hooks",
     "head_directions": "lensprobe.steering",
     "PatchResult": "lensprobe.patching",
@@ -107,6 +107,8 @@ def _moved(name: str) -> Any:
         DeprecationWarning,
         stacklevel=3,
     )
+    # Not cached: every use warns (``from lensprobe import X`` asks twice, from the same line,
+    # which Python's default filter shows once).
     return getattr(importlib.import_module(home), name)
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "ProbeFileError",
     "StoreCorruptError",
     "StoreError",
+    "UnknownHookError",
 ]
 
 
@@ -26,6 +27,10 @@ class LensprobeError(Exception):
 
 class InputError(LensprobeError, ValueError):
     """An argument or an input value is unusable (an empty text, labels of the wrong length)."""
+
+
+class UnknownHookError(LensprobeError, ValueError):
+    """A hook name the model does not have (the message lists the nearest valid ones)."""
 
 
 class DataFileError(LensprobeError, ValueError):

@@ -20,7 +20,7 @@ from typing import Literal
 
 from torch import nn
 
-from lensprobe.errors import LensprobeError
+from lensprobe.errors import UnknownHookError
 
 __all__ = [
     "TABLES",
@@ -34,10 +34,6 @@ __all__ = [
 ]
 
 Side = Literal["input", "output"]
-
-
-class UnknownHookError(LensprobeError, ValueError):
-    """A hook name the model does not have (the message lists the nearest valid ones)."""
 
 
 @dataclass(frozen=True)

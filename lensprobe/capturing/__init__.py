@@ -40,11 +40,11 @@ import torch
 from lensprobe import backends
 from lensprobe.activations import CaptureResult
 from lensprobe.backends import detect_backend
-from lensprobe.backends.names import UnknownHookError
 from lensprobe.capturing.inputs import check_capture_out, check_inputs, check_settings, check_texts
 from lensprobe.capturing.job import plan_job
 from lensprobe.capturing.run import run_capture
 from lensprobe.capturing.sinks import open_sink
+from lensprobe.errors import UnknownHookError
 from lensprobe.models import display_name
 from lensprobe.storage import check_store_target
 
