@@ -12,6 +12,7 @@ backends (TransformerLens, nnsight, circuitsvis, datasets) load only when used.
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,10 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"lensprobe.{name}")
     if name in _MOVED:
+        # ``from lensprobe import X`` first probes with hasattr (in importlib's
+        # _handle_fromlist), then gets X: warn on the get only, so the user sees one warning.
+        if sys._getframe(1).f_code.co_name == "_handle_fromlist":
+            return getattr(importlib.import_module(_MOVED[name]), name)
         return _moved(name)
     raise AttributeError(f"module 'lensprobe' has no attribute {name!r}")
 
@@ -107,8 +112,6 @@ def _moved(name: str) -> Any:
         DeprecationWarning,
         stacklevel=3,
     )
-    # Not cached: every use warns (``from lensprobe import X`` asks twice, from the same line,
-    # which Python's default filter shows once).
     return getattr(importlib.import_module(home), name)
 
 

@@ -28,3 +28,20 @@ def test_moved_names_warn_and_point_to_their_home(name):
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no_such_name"):
         lp.no_such_name  # noqa: B018
+
+
+def test_a_from_import_of_a_moved_name_warns_once_at_the_users_line(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "user.py"
+    script.write_text("import lensprobe\nfrom lensprobe import CaptureStats\n")
+    out = subprocess.run(
+        [sys.executable, "-W", "always::DeprecationWarning", str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [line for line in out.stderr.splitlines() if "DeprecationWarning" in line]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"{script}:2: DeprecationWarning: lensprobe.CaptureStats")
