@@ -83,3 +83,12 @@ def test_deferred_imports_count_but_deprecation_shims_do_not(structure, tmp_path
 def test_no_function_in_lensprobe_is_over_80_lines(structure):
     long = [(name, n) for name, n in structure.measure(top=10_000)["largest_functions"] if n > 80]
     assert long == []
+
+
+def test_the_map_in_docs_lists_the_layers_the_test_enforces(structure):
+    import re
+
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|", (ROOT / "docs/architecture.md").read_text(), re.M)
+    documented = [tuple(re.findall(r"`([\w.]+)/?`", names)) for _, names in rows]
+    assert [int(i) for i, _ in rows] == list(range(len(structure.LAYERS)))
+    assert documented == [tuple(layer) for layer in structure.LAYERS]

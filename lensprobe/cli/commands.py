@@ -113,7 +113,7 @@ def _demo_settings(options: DemoOptions) -> tuple[DemoOptions, int, list[str]]:
         The options (``max_steps`` set for ``--quick``), the texts per task, and the hooks.
     """
     quick = options.quick
-    hooks = steps.check_hooks(options.hooks)
+    hooks = steps.hooks_flag(options.hooks)
     if quick and options.hooks == DEMO_HOOKS:
         hooks = [DEMO_HOOKS[1]]
     max_steps = options.max_steps or (300 if quick else None)
@@ -163,7 +163,7 @@ def run_run(options: RunOptions) -> int:
     from lensprobe.experiment import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
-    hooks = steps.check_hooks(options.hooks)
+    hooks = steps.hooks_flag(options.hooks)
     protocol = steps.protocol(options.seeds, options.max_steps)
     steps.check_out_folder(options.out)
     store = steps.run_store(options.out)
@@ -190,7 +190,7 @@ def run_capture(options: CaptureOptions) -> int:
     """Capture a dataset at hooks into an on-disk store (train on it many times later)."""
     from lensprobe.storage import check_store_target
 
-    hooks = steps.check_hooks(options.hooks)
+    hooks = steps.hooks_flag(options.hooks)
     check_store_target(options.out)  # a file or a folder of other things: before reading data
     ds = steps.load_text_dataset(options)
     steps.check_capture_out(ds, hooks, options, options.out)

@@ -18,10 +18,10 @@ __all__ = [
     "capture_texts",
     "check_capture_out",
     "check_classes",
-    "check_hooks",
     "check_model",
     "check_out_folder",
     "finish",
+    "hooks_flag",
     "load_model",
     "load_text_dataset",
     "n_fix",
@@ -50,7 +50,7 @@ def slug(text: str) -> str:
 # --- checks before any work -----------------------------------------------------------------------
 
 
-def check_hooks(hooks: Sequence[str]) -> list[str]:
+def hooks_flag(hooks: Sequence[str]) -> list[str]:
     """The ``--hooks`` list, refused when empty."""
     if not hooks:
         raise InputError("--hooks is empty; pass hook names, e.g. blocks.9.hook_resid_post")

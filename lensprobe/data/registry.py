@@ -3,7 +3,7 @@
 An entry (:class:`DatasetSpec`) says where the rows live (:class:`HubSource`: a Hugging Face hub id;
 :class:`LocalSource`: files of a local folder) and how rows become a text and a class
 (:class:`Columns`). Both sources go through ``datasets.load_dataset`` and the same column mapping
-(``lensprobe.data.loading``), so a hub id and a local folder of the same dataset yield the same
+(``lensprobe.data.mapping``), so a hub id and a local folder of the same dataset yield the same
 classes in the same order.
 
 The entries themselves (hub ids, the offline collection's folder and file names, column mappings,
