@@ -16,6 +16,7 @@ never assumes where that collection lives: callers pass ``data_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -229,7 +230,7 @@ def _columns(raw: Mapping[str, Any], where: str) -> Columns:
     )
 
 
-_COLUMN_FIELDS = {"text", "label", "label_names", "label_transform", "where", "unknown_labels"}
+_COLUMN_FIELDS = {f.name for f in dataclasses.fields(Columns)}
 
 
 def _hub(raw: Mapping[str, Any], where: str) -> HubSource:
