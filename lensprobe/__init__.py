@@ -76,7 +76,7 @@ _MOVED: dict[str, str] = {
     "explain": "lensprobe.analysis",
     "token_contributions": "lensprobe.analysis",
     "ReportEntry": "lensprobe.viz",
-    "ProbeSpec": "lensprobe.experiment",
+    "ProbeSpec": "lensprobe.specs",
     "run_grid": "lensprobe.experiment",
     "UnknownHookError": "lensprobe.errors",
     "Readout": "lensprobe.hooks",

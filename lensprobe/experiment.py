@@ -11,13 +11,13 @@ import csv
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lensprobe.errors import InputError
+from lensprobe.specs import ProbeSpec
 from lensprobe.train.compare import Comparison
 from lensprobe.train.config import ProtocolConfig
 from lensprobe.train.protocol import run_protocol
@@ -35,58 +35,6 @@ from lensprobe.train.selection import (
 )
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PROBES: tuple[str, ...] = ("attention-1", "attention-2", "attention-8", "mean", "last")
-"""The probes of the study's comparison."""
-
-_SPEC = re.compile(r"^(attention|mean|last|max)(?:-(\d+))?(?:-(adamw|lbfgs))?$")
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    """One probe of a grid: kind, heads and optimizer, written ``attention-8`` or ``mean-adamw``."""
-
-    kind: Literal["attention", "mean", "last", "max"]
-    """Probe kind."""
-    n_heads: int = 1
-    """Heads of an attention probe."""
-    optimizer: Literal["auto", "adamw", "lbfgs"] = "auto"
-    """``auto``: AdamW for attention probes, L-BFGS for pooled ones."""
-
-    @classmethod
-    def parse(cls, text: str) -> ProbeSpec:
-        """Read ``attention-8``, ``attention-2-lbfgs``, ``mean``, ``last-adamw``, ``max``."""
-        m = _SPEC.match(text.strip().lower())
-        if m is None:
-            raise ValueError(
-                f"cannot read probe spec {text!r}; write KIND[-HEADS][-OPTIMIZER] with KIND one of "
-                "attention, mean, last, max (e.g. attention-8, mean, last-adamw)"
-            )
-        kind, heads, opt = m.groups()
-        if heads is not None and kind != "attention":
-            raise ValueError(f"{text!r}: only attention probes have heads (e.g. attention-{heads})")
-        if heads is not None and int(heads) < 1:
-            raise ValueError(f"{text!r}: an attention probe needs at least one head (attention-1)")
-        return cls(kind=kind, n_heads=int(heads or 1), optimizer=opt or "auto")  # type: ignore[arg-type]
-
-    @property
-    def label(self) -> str:
-        """The spec written back, e.g. ``attention-8`` or ``mean-adamw``."""
-        text = f"{self.kind}-{self.n_heads}" if self.kind == "attention" else self.kind
-        return text if self.optimizer == "auto" else f"{text}-{self.optimizer}"
-
-    def protocol(self, base: ProtocolConfig) -> ProtocolConfig:
-        """``base`` with this spec's probe, heads and optimizer."""
-        return replace(base, probe=self.kind, n_heads=self.n_heads, optimizer=self.optimizer)
-
-
-def parse_probes(specs: str | Sequence[str]) -> list[ProbeSpec]:
-    """Probe specs from a comma-separated string or a list of strings."""
-    if isinstance(specs, str):
-        specs = [s for s in specs.split(",") if s.strip()]
-    if not specs:
-        raise ValueError(f"no probes given; e.g. {','.join(DEFAULT_PROBES)}")
-    return [ProbeSpec.parse(s) for s in specs]
 
 
 @dataclass
@@ -538,11 +486,9 @@ def write_saved_report(
 
 
 __all__ = [
-    "DEFAULT_PROBES",
     "TABLE_COLUMNS",
     "GridRow",
     "LayerChoice",
-    "ProbeSpec",
     "SavedResults",
     "add_entropy",
     "choose_layer",
@@ -553,7 +499,6 @@ __all__ = [
     "format_row",
     "format_table",
     "load_results",
-    "parse_probes",
     "probe_path",
     "run_grid",
     "save_rows",

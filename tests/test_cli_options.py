@@ -12,7 +12,7 @@ import pytest
 from lensprobe.cli import COMMANDS, main
 from lensprobe.cli.options import DATA_DIR_ENV, DEMO_HOOKS, DatasetsOptions
 from lensprobe.cli.parsing import add_flags, field_docs, flag, flag_name, parse_options
-from lensprobe.experiment import DEFAULT_PROBES
+from lensprobe.specs import DEFAULT_PROBES
 
 
 def _parser(options: type) -> argparse.ArgumentParser:
@@ -120,3 +120,17 @@ def test_flag_metadata_adds_what_the_type_does_not_say():
     assert parse_options(Special, parser.parse_args(["-o", "x", "--scale", "50"])) == Special(
         out="x", scale=0.5
     )
+
+
+def test_the_parser_loads_no_torch():
+    """``lensprobe --help`` answers at once: building the parser imports no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lensprobe.cli import build_parser\n"
+        "build_parser()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -124,7 +124,7 @@ def _demo_settings(options: DemoOptions) -> tuple[DemoOptions, int, list[str]]:
 def run_demo(options: DemoOptions) -> int:
     """The bundled Gemma 3 270M on the built-in tasks: capture, train, table, reports."""
     from lensprobe.data import load_dataset
-    from lensprobe.experiment import parse_probes
+    from lensprobe.specs import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     options, n, hooks = _demo_settings(options)
@@ -160,7 +160,7 @@ def run_demo(options: DemoOptions) -> int:
 
 def run_run(options: RunOptions) -> int:
     """Capture a dataset at hooks, train the probes, write results and a report."""
-    from lensprobe.experiment import parse_probes
+    from lensprobe.specs import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     hooks = steps.hooks_flag(options.hooks)
@@ -203,7 +203,7 @@ def run_capture(options: CaptureOptions) -> int:
 
 def run_train(options: TrainOptions) -> int:
     """Train probes on a stored capture; write results, probes and a report."""
-    from lensprobe.experiment import parse_probes
+    from lensprobe.specs import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     protocol = steps.protocol(options.seeds, options.max_steps)

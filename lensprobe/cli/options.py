@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lensprobe.cli.parsing import flag
-from lensprobe.experiment import DEFAULT_PROBES
+from lensprobe.specs import DEFAULT_PROBES
 
 __all__ = [
     "DATA_DIR_ENV",

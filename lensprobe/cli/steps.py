@@ -267,10 +267,11 @@ def train_and_report(
         The rows and the paired comparisons at the CV-chosen layers (dataset -> comparisons).
     """
     from lensprobe import experiment
+    from lensprobe.specs import parse_probes
 
     rows = experiment.run_grid(
         activations,
-        experiment.parse_probes(options.probes),  # already checked by the command; cheap
+        parse_probes(options.probes),  # already checked by the command; cheap
         dataset=dataset,
         protocol=protocol(options.seeds, options.max_steps),
         on_row=lambda row: say(experiment.format_row(row.record())),

@@ -1,0 +1,70 @@
+"""Probe specs: the short names a grid, the command line and the study give probes.
+
+``attention-8`` is an attention probe with 8 heads, ``mean`` the mean-pooled baseline,
+``last-adamw`` the last-token probe trained with AdamW. This module imports nothing heavy, so the
+command line can show its defaults without loading torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from lensprobe.train.config import ProtocolConfig
+
+__all__ = ["DEFAULT_PROBES", "ProbeSpec", "parse_probes"]
+
+DEFAULT_PROBES: tuple[str, ...] = ("attention-1", "attention-2", "attention-8", "mean", "last")
+"""The probes of the study's comparison."""
+
+_SPEC = re.compile(r"^(attention|mean|last|max)(?:-(\d+))?(?:-(adamw|lbfgs))?$")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe of a grid: kind, heads and optimizer, written ``attention-8`` or ``mean-adamw``."""
+
+    kind: Literal["attention", "mean", "last", "max"]
+    """Probe kind."""
+    n_heads: int = 1
+    """Heads of an attention probe."""
+    optimizer: Literal["auto", "adamw", "lbfgs"] = "auto"
+    """``auto``: AdamW for attention probes, L-BFGS for pooled ones."""
+
+    @classmethod
+    def parse(cls, text: str) -> ProbeSpec:
+        """Read ``attention-8``, ``attention-2-lbfgs``, ``mean``, ``last-adamw``, ``max``."""
+        m = _SPEC.match(text.strip().lower())
+        if m is None:
+            raise ValueError(
+                f"cannot read probe spec {text!r}; write KIND[-HEADS][-OPTIMIZER] with KIND one of "
+                "attention, mean, last, max (e.g. attention-8, mean, last-adamw)"
+            )
+        kind, heads, opt = m.groups()
+        if heads is not None and kind != "attention":
+            raise ValueError(f"{text!r}: only attention probes have heads (e.g. attention-{heads})")
+        if heads is not None and int(heads) < 1:
+            raise ValueError(f"{text!r}: an attention probe needs at least one head (attention-1)")
+        return cls(kind=kind, n_heads=int(heads or 1), optimizer=opt or "auto")  # type: ignore[arg-type]
+
+    @property
+    def label(self) -> str:
+        """The spec written back, e.g. ``attention-8`` or ``mean-adamw``."""
+        text = f"{self.kind}-{self.n_heads}" if self.kind == "attention" else self.kind
+        return text if self.optimizer == "auto" else f"{text}-{self.optimizer}"
+
+    def protocol(self, base: ProtocolConfig) -> ProtocolConfig:
+        """``base`` with this spec's probe, heads and optimizer."""
+        return replace(base, probe=self.kind, n_heads=self.n_heads, optimizer=self.optimizer)
+
+
+def parse_probes(specs: str | Sequence[str]) -> list[ProbeSpec]:
+    """Probe specs from a comma-separated string or a list of strings."""
+    if isinstance(specs, str):
+        specs = [s for s in specs.split(",") if s.strip()]
+    if not specs:
+        raise ValueError(f"no probes given; e.g. {','.join(DEFAULT_PROBES)}")
+    return [ProbeSpec.parse(s) for s in specs]
