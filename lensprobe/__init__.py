@@ -12,8 +12,6 @@ backends (TransformerLens, nnsight, circuitsvis, datasets) load only when used.
 from __future__ import annotations
 
 import importlib
-import sys
-import warnings
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -95,24 +93,10 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"lensprobe.{name}")
     if name in _MOVED:
-        # ``from lensprobe import X`` first probes with hasattr (in importlib's
-        # _handle_fromlist), then gets X: warn on the get only, so the user sees one warning.
-        if sys._getframe(1).f_code.co_name == "_handle_fromlist":
-            return getattr(importlib.import_module(_MOVED[name]), name)
-        return _moved(name)
+        from lensprobe._deprecated import moved
+
+        return moved("lensprobe", name, _MOVED[name])
     raise AttributeError(f"module 'lensprobe' has no attribute {name!r}")
-
-
-def _moved(name: str) -> Any:
-    """A name that left the top level, with a DeprecationWarning that says where it lives now."""
-    home = _MOVED[name]
-    warnings.warn(
-        f"lensprobe.{name} is deprecated and leaves the top level in the next release; use "
-        f"{home}.{name} (from {home} import {name})",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return getattr(importlib.import_module(home), name)
 
 
 def __dir__() -> list[str]:

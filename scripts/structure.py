@@ -21,7 +21,7 @@ PACKAGE = ROOT / "lensprobe"
 # (``lensprobe.train.fit`` -> ``lensprobe.train.split``); never the root package ``lensprobe``.
 # docs/architecture.md says what each one owns.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "_types", "_records"),
+    ("errors", "_types", "_records", "_deprecated"),
     ("metrics", "models", "specs"),
     ("batching",),
     ("activations",),

@@ -97,6 +97,7 @@ def test_zero_query_and_position_is_the_mean_probe(n_outputs):
 
 @pytest.mark.parametrize("position", ["last", "first"])
 def test_large_position_weight_approaches_the_anchor_token(position):
+    torch.manual_seed(0)  # the data is drawn below: without a seed the result hung on test order
     attn = randomised("attention", 16, 3, n_heads=2, position=position)
     x, mask = pad([torch.randn(n, 16) for n in (2, 6, 9)], "left", 1)
     last = LastTokenProbe(16, 3)

@@ -274,3 +274,16 @@ def test_top_examples_tag_escapes_class_names():
     tags = [sample[0] for lists in props["tokens"] for samples in lists for sample in samples]
     assert tags and all("<" not in t for t in tags)
     assert any("&lt;neg&gt;" in t for t in tags) and any("a &amp; &lt;b&gt;" in t for t in tags)
+
+
+@pytest.mark.parametrize("name", ["circuitsvis_js", "script_json", "entropy_html"])
+def test_helpers_that_left_viz_warn_and_still_work(name):
+    import importlib
+
+    from lensprobe import viz
+
+    home = viz._MOVED[name]
+    with pytest.warns(DeprecationWarning, match=rf"use {home}\.{name}"):
+        value = getattr(viz, name)
+    assert value is getattr(importlib.import_module(home), name)
+    assert name not in viz.__all__
