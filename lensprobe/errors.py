@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "DataFileError",
     "InputError",
+    "InsufficientNegatives",
     "LensprobeError",
     "ModelNotFoundError",
     "OutputPathError",
@@ -27,6 +28,10 @@ class LensprobeError(Exception):
 
 class InputError(LensprobeError, ValueError):
     """An argument or an input value is unusable (an empty text, labels of the wrong length)."""
+
+
+class InsufficientNegatives(InputError):
+    """Too few negative rows to fix a threshold at the asked false-positive rate (``1 / fpr``)."""
 
 
 class UnknownHookError(LensprobeError, ValueError):

@@ -8,17 +8,19 @@ layers over this module: name probes with short specs (``attention-8``, ``mean``
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lensprobe.errors import InputError
 from lensprobe.specs import ProbeSpec
-from lensprobe.train.compare import Comparison
+from lensprobe.train.compare import Comparison, comparison_from_dict, comparison_to_dict, holm
 from lensprobe.train.config import ProtocolConfig
 from lensprobe.train.protocol import run_protocol
 from lensprobe.train.result import ProtocolResult
@@ -27,10 +29,10 @@ from lensprobe.train.selection import (
     choose_layer,
     choose_layers,
     compare_choices,
-    cv_at_choice,
     describe,
     interval,
     result_record,
+    split_scores,
     splits_text,
 )
 
@@ -57,10 +59,10 @@ class GridRow:
         """A flat, JSON-ready row: identifiers, then :func:`~lensprobe.train.selection.result_record`.
 
         That is the test metrics (mean over seeds) with ``n_test`` and ``seeds``; the CV scores
-        at the chosen decay (``cv_accuracy``, ...) that :func:`choose_layer` reads; and for
-        accuracy and AUROC a 95% interval: over seeds (``accuracy_std``, ``accuracy_low``,
-        ``accuracy_high``) with several seeds, a bootstrap over the test rows
-        (``accuracy_boot_low``, ``accuracy_boot_high``) with one. The summary is computed once.
+        at the chosen decay (``cv_accuracy``, ...) and each split's scores (``splits``) that
+        :func:`choose_layer` reads; and for accuracy and AUROC a 95% interval
+        (``accuracy_low``, ``accuracy_high``, made as ``accuracy_interval`` says). The summary
+        is computed once.
         """
         if self._summary is None:
             self._summary = result_record(self.result)
@@ -118,7 +120,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("dataset", "dataset", "s"),
     ("hook", "hook", "s"),
     ("probe", "probe", "s"),
-    ("chosen", "CV pick", "s"),
+    ("chosen", "CV picks", "s"),
     ("cv_accuracy", "cv acc", ".3f"),
     ("accuracy", "acc", ".3f"),
     ("accuracy_low", "acc 95% low", ".3f"),
@@ -127,34 +129,36 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("entropy_ratio", "H/H_unif", ".2f"),
     ("weight_decay", "wd", "g"),
     ("n_test", "n_test", "d"),
-    ("interval", "interval", "s"),
+    ("accuracy_interval", "interval", "s"),
     ("seconds", "s", ".1f"),
 )
 """(record key, header, format) of the plain-text results table. ``accuracy_low`` / ``_high``
-show the record's interval (t over seeds, or with one seed the bootstrap); ``interval`` says which
-and over how many splits; ``chosen`` marks the hook :func:`choose_layer` picks for each probe."""
+show the record's interval (corrected t over seeds, or with one seed Wilson); ``interval`` says
+which and over how many splits; ``chosen`` says how many splits :func:`choose_layer` picked the
+hook in (e.g. ``2/3``)."""
 
 
 def _table_values(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Records with the derived table columns (``chosen``, interval ends and kind) filled in."""
-    chosen: set[tuple[Any, Any, Any]] = set()
-    if records and all("cv_accuracy" in r for r in records):
+    picked: dict[tuple[Any, Any, Any], str] = {}
+    if records and all(r.get("splits") for r in records):
         try:
             choices = choose_layers(records)
         except InputError:  # e.g. one probe twice at a hook: a table, but no choice to mark
             choices = []
-        chosen = {(c.dataset, c.probe, c.hook) for c in choices if len(c.hooks) > 1}
+        for c in choices:
+            if len(c.hooks) > 1:
+                for h in c.hooks:
+                    picked[(c.dataset, c.probe, h)] = f"{c.count(h)}/{c.seeds}" if c.count(h) else ""
     out = []
     for r in records:
         v = dict(r)
         ci = interval(r, "accuracy")
         v["accuracy_low"], v["accuracy_high"] = (ci[0], ci[1]) if ci else (None, None)
-        if ci is not None:
-            v["interval"] = f"{'t' if ci[2] == 't' else 'boot'}, {splits_text(r)}"
-        elif "n_test" in r:
-            v["interval"] = f"none, {splits_text(r)}"
-        if chosen:
-            v["chosen"] = "*" if (r.get("dataset"), r.get("probe"), r.get("hook")) in chosen else ""
+        if "n_test" in r:
+            v["accuracy_interval"] = f"{ci[2] if ci else 'none'}, {splits_text(r)}"
+        if picked:
+            v["chosen"] = picked.get((r.get("dataset"), r.get("probe"), r.get("hook")), "")
         out.append(v)
     return out
 
@@ -162,9 +166,9 @@ def _table_values(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     """A plain-text table of result records (missing values shown as ``-``).
 
-    Every accuracy is shown with ``n_test`` and its 95% interval (t over seeds, or bootstrap over
-    the test rows of a single split); with several hooks, ``CV pick`` marks the hook each probe's
-    cross-validation accuracy chooses (:func:`choose_layer`).
+    Every accuracy is shown with ``n_test`` and its 95% interval (corrected t over seeds, or
+    Wilson over the test rows of a single split); with several hooks, ``CV picks`` says in how
+    many splits each probe's cross-validation accuracy chose the hook (:func:`choose_layer`).
     """
     values = _table_values(records)
     cols = [c for c in TABLE_COLUMNS if any(c[0] in v for v in values)]
@@ -203,17 +207,18 @@ def format_row(record: Mapping[str, Any]) -> str:
 def format_choices(
     records: Sequence[Mapping[str, Any]], comparisons: Sequence[Comparison] = ()
 ) -> str:
-    """The layer each probe's cross-validation picks, with its test score, and the comparisons.
+    """The layer each split's cross-validation picks per probe, the test score, the comparisons.
 
-    One line per (dataset, probe) from :func:`choose_layers` (the choice reads only the training
-    part's CV accuracy; the test accuracy of the pick is shown with its interval and ``n_test``),
-    then one line per paired comparison (:func:`lensprobe.compare`, with its verdict).
+    One line per (dataset, probe) from :func:`choose_layers` (each split chooses on its own
+    training part's CV accuracy; the test accuracy is the mean over splits at their own picks,
+    with its interval and ``n_test``), then one line per paired comparison
+    (:func:`lensprobe.compare`) with its raw and Holm-adjusted verdicts.
     """
     choices = choose_layers(records)
     several = any(len(c.hooks) > 1 for c in choices)
     title = (
-        "layer chosen by cross-validation accuracy on the training part (the test part is "
-        "scored once, at the pick):"
+        "layer chosen per split by cross-validation accuracy on that split's training part "
+        "(its test part is scored once, at its pick):"
         if several
         else "test accuracy (one hook: no layer to choose):"
     )
@@ -223,16 +228,24 @@ def format_choices(
         prefix = f"{c.dataset} " if len(datasets) > 1 else ""
         lines.append(f"  {prefix}{c}")
     if comparisons:
-        where = "at the chosen layers, " if several else ""
+        where = "at each split's chosen layer, " if several else ""
+        family = max(c.family for c in comparisons)
+        decided = sum(c.verdict != "undecided" for c in comparisons)
+        holm_decided = sum(c.holm_verdict not in (None, "undecided") for c in comparisons)
         lines.append(
-            f"paired comparisons ({where}same splits; undecided when the interval holds 0):"
+            f"paired comparisons ({where}same splits; undecided when the interval holds 0): "
+            f"{len(comparisons)} made, {decided} decided raw, {holm_decided} after Holm's "
+            f"adjustment for {family}:"
         )
         lines += [f"  {c}" for c in comparisons]
     return "\n".join(lines)
 
 
 def compare_rows(rows: Sequence[GridRow], metric: str = "accuracy") -> dict[str, list[Comparison]]:
-    """Per dataset, every two probes compared at their CV-chosen hooks (:func:`compare_choices`).
+    """Per dataset, every two probes compared at each split's CV-chosen hook.
+
+    All the grid's comparisons form one family: their verdicts are Holm-adjusted together
+    (:func:`lensprobe.train.compare.holm`).
 
     Returns:
         Dataset name -> its paired comparisons (each through :func:`lensprobe.compare`).
@@ -243,25 +256,12 @@ def compare_rows(rows: Sequence[GridRow], metric: str = "accuracy") -> dict[str,
     except InputError as err:  # e.g. the same cell twice: nothing to pair unambiguously
         logger.warning("probes not compared: %s", err)
         return {}
-    out: dict[str, list[Comparison]] = {}
-    for dataset in dict.fromkeys(r.dataset for r in rows):
-        mine = [c for c in choices if c.dataset == dataset]
-        out[dataset] = compare_choices(mine, results, metric=metric)
-    return out
-
-
-def _comparison_to_dict(c: Comparison) -> dict[str, Any]:
-    d = asdict(c)
-    d["differences"] = list(c.differences)
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
-
-
-def _comparison_from_dict(d: Mapping[str, Any]) -> Comparison:
-    d = dict(d)
-    d["differences"] = tuple(d["differences"])
-    for k in ("low", "high", "difference"):
-        d[k] = math.nan if d[k] is None else d[k]
-    return Comparison(**d)
+    per_dataset = {
+        dataset: compare_choices([c for c in choices if c.dataset == dataset], results, metric=metric)
+        for dataset in dict.fromkeys(r.dataset for r in rows)
+    }
+    family = iter(holm([c for comps in per_dataset.values() for c in comps]))
+    return {dataset: [next(family) for _ in comps] for dataset, comps in per_dataset.items()}
 
 
 def save_rows(
@@ -273,10 +273,11 @@ def save_rows(
 ) -> Path:
     """Write ``results.json``, ``results.csv`` and the probes; :func:`load_results` reads them.
 
-    ``results.json`` holds the records, the full protocol results and the comparisons.
-    Every record carries the CV scores (``cv_accuracy``, ...) so :func:`choose_layer` can redo
-    the layer choice from either file. Probes go to ``out/probes/<dataset>/<hook>/<probe>/``
-    (``config.json`` + safetensors).
+    ``results.json`` holds the records (each split's CV scores and test metrics included, so
+    :func:`choose_layer` can redo the per-split layer choice), the full protocol results and
+    the comparisons; ``results.csv`` the same records without the per-split lists. Each file
+    is written to a temporary name and renamed, so a crash never leaves half a file. Probes go
+    to ``out/probes/<dataset>/<hook>/<probe>/`` (``config.json`` + safetensors).
 
     Args:
         rows: The grid's rows.
@@ -302,21 +303,45 @@ def save_rows(
             for r in rows
         ],
         "comparisons": [
-            {"dataset": dataset, **_comparison_to_dict(c)}
+            {"dataset": dataset, **comparison_to_dict(c)}
             for dataset, comps in comparisons.items()
             for c in comps
         ],
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
-    keys = list(dict.fromkeys(k for rec in records for k in rec))
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(records)
+    text = json.dumps(_json_safe(payload), indent=1, allow_nan=False)
+    _write_atomic(out / "results.json", text + "\n")
+    keys = list(dict.fromkeys(k for rec in records for k in rec if k not in _NOT_IN_CSV))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    _write_atomic(out / "results.csv", text.getvalue())
     if save_probes:
         for r in rows:
             r.result.probe.save(probe_path(out, r.dataset, r.hook, r.probe))
     return out
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity as ``None`` (strict JSON; read back as NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+_NOT_IN_CSV = frozenset({"splits"})
+"""Record keys that hold lists (results.json only)."""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8", newline="")
+    os.replace(tmp, path)
 
 
 def probe_path(out: str | Path, dataset: str, hook: str, probe: str) -> Path:
@@ -346,8 +371,8 @@ class SavedResults:
 def load_results(path: str | Path) -> SavedResults:
     """Read a results folder (or its ``results.json``) written by :func:`save_rows`.
 
-    Records of files written before the CV scores were recorded get them back from the stored
-    seed runs (:func:`~lensprobe.train.selection.cv_at_choice`).
+    Records without per-split scores get them back from the stored seed runs
+    (:func:`~lensprobe.train.selection.split_scores`).
 
     Raises:
         FileNotFoundError: No ``results.json`` there.
@@ -368,15 +393,15 @@ def load_results(path: str | Path) -> SavedResults:
         {k: r.get(k) for k in ("dataset", "hook", "probe")} for r in results
     ]
     for rec, res in zip(records, results, strict=False):
-        if "cv_accuracy" not in rec and res.get("runs"):
-            rec.update({f"cv_{k}": v for k, v in cv_at_choice(res["runs"]).items()})
+        if "splits" not in rec and res.get("runs"):
+            rec["splits"] = split_scores(res["runs"])
             rec.setdefault("n_test", res.get("n_test"))
             rec.setdefault("seeds", len(res["runs"]))
             rec.update({k: v for k, v in res.get("metrics", {}).items() if k not in rec})
     comparisons: dict[str, list[Comparison]] = {}
     for c in payload.get("comparisons", []):
         c = dict(c)
-        comparisons.setdefault(c.pop("dataset"), []).append(_comparison_from_dict(c))
+        comparisons.setdefault(c.pop("dataset"), []).append(comparison_from_dict(c))
     return SavedResults(
         records=records, results=results, comparisons=comparisons, folder=file.parent
     )
@@ -450,7 +475,7 @@ def saved_entries(
             ReportEntry(
                 label=res["probe"],
                 probe=load_probe(probe_path(saved.folder, *key)),
-                metrics=res["metrics"],
+                metrics={k: math.nan if v is None else v for k, v in res["metrics"].items()},
                 acts=acts,
                 rows=None if acts is None else torch.tensor(res["test_rows"]),
                 hook=res["hook"],

@@ -54,8 +54,8 @@ def test_run_then_train_then_report_on_a_tiny_model(
     printed = capsys.readouterr().out
     assert "attention-2" in printed and "H/H_unif" in printed
     # every accuracy printed with its n and interval; the layer chosen by CV, then compared
-    assert printed.count("(95% bootstrap, 1 split, n_test=12)") == 4 + 2  # rows + choices
-    assert "attention-2: blocks." in printed and "chosen by CV accuracy" in printed
+    assert printed.count("(95% Wilson, test rows of 1 split, n_test=12)") == 4 + 2  # rows + choices
+    assert "attention-2: blocks." in printed and "each split by its own CV accuracy" in printed
     assert "attention-2" in printed.split("paired comparisons")[1]
     records = _records(out)
     assert all(0.0 <= float(r["cv_accuracy"]) <= 1.0 for r in records)
@@ -130,14 +130,15 @@ def test_demo_prints_cv_choices_and_comparisons_per_task(
     printed = capsys.readouterr().out
     saved = json.loads((out / "results.json").read_text())
     for task in ("facts", "topics"):
-        block = printed.split(f"\n{task}: layer chosen by cross-validation accuracy")[1]
+        block = printed.split(f"\n{task}: layer chosen per split by cross-validation accuracy")[1]
         for probe in ("mean", "last"):
             recs = [r for r in saved["records"] if r["dataset"] == task and r["probe"] == probe]
             pick = max(recs, key=lambda r: (r["cv_accuracy"], -r["cv_log_loss"]))
-            assert f"  {probe}: {pick['hook']} (among 2 hooks, chosen by CV accuracy" in block
+            assert f"  {probe}: {pick['hook']} (the one split) (among 2 hooks, each split" in block
         assert "paired comparisons" in block.split("\n\n")[0]
         comps = [c for c in saved["comparisons"] if c["dataset"] == task]
         assert len(comps) == 1 and comps[0]["verdict"] in ("a better", "b better", "undecided")
+        assert comps[0]["family"] == 2  # both tasks' comparisons: one family, Holm-adjusted
     assert printed.count("n_test=8") >= 8  # 8 cells, each line with its n
 
 

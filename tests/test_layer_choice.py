@@ -1,4 +1,4 @@
-"""The layer is chosen by cross-validation on the training part, and every number shows its n.
+"""The layer is chosen per split by cross-validation on its training part; every number shows its n.
 
 The data are built so that cross-validation and the test part disagree: at ``blocks.1`` the
 training part is cleanly separable but the test part has its features flipped (CV accuracy high,
@@ -31,6 +31,7 @@ from lensprobe.experiment import (
     save_rows,
 )
 from lensprobe.train import ProtocolConfig
+from lensprobe.train.selection import result_record
 from lensprobe.train.split import stratified_split
 from lensprobe.viz import ReportEntry, render_report
 
@@ -101,11 +102,13 @@ def test_choose_layer_picks_by_cv_and_reports_the_test_score_of_the_pick(grid):
     run = res.runs[0]
     cv = next(c for c in run.cv_summary if c["weight_decay"] == run.weight_decay)["accuracy"]
     assert choice.hook == CV_HOOK and choice.probe == "mean" and choice.by == "cv_accuracy"
-    assert choice.cv_score == pytest.approx(cv, abs=1e-5)
-    assert choice.test["accuracy"] == pytest.approx(res.metrics["accuracy"], abs=1e-5)
+    assert choice.picks == (CV_HOOK,) and choice.split_seeds == (0,)
+    assert choice.cv_score == pytest.approx(cv, abs=1e-9)
+    assert choice.test["accuracy"] == pytest.approx(res.metrics["accuracy"], abs=1e-9)
     assert choice.n_test == res.n_test == 12 and choice.seeds == 1
     assert choice.hooks == (CV_HOOK, TEST_HOOK)
-    assert CV_HOOK in str(choice) and "n_test=12" in str(choice) and "1 split" in str(choice)
+    text = str(choice)
+    assert CV_HOOK in text and "n_test=12" in text and "Wilson, test rows of 1 split" in text
     # the test part never decides: a test metric is refused with the fix
     with pytest.raises(InputError, match="pass by='cv_accuracy'"):
         choose_layer(records, by="accuracy")
@@ -113,20 +116,50 @@ def test_choose_layer_picks_by_cv_and_reports_the_test_score_of_the_pick(grid):
     assert choose_layer(records, by="cv_log_loss").hook == CV_HOOK
 
 
-def test_choose_layer_needs_one_group_and_a_cv_score():
+def _split(seed, cv, test, log_loss=0.5):
+    return {
+        "split_seed": seed,
+        "weight_decay": 0.0,
+        "n_train": 16,
+        "n_test": 4,
+        "cv": {"accuracy": cv, "log_loss": log_loss},
+        "test": {"accuracy": test, "auroc": test},
+    }
+
+
+def test_each_split_picks_its_own_hook_and_reports_its_own_test_score():
     recs = [
-        {"dataset": "d", "hook": h, "probe": p, "cv_accuracy": 0.5, "accuracy": 0.5, "n_test": 4}
+        {"dataset": "d", "hook": "a", "probe": "p", "splits": [_split(0, 0.9, 0.5), _split(1, 0.6, 1.0), _split(2, 0.7, 0.75)]},  # fmt: skip
+        {"dataset": "d", "hook": "b", "probe": "p", "splits": [_split(0, 0.8, 1.0), _split(1, 0.7, 0.25), _split(2, 0.7, 0.5, 0.4)]},  # fmt: skip
+    ]
+    c = choose_layer(recs)
+    # split 0 picks a (0.9), split 1 picks b (0.7), split 2 ties on CV and b wins on log loss
+    assert c.picks == ("a", "b", "b") and c.hook == "b" and c.count("a") == 1
+    assert c.test["accuracy"] == pytest.approx((0.5 + 0.25 + 0.5) / 3)
+    assert c.cv_score == pytest.approx((0.9 + 0.7 + 0.7) / 3)
+    assert c.estimates["accuracy"].method == "corrected_t" and c.estimates["accuracy"].n_train == 16
+    assert "per split: a, b, b" in str(c)
+    # pooled over splits, hook a's mean CV (0.733) beats b's (0.733 - tie) ... the pooled choice
+    # would give every split one hook; per split, each test score is read at that split's pick
+    recs[1]["splits"][1]["split_seed"] = 7
+    with pytest.raises(InputError, match="different splits"):
+        choose_layer(recs)
+
+
+def test_choose_layer_needs_one_group_and_per_split_scores():
+    recs = [
+        {"dataset": "d", "hook": h, "probe": p, "splits": [_split(0, 0.5, 0.5)]}
         for h in ("a", "b")
         for p in ("mean", "last")
     ]
     with pytest.raises(InputError, match="pass dataset= and probe="):
         choose_layer(recs)
     assert choose_layer(recs, probe="last").hook == "a"  # a tie goes to the earlier record
-    recs[3]["cv_log_loss"], recs[1]["cv_log_loss"] = 0.1, 0.9  # ... unless CV log loss breaks it
+    recs[3]["splits"] = [_split(0, 0.5, 0.5, log_loss=0.1)]  # ... unless CV log loss breaks it
     assert choose_layer(recs, probe="last").hook == "b"
-    old = [{k: v for k, v in r.items() if k != "cv_accuracy"} for r in recs]
-    with pytest.raises(InputError, match="rerun lensprobe train"):
-        choose_layer(old, probe="mean")
+    flat = [{k: v for k, v in r.items() if k != "splits"} for r in recs]
+    with pytest.raises(InputError, match="no per-split scores.*load_results"):
+        choose_layer(flat, probe="mean")
     with pytest.raises(
         InputError,
         match=r"no records for dataset='e', probe='mean'; .* \[\('d', 'last'\), \('d', 'mean'\)\]",
@@ -144,24 +177,27 @@ def test_results_files_round_trip_the_cv_score_and_the_choice(grid, tmp_path):
     with (tmp_path / "results.csv").open() as f:
         from_csv = list(csv.DictReader(f))
     for rec, back, row in zip(in_memory, saved.records, from_csv, strict=True):
-        assert back["cv_accuracy"] == rec["cv_accuracy"]
+        assert back["cv_accuracy"] == rec["cv_accuracy"] and back["splits"] == rec["splits"]
         assert float(row["cv_accuracy"]) == pytest.approx(rec["cv_accuracy"])
-        assert float(row["accuracy_boot_low"]) == pytest.approx(rec["accuracy_boot_low"])
+        assert float(row["accuracy_low"]) == pytest.approx(rec["accuracy_low"])
+        assert row["accuracy_interval"] == "wilson" and "splits" not in row
     expected = choose_layer(in_memory)
-    for records in (saved.records, from_csv):  # JSON numbers and CSV strings
-        again = choose_layer(records)
-        assert (again.hook, again.cv_score, again.n_test) == (
-            expected.hook,
-            expected.cv_score,
-            expected.n_test,
-        )
-        assert again.test["accuracy"] == pytest.approx(expected.test["accuracy"])
-    # a results.json written before the CV scores were recorded gets them from its seed runs
+    again = choose_layer(saved.records)
+    assert (again.picks, again.cv_score, again.n_test) == (
+        expected.picks,
+        expected.cv_score,
+        expected.n_test,
+    )
+    assert again.test["accuracy"] == pytest.approx(expected.test["accuracy"])
+    with pytest.raises(InputError, match="results.csv has none"):
+        choose_layer(from_csv)
+    # a results.json whose records lack the per-split scores gets them from its seed runs
     payload = json.loads((tmp_path / "results.json").read_text())
     for rec in payload["records"]:
-        del rec["cv_accuracy"]
+        del rec["splits"]
     (tmp_path / "results.json").write_text(json.dumps(payload))
-    assert choose_layer(load_results(tmp_path).records).hook == CV_HOOK
+    assert choose_layer(load_results(tmp_path).records).picks == expected.picks
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, then renamed
 
 
 def _row_html(page: str, hook: str, probe: str) -> str:
@@ -179,13 +215,14 @@ def test_report_bolds_the_cv_pick_and_shows_n_and_intervals(grid):
     page = render_report(entries)
     picked, other = _row_html(page, CV_HOOK, "mean"), _row_html(page, TEST_HOOK, "mean")
     assert picked.startswith('<tr class="chosen">') and other.startswith('<tr class="">')
+    assert "<td>1/1</td>" in picked and "<td>0/1</td>" in other
     for row, r in ((picked, rows[0]), (other, rows[1])):
         rec = r.record()
-        assert f"[{rec['accuracy_boot_low']:.3f}, {rec['accuracy_boot_high']:.3f}]" in row
+        assert f"[{rec['accuracy_low']:.3f}, {rec['accuracy_high']:.3f}]" in row
         assert f"{rec['cv_accuracy']:.3f}" in row and f"{rec['n_train']} / 12" in row
-        assert "1 split (bootstrap)" in row
-    assert "Layer chosen by cross-validation" in page
-    assert "the test part plays no role in the choice" in page
+        assert "1 split (wilson)" in row
+    assert "Layer chosen by cross-validation, split by split" in page
+    assert "its test part plays no role" in page
     assert "bold: best accuracy at the hook" not in page
 
 
@@ -198,35 +235,37 @@ def test_report_intervals_over_seeds_and_comparisons_through_lp_compare():
     for res, probe in ((mean, "mean"), (last, "last")):
         row = _row_html(page, acts.meta.hook, probe)
         est = res.summary["accuracy"]
-        assert f"[{est.low:.3f}, {est.high:.3f}]" in row and "3 splits (t)" in row
-        auc = res.summary["auroc"]
-        assert f"[{auc.low:.3f}, {auc.high:.3f}]" in row
+        assert f"[{est.low:.3f}, {est.high:.3f}]" in row and "3 splits (corrected t)" in row
+        auc = result_record(res)  # (rounded to 5 digits, as the report shows it)
+        assert f"[{auc['auroc_low']:.3f}, {auc['auroc_high']:.3f}]" in row
     cmp = lp.compare(mean, last)
-    assert "Paired comparisons" in page
-    assert f"{cmp.difference:+.3f}</td><td>[{cmp.low:+.3f}, {cmp.high:+.3f}]" in page
+    assert "Paired comparisons" in page and "Holm (1)" in page
+    ci = "–" if math.isnan(cmp.low) else f"[{cmp.low:+.3f}, {cmp.high:+.3f}]"
+    assert f"{cmp.difference:+.3f}</td><td>{ci}" in page
     who = {"a better": "mean better", "b better": "last better"}.get(cmp.verdict, "undecided")
     assert who in page.split('id="comparisons"')[1]
 
 
-def test_table_and_choices_print_n_intervals_and_the_pick(grid):
+def test_table_and_choices_print_n_intervals_and_the_picks(grid):
     _, rows = grid
     records = [r.record() for r in rows]
     table = format_table(records)
     header, _, first, second = table.splitlines()
-    assert "CV pick" in header and "cv acc" in header and "n_test" in header
-    assert first.split()[2:4] == ["mean", "*"] and second.split()[2] == "mean"
-    assert "*" not in second and "boot, 1 split" in first
+    assert "CV picks" in header and "cv acc" in header and "n_test" in header
+    assert first.split()[2:4] == ["mean", "1/1"] and second.split()[2] == "mean"
+    assert "1/1" not in second and "wilson, 1 split" in first
     text = format_choices(records, [])
-    assert "chosen by cross-validation accuracy on the training part" in text
+    assert "chosen per split by cross-validation accuracy on that split's training part" in text
     rec = records[0]
-    lo, hi = rec["accuracy_boot_low"], rec["accuracy_boot_high"]
+    lo, hi = rec["accuracy_low"], rec["accuracy_high"]
+    assert f"mean: {CV_HOOK} (the one split) (among 2 hooks, each split by its own CV" in text
     assert (
-        f"mean: {CV_HOOK} (among 2 hooks, chosen by CV accuracy {rec['cv_accuracy']:.3f})" in text
+        f"{rec['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (95% Wilson, test rows of 1 split, n_test=12)"
+        in text
     )
-    assert f"{rec['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (95% bootstrap, 1 split, n_test=12)" in text
 
 
-def test_cli_train_chooses_by_cv_and_prints_n_and_intervals(tmp_path, capsys):
+def test_cli_train_chooses_per_split_and_prints_n_intervals_and_holm(tmp_path, capsys):
     from lensprobe.storage import save
 
     store = tmp_path / "acts"
@@ -237,24 +276,26 @@ def test_cli_train_chooses_by_cv_and_prints_n_and_intervals(tmp_path, capsys):
     printed = capsys.readouterr().out
     for res in json.loads((out / "results.json").read_text())[
         "results"
-    ]:  # every per-row line and table row: n_test and the t-interval
+    ]:  # every per-row line and table row: n_test and the corrected t interval
         acc = res["summary"]["accuracy"]
         line = next(ln for ln in printed.splitlines() if f"  {res['hook']}  {res['probe']} " in ln)
-        assert f"[{acc['low']:.3f}, {acc['high']:.3f}] (95% t over 2 splits, n_test=12)" in line
-        assert "cv acc" in line
-    assert "interval" in printed and "t, 2 splits" in printed
+        if acc["low"] is not None:
+            assert f"[{acc['low']:.3f}, {acc['high']:.3f}] (95% corrected t over 2 splits" in line
+        assert "n_test=12" in line and "cv acc" in line
+    assert "interval" in printed and "2 splits" in printed
     saved = load_results(out)
-    for choice in ("mean", "last"):
-        c = choose_layer(saved.records, probe=choice)
-        assert f"{choice}: {c.hook} (among 2 hooks, chosen by CV accuracy" in printed
-    assert "paired comparisons (at the chosen layers" in printed
+    for probe in ("mean", "last"):
+        c = choose_layer(saved.records, probe=probe)
+        assert f"{probe}: {c.picks_text()} (among 2 hooks, each split by its own CV" in printed
+    assert "paired comparisons (at each split's chosen layer" in printed
+    assert "after Holm's adjustment for" in printed
     for comps in saved.comparisons.values():
         for c in comps:
-            assert str(c) in printed
+            assert str(c) in printed and c.holm_verdict is not None
     # the report command redoes the choice from the saved records and prints it again
     assert main(["report", "--results", str(out)]) == 0
     again = capsys.readouterr().out
-    assert "chosen by CV accuracy" in again and "n_test=12" in again
+    assert "each split by its own CV" in again and "n_test=12" in again
     page = (out / "report.html").read_text()
     assert page.count('<tr class="chosen">') == 2 and "Paired comparisons" in page
     assert not math.isnan(saved.records[0]["cv_accuracy"])

@@ -16,16 +16,21 @@ from lensprobe.metrics import (
     balanced_accuracy,
     binary_auroc,
     classification_metrics,
+    corrected_t_interval,
+    corrected_t_p_value,
     expected_calibration_error,
     fpr_threshold,
+    holm_adjust,
     log_loss,
     macro_f1,
     monitoring_thresholds,
     probabilities,
-    student_t_quantile,
-    t_interval,
+    top_label_calibration_error,
     tpr_at_fpr,
+    unavailable_reason,
+    wilson_interval,
 )
+from lensprobe.errors import InsufficientNegatives
 
 
 def _task(k, n=200, seed=0):
@@ -138,7 +143,8 @@ def test_expected_calibration_error_matches_scikit_learn_bins():
     counts = counts[counts > 0]
     expected = float(np.sum(counts / counts.sum() * np.abs(prob_true - prob_pred)))
     assert expected_calibration_error(logits, labels) == pytest.approx(expected, rel=1e-9)
-    # k classes: top-label calibration (the predicted class's probability against its accuracy)
+    assert classification_metrics(logits, labels)["ece"] == pytest.approx(expected, rel=1e-9)
+    # k classes: no class 1 to calibrate; top-label calibration has its own name
     logits3, labels3 = _task(3, n=400)
     probs = _sklearn_probs(logits3)
     conf, hit = probs.max(1), (probs.argmax(1) == labels3.numpy()).astype(int)
@@ -146,19 +152,66 @@ def test_expected_calibration_error_matches_scikit_learn_bins():
     counts = np.histogram(conf, bins=np.linspace(0, 1, 11))[0]
     counts = counts[counts > 0]
     expected = float(np.sum(counts / counts.sum() * np.abs(prob_true - prob_pred)))
-    assert expected_calibration_error(logits3, labels3) == pytest.approx(expected, rel=1e-9)
+    assert top_label_calibration_error(logits3, labels3) == pytest.approx(expected, rel=1e-9)
+    m3 = classification_metrics(logits3, labels3)
+    assert m3["top_label_ece"] == pytest.approx(expected, rel=1e-9) and "ece" not in m3
+    with pytest.raises(ValueError, match="use top_label_ece"):
+        expected_calibration_error(logits3, labels3)
+    # binary: both, and they differ (top-label confidence is at least 0.5)
+    m2 = classification_metrics(logits, labels)
+    assert m2["top_label_ece"] != pytest.approx(m2["ece"])
 
 
-def test_student_t_interval_matches_scipy():
+def test_corrected_t_interval_is_nadeau_bengio():
     stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 4, 9, 30):
-        for q in (0.975, 0.995, 0.9):
-            assert student_t_quantile(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-7)
-    values = [0.81, 0.86, 0.78, 0.9]
-    low, high = t_interval(values)
-    ref = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
-    assert (low, high) == pytest.approx(ref, rel=1e-7)
-    assert all(math.isnan(v) for v in t_interval([0.8]))
+    values = np.array([0.81, 0.86, 0.78, 0.9])
+    low, high = corrected_t_interval(values, n_train=128, n_test=32)
+    se = math.sqrt(values.var(ddof=1) * (1 / 4 + 32 / 128))
+    half = stats.t.ppf(0.975, 3) * se
+    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half), rel=1e-12)
+    plain = stats.t.interval(0.95, 3, loc=values.mean(), scale=stats.sem(values))
+    assert high - low > plain[1] - plain[0]  # wider than the plain t over correlated splits
+    p = corrected_t_p_value(values - values.mean() + 0.01, 128, 32)
+    t = 0.01 / se
+    assert p == pytest.approx(2 * stats.t.sf(t, 3), rel=1e-9)
+    assert corrected_t_interval(values, 128, 32, bounds=(0.0, 0.87))[1] == 0.87  # clipped
+    for degenerate in ([0.8], [0.8, math.nan], [0.6129032258064516, 19 / 31, 0.6129032258064517]):
+        assert all(math.isnan(v) for v in corrected_t_interval(degenerate, 128, 32))
+    assert math.isnan(corrected_t_p_value([19 / 31] * 3, 128, 32))
+
+
+def test_wilson_interval_has_width_at_zero_and_one():
+    z2 = 1.959963984540054**2
+    low, high = wilson_interval(16, 16)
+    assert high == 1.0 and low == pytest.approx(16 / (16 + z2), rel=1e-9) and low < 0.81
+    low0, high0 = wilson_interval(0, 16)
+    assert low0 == 0.0 and high0 == pytest.approx(1 - low, rel=1e-9)
+    low, high = wilson_interval(24, 32)
+    assert 0.0 < low < 0.75 < high < 1.0
+
+
+def test_holm_adjusts_a_family_step_down():
+    # sorted p: 0.01 (x3), 0.03 (x2), 0.04 (x1); monotone; NaN is not a test
+    assert holm_adjust([0.01, 0.04, math.nan, 0.03]) == pytest.approx(
+        [0.03, 0.06, math.nan, 0.06], nan_ok=True
+    )
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_a_threshold_needs_one_over_fpr_negatives():
+    logits, labels = _task(2, n=120, seed=1)
+    n_neg = int((labels == 0).sum())
+    assert 20 <= n_neg < 100
+    with pytest.raises(InsufficientNegatives, match=rf"{n_neg} negative .* at least 100"):
+        fpr_threshold(logits, labels, 0.01)
+    thresholds = monitoring_thresholds(logits, labels)
+    assert math.isnan(thresholds["tpr_at_1pct_fpr"]) and not math.isnan(thresholds["tpr_at_5pct_fpr"])
+    m = classification_metrics(logits, labels, thresholds=thresholds)
+    assert math.isnan(m["tpr_at_1pct_fpr"]) and math.isnan(m["fpr_at_1pct_threshold"])
+    assert not math.isnan(m["tpr_at_5pct_fpr"]) and "fpr_at_5pct_threshold" in m
+    assert math.isnan(classification_metrics(logits, labels)["tpr_at_1pct_fpr"])
+    assert "needs 100" in unavailable_reason("tpr_at_1pct_fpr", n_neg)
+    assert unavailable_reason("tpr_at_5pct_fpr", n_neg) is None
 
 
 def test_bad_labels_are_reported():

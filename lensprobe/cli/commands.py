@@ -142,16 +142,13 @@ def run_demo(options: DemoOptions) -> int:
     )
     model = steps.load_model("gemma-3-270m", options.backend)
     rows: list[Any] = []
-    comparisons: dict[str, list[Any]] = {}
+    reports: list[steps.ReportJob] = []
     for task, ds in tasks.items():
         say(f"\n{task}: {len(ds)} texts, classes {', '.join(ds.class_names)}")
         acts = steps.capture_texts(model, ds, hooks, options, None)
-        task_rows, task_comparisons = steps.train_and_report(
-            acts, task, options, options.out, description=f"built-in task {task!r}: {len(ds)} texts"
-        )
-        rows += task_rows
-        comparisons.update(task_comparisons)
-    steps.finish(rows, comparisons, options.out)
+        rows += steps.train_grid(acts, task, options)
+        reports.append(steps.ReportJob(task, acts, f"built-in task {task!r}: {len(ds)} texts"))
+    steps.finish(rows, reports, options.out)
     return 0
 
 
@@ -179,10 +176,8 @@ def run_run(options: RunOptions) -> int:
     model = steps.load_model(options.model, options.backend)
     acts = steps.capture_texts(model, ds, hooks, options, store)
     description = f"{ds.name}: {len(ds)} texts ({ds.source})"
-    rows, comparisons = steps.train_and_report(
-        acts, ds.name, options, options.out, description=description
-    )
-    steps.finish(rows, comparisons, options.out)
+    rows = steps.train_grid(acts, ds.name, options)
+    steps.finish(rows, [steps.ReportJob(ds.name, acts, description)], options.out)
     return 0
 
 
@@ -218,10 +213,8 @@ def run_train(options: TrainOptions) -> int:
     steps.check_classes(first.labels.numpy(), first.class_names, protocol, where, fix)
     say(f"lensprobe train: {name}: {len(first)} sequences, hooks {', '.join(acts)}")
     description = f"{name}: {len(first)} sequences from {options.acts}"
-    rows, comparisons = steps.train_and_report(
-        acts, name, options, options.out, description=description
-    )
-    steps.finish(rows, comparisons, options.out)
+    rows = steps.train_grid(acts, name, options)
+    steps.finish(rows, [steps.ReportJob(name, acts, description)], options.out)
     steps.record_store(out, options.acts)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -258,14 +259,8 @@ def open_store(path: str, hooks: Sequence[str] = ()) -> dict[str, Any]:
 # --- training, the report and the results ---------------------------------------------------------
 
 
-def train_and_report(
-    activations: Any, dataset: str, options: Any, out: str, *, description: str
-) -> tuple[list[Any], dict[str, list[Any]]]:
-    """Run the grid of one dataset, print a line per cell, write its report.
-
-    Returns:
-        The rows and the paired comparisons at the CV-chosen layers (dataset -> comparisons).
-    """
+def train_grid(activations: Any, dataset: str, options: Any) -> list[Any]:
+    """Run the grid of one dataset and print a line per finished cell."""
     from lensprobe import experiment
     from lensprobe.specs import parse_probes
 
@@ -278,23 +273,27 @@ def train_and_report(
         progress=True,
     )
     experiment.add_entropy(rows, activations)
-    comparisons = experiment.compare_rows(rows)
-    path = experiment.write_report(
-        rows,
-        activations,
-        os.path.join(out, f"report-{slug(dataset)}.html"),
-        title=f"lensprobe: {dataset}",
-        description=description,
-        comparisons=comparisons.get(dataset, []),
-    )
-    say(f"  report: {path}")
-    return rows, comparisons
+    return rows
 
 
-def finish(rows: list[Any], comparisons: dict[str, list[Any]], out: str) -> None:
-    """Save the results; print the table, the layer choices and the paired comparisons."""
-    from lensprobe.experiment import format_choices, format_table, save_rows
+@dataclass(frozen=True)
+class ReportJob:
+    """What one dataset's HTML report is drawn from."""
 
+    dataset: str
+    activations: Any
+    description: str
+
+
+def finish(rows: list[Any], reports: Sequence[ReportJob], out: str) -> None:
+    """Compare, save the results, print the table and the choices, then write the reports.
+
+    Every paired comparison of the run forms one family (Holm-adjusted together). The results
+    are on disk before any report renders, so a failed render loses no finished cell.
+    """
+    from lensprobe.experiment import compare_rows, format_choices, format_table, save_rows
+
+    comparisons = compare_rows(rows)
     save_rows(rows, out, comparisons=comparisons)
     records = [r.record() for r in rows]
     say("")
@@ -302,7 +301,24 @@ def finish(rows: list[Any], comparisons: dict[str, list[Any]], out: str) -> None
     for dataset in dict.fromkeys(r.dataset for r in rows):
         mine = [r for r in records if r["dataset"] == dataset]
         say(f"\n{dataset}: " + format_choices(mine, comparisons.get(dataset, [])))
+    for job in reports:
+        write_report(rows, job, comparisons, out)
     say(
         f"\nresults: {os.path.join(out, 'results.csv')} (and .json); probes under "
         f"{os.path.join(out, 'probes')}"
     )
+
+
+def write_report(rows: list[Any], job: ReportJob, comparisons: dict[str, list[Any]], out: str) -> None:
+    """Write one dataset's HTML report from its finished rows."""
+    from lensprobe import experiment
+
+    path = experiment.write_report(
+        [r for r in rows if r.dataset == job.dataset],
+        job.activations,
+        os.path.join(out, f"report-{slug(job.dataset)}.html"),
+        title=f"lensprobe: {job.dataset}",
+        description=job.description,
+        comparisons=comparisons.get(job.dataset, []),
+    )
+    say(f"  report: {path}")

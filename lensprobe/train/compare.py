@@ -1,23 +1,37 @@
-"""Paired comparison of two protocol results run on the same splits.
+"""Paired comparison of two probes run on the same splits, and families of comparisons.
 
 ``lp.compare(attention, mean, metric="accuracy")`` says "attention-8 beats mean by X [low, high]"
-or that the difference is undecided: each seed's difference is paired (same train and test rows,
-same labels), and the interval is a Student-t interval over seeds, or with one seed a paired
-bootstrap over the shared test rows.
+or that the difference is undecided: each split's difference is paired (same train and test rows,
+same labels). Over two or more splits the interval is the corrected resampled t (Nadeau & Bengio
+2003: repeated random splits share rows, so the plain t interval covers too little); with one
+split it is a paired bootstrap over the shared test rows, which covers the test sample only.
+:func:`holm` adjusts the verdicts of a family of comparisons (a table, a study) for their number.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from lensprobe.errors import InputError
-from lensprobe.metrics import LOWER_IS_BETTER, bootstrap_interval, t_interval
-from lensprobe.train.result import ProtocolResult, mean_metric
+from lensprobe.metrics import (
+    INTERVAL_TEXT,
+    LOWER_IS_BETTER,
+    bootstrap_values,
+    corrected_t_interval,
+    corrected_t_p_value,
+    holm_adjust,
+    metric_range,
+    no_spread,
+)
+from lensprobe.train.result import ProtocolResult, SeedRun, mean_metric
+
+Verdict = Literal["a better", "b better", "undecided"]
 
 
 @dataclass(frozen=True)
@@ -31,36 +45,63 @@ class Comparison:
     b: str
     """Name of the second probe."""
     difference: float
-    """Mean over seeds of ``metric(a) - metric(b)``."""
+    """Mean over splits of ``metric(a) - metric(b)``."""
     low: float
-    """Lower end of the interval of the difference."""
+    """Lower end of the interval of the difference (NaN: no interval, e.g. no spread)."""
     high: float
     """Upper end of the interval of the difference."""
     confidence: float
     """Coverage of the interval, e.g. 0.95."""
-    method: Literal["t", "bootstrap"]
-    """``t``: Student-t interval over the per-seed differences (each seed its own split);
-    ``bootstrap``: paired percentile bootstrap over the shared test rows (both probes scored
-    on the same resampled rows)."""
+    method: Literal["corrected_t", "bootstrap"]
+    """``corrected_t``: corrected resampled t over the per-split differences (each seed its own
+    split); ``bootstrap``: paired percentile bootstrap over the shared test rows (both probes
+    scored on the same resampled rows; covers the test sample only)."""
     differences: tuple[float, ...]
-    """The difference at each seed."""
+    """The difference at each split."""
     n_seeds: int
-    """Seeds (splits) paired."""
+    """Splits paired."""
     n_test: int
-    """Test rows per seed."""
-    verdict: Literal["a better", "b better", "undecided"]
-    """``undecided`` when the interval contains 0; otherwise which probe is better (for
-    ``log_loss`` and ``ece`` lower is better)."""
+    """Test rows per split."""
+    p_value: float
+    """Two-sided p-value of "no difference" by the same method (NaN: no spread to test)."""
+    verdict: Verdict
+    """``undecided`` when the interval contains 0 or there is none; otherwise which probe is
+    better (for ``log_loss`` and the calibration errors lower is better)."""
+    n_train: int = 0
+    """Training rows per split."""
+    family: int = 1
+    """Comparisons in the family this one was adjusted with (:func:`holm`; 1: none)."""
+    holm_verdict: Verdict | None = None
+    """The verdict after Holm's adjustment for :attr:`family` comparisons (None: not adjusted)."""
+
+    def how(self) -> str:
+        """What the interval is, e.g. ``95% corrected t over 3 splits, n_test=32``."""
+        splits = f"{self.n_seeds} split" + ("" if self.n_seeds == 1 else "s")
+        if math.isnan(self.low) or math.isnan(self.high):
+            return f"no interval: no spread over {splits}, n_test={self.n_test}"
+        text = INTERVAL_TEXT[self.method].format(splits=splits)
+        if self.method == "bootstrap" and self.n_seeds > 1:
+            text = f"paired bootstrap over the test rows of {splits}: ignores training variability"
+        return f"{self.confidence:.0%} {text}, n_test={self.n_test}"
+
+    def verdict_text(self, verdict: Verdict | None = None) -> str:
+        """``attention-8 better`` / ``undecided`` for a verdict (default: :attr:`verdict`)."""
+        who = {"a better": self.a, "b better": self.b}.get(verdict or self.verdict)
+        return f"{who} better" if who else "undecided"
 
     def __str__(self) -> str:
-        how = f"t over {self.n_seeds} seeds" if self.method == "t" else "paired bootstrap"
-        who = {"a better": self.a, "b better": self.b}.get(self.verdict)
-        verdict = f"{who} better" if who else "undecided"
-        return (
-            f"{self.a} - {self.b} {self.metric}: {self.difference:+.4f} "
-            f"[{self.low:+.4f}, {self.high:+.4f}] ({self.confidence:.0%} {how}, "
-            f"n_test={self.n_test}): {verdict}"
+        interval = (
+            f" [{self.low:+.4f}, {self.high:+.4f}]"
+            if not (math.isnan(self.low) or math.isnan(self.high))
+            else ""
         )
+        text = (
+            f"{self.a} - {self.b} {self.metric}: {self.difference:+.4f}{interval} ({self.how()}): "
+            f"{self.verdict_text()}"
+        )
+        if self.holm_verdict is not None:
+            text += f"; Holm over {self.family}: {self.verdict_text(self.holm_verdict)}"
+        return text
 
 
 def probe_name(result: ProtocolResult) -> str:
@@ -70,15 +111,15 @@ def probe_name(result: ProtocolResult) -> str:
     return text if cfg.optimizer == "auto" else f"{text}-{cfg.optimizer}"
 
 
-def _check_paired(a: ProtocolResult, b: ProtocolResult) -> None:
-    """Refuse results whose splits differ (errors name the fix)."""
+def _check_paired(a: Sequence[SeedRun], b: Sequence[SeedRun]) -> None:
+    """Refuse runs whose splits differ (errors name the fix)."""
     fix = "rerun both with the same seeds, split_seed and test_fraction on the same data"
-    if [r.split_seed for r in a.runs] != [r.split_seed for r in b.runs]:
+    if [r.split_seed for r in a] != [r.split_seed for r in b]:
         raise InputError(
             f"the results were run on different splits (split seeds "
-            f"{[r.split_seed for r in a.runs]} vs {[r.split_seed for r in b.runs]}): {fix}"
+            f"{[r.split_seed for r in a]} vs {[r.split_seed for r in b]}): {fix}"
         )
-    for ra, rb in zip(a.runs, b.runs, strict=True):
+    for ra, rb in zip(a, b, strict=True):
         same = (
             torch.equal(ra.train_rows, rb.train_rows)
             and torch.equal(ra.test_rows, rb.test_rows)
@@ -96,7 +137,7 @@ def compare(
     b: ProtocolResult,
     metric: str = "accuracy",
     *,
-    method: Literal["auto", "t", "bootstrap"] = "auto",
+    method: Literal["auto", "corrected_t", "bootstrap"] = "auto",
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
@@ -107,35 +148,74 @@ def compare(
         a: A :func:`~lensprobe.run_protocol` result.
         b: Another, run with the same seeds and split settings on the same data.
         metric: A test metric both results have (``accuracy``, ``auroc``, ``log_loss``, ...).
-        method: ``t``: Student-t interval over the per-seed differences (needs two or more
-            seeds; covers the variation of the split and the initialisation). ``bootstrap``:
+        method: ``corrected_t``: the corrected resampled t over the per-split differences
+            (needs two or more splits; covers the split and the initialisation). ``bootstrap``:
             paired bootstrap over the test rows, the same resampled rows for both probes (covers
-            the test sample only). ``auto``: ``t`` with two or more seeds whose differences
-            vary, else ``bootstrap`` (``t`` over identical differences has zero width: its
-            verdict is ``undecided``).
+            the test sample only). ``auto``: ``corrected_t`` with two or more splits, else
+            ``bootstrap``. Differences that are the same on every split (or every resample)
+            give no interval and an ``undecided`` verdict, never a zero-width interval.
         confidence: Coverage of the interval.
         n_resamples: Bootstrap resamples.
         seed: Seed of the bootstrap.
 
     Returns:
-        The mean difference ``a - b``, its interval and a verdict (``undecided`` when the
-        interval contains 0).
+        The mean difference ``a - b``, its interval, p-value and verdict.
 
     Raises:
         InputError: The results' splits differ, or a metric is missing.
     """
+    return compare_runs(
+        a.runs,
+        b.runs,
+        metric,
+        names=(probe_name(a), probe_name(b)),
+        method=method,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def compare_runs(
+    a: Sequence[SeedRun],
+    b: Sequence[SeedRun],
+    metric: str = "accuracy",
+    *,
+    names: tuple[str, str] = ("a", "b"),
+    method: Literal["auto", "corrected_t", "bootstrap"] = "auto",
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """:func:`compare` on two lists of seed runs paired split by split.
+
+    The runs of one side may come from different cells (each split's probe at the layer that
+    split chose), as long as split ``j`` of both sides is the same split.
+    """
+    if not a or len(a) != len(b):
+        raise InputError(f"need the same number of splits on both sides, got {len(a)} and {len(b)}")
     _check_paired(a, b)
     diffs = _differences(a, b, metric)
-    # Identical per-seed differences give a t-interval of zero width: no estimate of the spread
-    # at all, not certainty. ``auto`` then uses the paired bootstrap over the test rows.
-    degenerate = len(diffs) >= 2 and float(np.ptp(diffs)) == 0.0
     if method == "auto":
-        method = "t" if len(diffs) >= 2 and not degenerate else "bootstrap"
-    low, high = _interval(a, b, metric, diffs, method, confidence, n_resamples, seed)
+        method = "corrected_t" if len(diffs) >= 2 else "bootstrap"
+    n_train = int(a[0].train_rows.numel())
+    bounds = metric_range(metric, difference=True)
+    if method == "corrected_t":
+        if len(diffs) < 2:
+            raise InputError(
+                "a corrected t interval needs two or more splits: run seeds=(0, 1, ...) or use "
+                "method='bootstrap'"
+            )
+        low, high = corrected_t_interval(diffs, n_train, a[0].n_test, confidence, bounds=bounds)
+        p = corrected_t_p_value(diffs, n_train, a[0].n_test)
+    elif method == "bootstrap":
+        low, high, p = _bootstrap(a, b, metric, confidence, n_resamples, seed, bounds)
+    else:
+        raise InputError(f"method must be 'auto', 'corrected_t' or 'bootstrap', got {method!r}")
     return Comparison(
         metric=metric,
-        a=probe_name(a),
-        b=probe_name(b),
+        a=names[0],
+        b=names[1],
         difference=float(diffs.mean()),
         low=low,
         high=high,
@@ -143,67 +223,92 @@ def compare(
         method=method,
         differences=tuple(float(d) for d in diffs),
         n_seeds=len(diffs),
-        n_test=a.n_test,
-        verdict=_verdict(metric, low, high, decides=not (method == "t" and degenerate)),
+        n_test=a[0].n_test,
+        p_value=p,
+        verdict=_verdict(metric, low, high),
+        n_train=n_train,
     )
 
 
-def _differences(a: ProtocolResult, b: ProtocolResult, metric: str) -> np.ndarray:
-    """``metric(a) - metric(b)`` at each seed; an error when a result lacks the metric."""
-    for res in (a, b):
-        if metric not in res.metrics:
-            raise InputError(f"no test metric {metric!r}; choose one of {sorted(res.metrics)}")
+def _differences(a: Sequence[SeedRun], b: Sequence[SeedRun], metric: str) -> np.ndarray:
+    """``metric(a) - metric(b)`` at each split; an error when a run lacks the metric."""
+    for runs in (a, b):
+        if metric not in runs[0].metrics:
+            raise InputError(
+                f"no test metric {metric!r}; choose one of {sorted(runs[0].metrics)}"
+            )
     return np.array(
-        [ra.metrics[metric] - rb.metrics[metric] for ra, rb in zip(a.runs, b.runs, strict=True)]
+        [ra.metrics[metric] - rb.metrics[metric] for ra, rb in zip(a, b, strict=True)]
     )
 
 
-def _interval(
-    a: ProtocolResult,
-    b: ProtocolResult,
+def _bootstrap(
+    a: Sequence[SeedRun],
+    b: Sequence[SeedRun],
     metric: str,
-    diffs: np.ndarray,
-    method: str,
     confidence: float,
     n_resamples: int,
     seed: int,
-) -> tuple[float, float]:
-    """The interval of the difference ``a - b`` by ``method``.
-
-    ``t``: Student-t over the seeds' ``diffs``. ``bootstrap``: paired percentile bootstrap over
-    the shared test rows (both probes scored on the same resampled rows).
-    """
-    if method == "t":
-        if len(diffs) < 2:
-            raise InputError(
-                "a t-interval needs two or more seeds: run seeds=(0, 1, ...) or use "
-                "method='bootstrap'"
-            )
-        return t_interval(diffs, confidence)
-    if method == "bootstrap":
-        return bootstrap_interval(
-            lambda idx: mean_metric(a.runs, metric, idx) - mean_metric(b.runs, metric, idx),
-            [r.test_labels for r in a.runs],
-            n_resamples=n_resamples,
-            confidence=confidence,
-            seed=seed,
-        )
-    raise InputError(f"method must be 'auto', 't' or 'bootstrap', got {method!r}")
+    bounds: tuple[float, float],
+) -> tuple[float, float, float]:
+    """Paired percentile bootstrap over the shared test rows: ``(low, high, p-value)``."""
+    values = bootstrap_values(
+        lambda idx: mean_metric(list(a), metric, idx) - mean_metric(list(b), metric, idx),
+        [r.test_labels for r in a],
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    if len(values) < n_resamples / 2 or no_spread(values):
+        return math.nan, math.nan, math.nan
+    alpha = (1.0 - confidence) / 2
+    low, high = (float(v) for v in np.quantile(values, [alpha, 1.0 - alpha]))
+    p = min(1.0, 2.0 * min(float((values <= 0).mean()), float((values >= 0).mean())))
+    return max(low, bounds[0]), min(high, bounds[1]), p
 
 
-def _verdict(
-    metric: str, low: float, high: float, *, decides: bool = True
-) -> Literal["a better", "b better", "undecided"]:
-    """Which probe the interval of ``a - b`` favours.
-
-    ``undecided`` when the interval contains 0, is NaN, or cannot decide (``decides`` False: a
-    zero-width t-interval over identical differences).
-    """
+def _verdict(metric: str, low: float, high: float) -> Verdict:
+    """Which probe the interval of ``a - b`` favours (``undecided`` when it holds 0 or is NaN)."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    if not decides or math.isnan(low) or math.isnan(high):
+    if math.isnan(low) or math.isnan(high):
         return "undecided"
     if sign * low > 0 and sign * high > 0:
         return "a better"
     if sign * low < 0 and sign * high < 0:
         return "b better"
     return "undecided"
+
+
+def holm(comparisons: Sequence[Comparison], *, alpha: float | None = None) -> list[Comparison]:
+    """The comparisons of one family with Holm-adjusted verdicts beside the raw ones.
+
+    Every comparison with a p-value counts towards the family size (those without one stay
+    undecided). A comparison is decided after adjustment when its raw verdict is decided and
+    its Holm-adjusted p-value is below ``alpha`` (default: ``1 - confidence``).
+    """
+    comparisons = list(comparisons)
+    adjusted = holm_adjust([c.p_value for c in comparisons])
+    family = sum(not math.isnan(c.p_value) for c in comparisons)
+    out = []
+    for c, p in zip(comparisons, adjusted, strict=True):
+        level = alpha if alpha is not None else 1.0 - c.confidence
+        decided = c.verdict != "undecided" and not math.isnan(p) and p < level
+        out.append(replace(c, family=family, holm_verdict=c.verdict if decided else "undecided"))
+    return out
+
+
+def comparison_to_dict(c: Comparison) -> dict[str, Any]:
+    """A JSON-ready dict of a comparison (NaN as ``None``)."""
+    d = {k: getattr(c, k) for k in c.__dataclass_fields__}
+    d["differences"] = list(c.differences)
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+
+
+def comparison_from_dict(d: dict[str, Any]) -> Comparison:
+    """Rebuild a comparison from :func:`comparison_to_dict` output."""
+    d = dict(d)
+    d["differences"] = tuple(d["differences"])
+    for k in ("low", "high", "difference", "p_value"):
+        d[k] = math.nan if d.get(k) is None else d[k]
+    if d.get("method") == "t":  # written before the corrected t
+        d["method"] = "corrected_t"
+    return Comparison(**d)

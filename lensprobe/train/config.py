@@ -24,8 +24,12 @@ class TrainConfig:
     Weight decay is not here: it is what a sweep varies. It applies to the probe's weight
     matrices only (an attention probe's ``query`` and ``value``, a pooled probe's ``weight``), never
     to biases or the position slope. With L-BFGS it is always an L2 penalty ``wd / 2 * ||W||^2``
-    added to the mean loss (so ``wd`` matches scikit-learn's
-    ``LogisticRegression(C=1 / (n_train * wd))``). With AdamW, :attr:`decay` chooses between
+    added to the mean loss over the ``n_train`` training rows, on the inputs the fit sees. The
+    protocol divides activations by a token scale ``s`` (:attr:`ProtocolConfig.normalize`,
+    recorded as ``SeedRun.input_scale``), so there ``wd`` matches scikit-learn's
+    ``LogisticRegression(C=1 / (n_train * wd * s**2))`` on the raw pooled features, or
+    ``C=1 / (n_train * wd)`` on the features divided by ``s`` (tested). With AdamW,
+    :attr:`decay` chooses between
     that same penalty (``l2``, the default) and decoupled decay (``decoupled``,
     ``p <- p * (1 - lr * wd)`` each step).
     """
@@ -51,8 +55,9 @@ class TrainConfig:
     lbfgs_max_iter: int = 500
     """L-BFGS: most iterations (per member)."""
     lbfgs_tolerance: float = 1e-7
-    """L-BFGS: a member stops when its largest gradient entry is at most this (or when its
-    objective or its step changes by less than 1e-12, or its line search finds no decrease)."""
+    """L-BFGS: a member stops when the Euclidean norm of its gradient is at most this (or when
+    its objective or its step changes by less than 1e-12, or its line search finds no decrease).
+    Euclidean, so the stopping point does not depend on the basis the fit is solved in."""
     decay: Decay = "l2"
     """How AdamW applies a member's weight decay ``wd`` (L-BFGS always uses ``l2``).
     ``l2`` (default): ``wd / 2 * ||W||^2`` is added to each member's mean minibatch loss, the
@@ -121,12 +126,16 @@ class ProtocolConfig:
     seeds: tuple[int, ...] = (0,)
     """Repeated random splits: each seed is a full, independent run of the protocol (its own
     stratified split, folds, weight-decay choice, initialisation and data order, as one batched
-    sweep); metrics are averaged over seeds, with a t-interval."""
+    sweep); metrics are averaged over seeds, with a corrected resampled t interval. Seeds must
+    differ (a repeated seed repeats its split)."""
     split_seed: int = 0
     """Seed of the first split: seed ``s`` draws its train/test split, folds and early-stopping
     slice with ``split_seed + s``."""
-    select_by: SelectBy = "accuracy"
-    """CV metric that picks the weight decay (ties go to the lower CV log loss)."""
+    select_by: SelectBy = "log_loss"
+    """CV metric that picks the weight decay. ``log_loss`` (default) is a proper score: it
+    tells a probe whose separable training folds drive decay 0 to huge weights (and test log
+    losses of tens of nats) from a regularised one that classifies as well; ``accuracy`` and the
+    others on request (ties go to the lower CV log loss, then the smaller decay)."""
     normalize: Literal["token_norm", "none"] = "token_norm"
     """``token_norm``: train on activations divided by one scalar, the median token norm of the
     training part over sqrt(d_model) (the returned probe reads raw activations; weight decay acts
@@ -153,10 +162,16 @@ class ProtocolConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not self.weight_decays or any(w < 0 for w in self.weight_decays):
             raise ValueError(f"weight_decays must be non-negative, got {self.weight_decays}")
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(
+                f"seeds={tuple(self.seeds)} repeats a seed: a repeated seed draws the same split "
+                "again and shrinks the interval without new evidence; pass distinct seeds, e.g. "
+                f"seeds=range({len(self.seeds)})"
+            )
         object.__setattr__(self, "weight_decays", tuple(float(w) for w in self.weight_decays))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
 
     @property
     def resolved_train(self) -> TrainConfig:

@@ -143,7 +143,9 @@ def token_scale(
         keep = mask & keep[:, None]
     norms = torch.cat(
         [
-            torch.linalg.vector_norm(x[i : i + 256].float(), dim=-1)[keep[i : i + 256]]
+            # float64: a float32 sum of squares overflows at entries of ~1e19 and underflows
+            # at ~1e-23, and a scale of inf or 0 would leave such activations untrained
+            torch.linalg.vector_norm(x[i : i + 256].double(), dim=-1)[keep[i : i + 256]]
             for i in range(0, x.shape[0], 256)
         ]
     )

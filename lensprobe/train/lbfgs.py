@@ -52,13 +52,16 @@ class _Objective:
     not decayed, so the optimum is the same; pooled residuals share a large common direction, and
     without centring L-BFGS crawls along it.
 
-    With ``reduce`` and fewer rows than features (the usual case for a probing dataset: a few
-    hundred texts, d_model in the hundreds or thousands), pooled probes are also solved in the
-    span of the rows' features: ``W = Q A`` with ``Q`` an orthonormal basis of that span (from
-    every row the fit was given, so a member's coordinates do not depend on which other members
-    share the fit). The loss sees ``features @ W = (features @ Q) @ A`` and ``||W|| = ||A||``,
-    and gradients never leave the span, so a fit that starts in it (zero weights) follows the
-    same path as in the full space, with ``d_model`` replaced by the number of rows.
+    With ``reduce`` and fewer training rows than features (the usual case for a probing dataset:
+    a few hundred texts, d_model in the hundreds or thousands), pooled probes are also solved in
+    the span of the training rows' features: ``W = Q A`` with ``Q`` an orthonormal basis of the
+    features of the rows some member trains on (never of rows no member trains on, such as a
+    test part). The loss sees ``features @ W = (features @ Q) @ A`` and ``||W|| = ||A||``, and
+    a member's gradients never leave the span of its own rows, so a fit that starts at zero
+    weights follows the same path in any basis that contains that span: L-BFGS uses only inner
+    products and Euclidean norms (its first step and its stopping tests included), which a
+    change of orthonormal basis keeps. So a member ends where it ends trained alone on its own
+    rows, whichever other members share the fit and whatever rows the fit was handed besides.
     """
 
     def __init__(
@@ -80,12 +83,14 @@ class _Objective:
         self.features = self.center = self.basis = None
         if data.pooled:
             features = data.features
-            n_rows, d_model = features.shape
+            d_model = features.shape[1]
+            features = features[self.rows]
+            n_rows = features.shape[0]
             if reduce and n_rows < d_model:
                 self.basis = torch.linalg.qr(features.nan_to_num().T).Q  # (d_model, n_rows)
                 features = features @ self.basis
                 self.shapes["weight"] = (n_rows, shapes["weight"][1])
-            self.features = features[self.rows]
+            self.features = features
             # (nan_to_num: a NaN row of one member must not reach the others' centres)
             self.center = self.share @ self.features.nan_to_num()
             n_out = shapes["bias"][0]
@@ -277,10 +282,11 @@ def fit_lbfgs(
 
     The members share only the arithmetic: each has its own curvature history, its own line
     search step (backtracking with sufficient decrease) and its own stopping test, so a member
-    takes the same iterations and ends at the same point as when it is trained alone. A member
-    stops when its largest gradient entry is at most ``lbfgs_tolerance``, when its objective or
-    its step changes by less than 1e-12, when its line search finds no decrease, or after
-    ``lbfgs_max_iter`` iterations. Stopped members leave the computation.
+    takes the same iterations and ends at the same point as when it is trained alone on its own
+    rows. A member stops when the Euclidean norm of its gradient is at most ``lbfgs_tolerance``,
+    when its objective changes by less than 1e-12 or its step is shorter than that, when its line
+    search finds no decrease, or after ``lbfgs_max_iter`` iterations. Stopped members leave the
+    computation.
     """
     objective, x = _lbfgs_objective(problem, params)
     m = x.shape[0]
@@ -293,7 +299,7 @@ def fit_lbfgs(
     out = x.clone()
     iters = torch.zeros(m, dtype=torch.long, device=x.device)
     history = _History(m, x.shape[1], x.dtype, x.device)
-    live = g.abs().amax(dim=1) > train.lbfgs_tolerance
+    live = g.norm(dim=1) > train.lbfgs_tolerance
     step = 0
     if on_step is not None:
         on_step(0)
@@ -361,7 +367,7 @@ def _lbfgs_iteration(
 
     Each member steps along its own quasi-Newton direction (steepest descent where that is not
     a descent direction) with its own line search, stores its curvature pair, and tests whether
-    it stops (largest gradient entry at most ``tol``, see :func:`fit_lbfgs`).
+    it stops (gradient norm at most ``tol``, see :func:`fit_lbfgs`).
 
     Returns:
         Per member the step taken, the objective and gradient after it, and whether it stops.
@@ -370,8 +376,8 @@ def _lbfgs_iteration(
     descent = (g * d).sum(dim=1) < 0
     d = torch.where(descent[:, None], d, -g)
     t = torch.ones_like(f)
-    if step == 0:  # no curvature yet: a first step of length at most 1 in the L1 norm
-        t = (1.0 / g.abs().sum(dim=1)).clamp(max=1.0)
+    if step == 0:  # no curvature yet: a first step of Euclidean length at most 1
+        t = (1.0 / g.norm(dim=1)).clamp(max=1.0)
     t, f_new, g_new, failed = _armijo(objective, x, f, g, d, t, ids)
     bad = ~failed & ~torch.isfinite(g_new).all(dim=1)
     if bool(bad.any()):
@@ -383,10 +389,10 @@ def _lbfgs_iteration(
     sy = (s * y).sum(dim=1)
     good = ~failed & (sy > torch.finfo(x.dtype).eps * (s.norm(dim=1) * y.norm(dim=1)))
     history.add(s, y, good)
-    stop = (
+    stop = (  # Euclidean norms: a rotation of the basis changes none of these tests
         failed
-        | (g_new.abs().amax(dim=1) <= tol)
+        | (g_new.norm(dim=1) <= tol)
         | ((f_new - f).abs() < _TOLERANCE_CHANGE)
-        | (s.abs().amax(dim=1) <= _TOLERANCE_CHANGE)
+        | (s.norm(dim=1) <= _TOLERANCE_CHANGE)
     )
     return s, f_new, g_new, stop

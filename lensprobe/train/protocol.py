@@ -195,6 +195,9 @@ def _cross_validate(
     read = tokens_read(probe_config, mask)
     scale = token_scale(x, read, split.train_rows) if config.normalize == "token_norm" else 1.0
     train = replace(train, seed=train.seed + seed)
+    # AdamW draws its minibatches from the rows some member trains on: never the test part or
+    # the early-stopping slice, so the refit (the reported probe) reads exactly its own rows
+    order_rows = members.train.any(dim=0).nonzero().flatten()
     params, steps, best_step = _fit(
         probe_config,
         x,
@@ -202,7 +205,7 @@ def _cross_validate(
         labels.to(x.device),
         members,
         train,
-        split.train_rows,
+        order_rows,
         config.execution,
         scale,
         bar,
@@ -316,8 +319,10 @@ def _protocol_result(
 ) -> ProtocolResult:
     """The seeds' runs with their test metrics averaged, a t-interval each, and the CV tables."""
     metrics = {name: sum(r.metrics[name] for r in runs) / len(runs) for name in runs[0].metrics}
+    n_train = int(runs[0].train_rows.numel())
     summary = {
-        name: estimate(name, [r.metrics[name] for r in runs], runs[0].n_test) for name in metrics
+        name: estimate(name, [r.metrics[name] for r in runs], runs[0].n_test, n_train)
+        for name in metrics
     }
     logger.info(
         "%s probe (n_heads=%d): weight decay %s, test accuracy %s",

@@ -2,8 +2,10 @@
 
 Each seed is a full, independent run of the protocol on its own stratified split, so the spread
 of the test metrics over seeds estimates their variability: :class:`ProtocolResult` reports each
-metric's mean, standard deviation and a t-interval over seeds, and with one seed a bootstrap
-interval over the test rows (:meth:`ProtocolResult.bootstrap`).
+metric's mean, standard deviation and a corrected resampled t interval over seeds (the splits
+share rows, see :func:`lensprobe.metrics.corrected_t_interval`), and with one seed a Wilson
+interval for the accuracy and a bootstrap interval over the test rows
+(:meth:`ProtocolResult.bootstrap`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensprobe.metrics import Estimate, bootstrap_interval, metric
+from lensprobe.metrics import Estimate, bootstrap_interval, metric, metric_range
 from lensprobe.probes import Probe
 from lensprobe.train.config import ProtocolConfig
 
@@ -84,8 +86,9 @@ class ProtocolResult:
     random splits): it chooses its own weight decay by cross-validation on its own training part
     and is scored once on its own test part. So the spread over seeds estimates how much the
     result varies with the split and the initialisation, and :attr:`summary` gives each metric's
-    mean, standard deviation and a Student-t interval over seeds. With one seed,
-    :meth:`bootstrap` gives an interval over the test rows instead. :func:`~lensprobe.train.compare.compare` pairs two
+    mean, standard deviation and a corrected resampled t interval over seeds. With one seed,
+    the accuracy has a Wilson interval and :meth:`bootstrap` gives an interval over the test rows
+    of any metric (test sampling only). :func:`~lensprobe.train.compare.compare` pairs two
     results run on the same splits.
 
     The single-probe fields (:attr:`probe`, :attr:`weight_decay`, :attr:`train_rows`,
@@ -103,8 +106,8 @@ class ProtocolResult:
     metrics: dict[str, float]
     """Test metrics averaged over seeds."""
     summary: dict[str, Estimate]
-    """Each metric of :attr:`metrics` with its standard deviation, 95% t-interval over seeds and
-    the test rows per seed (``n_test``)."""
+    """Each metric of :attr:`metrics` with its standard deviation, 95% interval (corrected t over
+    seeds; Wilson for one seed's accuracy) and the rows per seed (``n_test``, ``n_train``)."""
     cv_table: list[dict[str, Any]]
     """One row per (seed, weight decay, fold): CV metrics and optimizer steps taken."""
     cv_summary: list[dict[str, float]]
@@ -192,6 +195,7 @@ class ProtocolResult:
             n_resamples=n_resamples,
             confidence=confidence,
             seed=seed,
+            bounds=metric_range(metric),
         )
         base = self.summary[metric]
         return replace(base, low=low, high=high, confidence=confidence, method="bootstrap")

@@ -1,29 +1,39 @@
-"""Choosing a layer on the training part, and the flat result records the choice reads.
+"""Choosing a layer per split on its training part, and the flat result records the choice reads.
 
 A grid of hooks x probe kinds gives one protocol result per cell. Which hook is "best" for a
 probe kind is a choice, and like the weight decay it is made by cross-validation on the training
-part, never by the test metrics: :func:`choose_layer` picks the hook with the best CV score (each
-seed's CV metrics at the weight decay that seed chose, averaged over its folds and then over the
-seeds) and reports the test metrics of the pick, with their sample size and interval.
+part, never by the test metrics, and **per split**: with repeated random splits, one split's test
+rows lie in another split's training part, so a choice pooled over splits would read test labels.
+:func:`choose_layer` lets every split pick the hook with the best CV score of its own training
+part (at the weight decay that split chose) and reports the mean over splits of each split's test
+metrics at its own pick, with a corrected resampled t interval; which hook each split picked is
+recorded (:attr:`LayerChoice.picks`).
 
-The choice reads flat records (:func:`result_record`): one JSON/CSV-ready dict per cell with the
-test metrics (mean over seeds), their intervals, ``n_test``, the seeds and the CV scores
-(``cv_accuracy``, ...). Records are what results files hold, so the choice can be redone from
-``results.json`` or ``results.csv`` without the probes. :func:`compare_choices` compares the
-probes at their chosen hooks with :func:`lensprobe.train.compare.compare` (paired, same splits).
+The choice reads flat records (:func:`result_record`): one JSON-ready dict per cell with the test
+metrics (mean over seeds), their intervals, ``n_test``, the seeds, the CV scores (``cv_accuracy``,
+...: mean over seeds) and ``splits``, each split's CV scores and test metrics
+(:func:`split_scores`). :func:`compare_choices` compares the probes at their chosen hooks, split
+by split, with :func:`lensprobe.train.compare.compare_runs`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from lensprobe.errors import InputError
-from lensprobe.metrics import BINARY_METRIC_NAMES, LOWER_IS_BETTER, METRIC_NAMES
-from lensprobe.train.compare import Comparison, compare
+from lensprobe.metrics import (
+    BINARY_METRIC_NAMES,
+    LOWER_IS_BETTER,
+    METRIC_NAMES,
+    Estimate,
+    estimate,
+)
+from lensprobe.train.compare import Comparison, compare_runs, holm
 from lensprobe.train.result import ProtocolResult
 
 logger = logging.getLogger(__name__)
@@ -35,10 +45,13 @@ __all__ = [
     "choose_layer",
     "choose_layers",
     "compare_choices",
+    "compare_family",
     "cv_at_choice",
     "describe",
     "interval",
+    "record_estimate",
     "result_record",
+    "split_scores",
     "splits_text",
 ]
 
@@ -57,23 +70,21 @@ def _get(run: Any, key: str) -> Any:
     return run[key] if isinstance(run, Mapping) else getattr(run, key)
 
 
-def cv_at_choice(runs: Sequence[Any]) -> dict[str, float]:
-    """The CV score of what the protocol chose: per seed at its chosen decay, mean over seeds.
-
-    Each seed chooses its weight decay by its own cross-validation; its CV metrics at that decay
-    (averaged over its folds) are the CV score of that seed's probe. The result is their mean
-    over seeds (NaN values skipped).
+def split_scores(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each split's CV scores at the weight decay it chose, and its test metrics.
 
     Args:
         runs: :attr:`ProtocolResult.runs` (:class:`~lensprobe.train.result.SeedRun`), or their
             ``to_dict()`` form as saved in ``results.json``.
 
     Returns:
-        Metric name -> mean CV value, for each name of :data:`CV_METRICS` the runs have.
+        Per split ``{"split_seed", "weight_decay", "n_train", "n_test", "cv": {...},
+        "test": {...}}``; ``cv`` holds :data:`CV_METRICS` averaged over the split's folds
+        (JSON-ready: an unavailable value is ``None``).
     """
     if not runs:
         raise InputError("no seed runs to read CV scores from; pass ProtocolResult.runs")
-    per_seed = []
+    out = []
     for run in runs:
         chosen = _get(run, "weight_decay")
         rows = [r for r in _get(run, "cv_summary") if r["weight_decay"] == chosen]
@@ -82,12 +93,39 @@ def cv_at_choice(runs: Sequence[Any]) -> dict[str, float]:
                 f"seed run has no CV row at its chosen weight decay {chosen}; pass the runs of "
                 "one protocol result"
             )
-        per_seed.append(rows[0])
+        n_train = _get(run, "n_train") if isinstance(run, Mapping) else run.train_rows.numel()
+        out.append(
+            {
+                "split_seed": int(_get(run, "split_seed")),
+                "weight_decay": chosen,
+                "n_train": int(n_train),
+                "n_test": int(_get(run, "n_test")),
+                "cv": {k: _json(rows[0].get(k)) for k in CV_METRICS if k in rows[0]},
+                "test": {k: _json(v) for k, v in _get(run, "metrics").items()},
+            }
+        )
+    return out
+
+
+def _json(v: Any) -> float | None:
+    """A metric value for a JSON file: NaN (or missing) as ``None``."""
+    v = _number(v)
+    return None if math.isnan(v) else v
+
+
+def _score(scores: Mapping[str, Any], name: str) -> float:
+    """A per-split score as a float (``None`` or missing: NaN)."""
+    return _number(scores.get(name))
+
+
+def cv_at_choice(runs: Sequence[Any]) -> dict[str, float]:
+    """Each CV score at each split's chosen decay, averaged over the splits (NaN skipped)."""
+    per_split = split_scores(runs)
     out = {}
     for name in CV_METRICS:
-        values = [_number(r.get(name)) for r in per_seed]
-        values = [v for v in values if not math.isnan(v)]
-        if any(name in r for r in per_seed):
+        if any(name in s["cv"] for s in per_split):
+            values = [_score(s["cv"], name) for s in per_split]
+            values = [v for v in values if not math.isnan(v)]
             out[name] = sum(values) / len(values) if values else math.nan
     return out
 
@@ -101,15 +139,16 @@ def _round(v: Any) -> Any:
 def result_record(
     result: ProtocolResult, *, bootstrap_resamples: int | None = None
 ) -> dict[str, Any]:
-    """A flat, JSON/CSV-ready summary of one protocol result (floats rounded to 5 digits).
+    """A flat, JSON-ready summary of one protocol result (floats rounded to 5 digits).
 
     Keys: every test metric (mean over seeds); ``weight_decay`` (the first seed's choice),
     ``n_train``, ``n_test`` (rows per seed), ``seeds`` (splits), ``seconds``; ``cv_<metric>``
-    for :data:`CV_METRICS` (:func:`cv_at_choice`); and for each of :data:`HEADLINE_METRICS` an
-    interval: with two or more seeds ``<metric>_std``, ``<metric>_low``, ``<metric>_high`` (95%
-    Student-t over seeds, ``interval`` = ``"t"``); with one seed ``<metric>_boot_low``,
-    ``<metric>_boot_high`` (95% percentile bootstrap over that split's test rows, which covers
-    the test sample only; ``interval`` = ``"bootstrap"``).
+    for :data:`CV_METRICS` (:func:`cv_at_choice`); ``splits`` (:func:`split_scores`, what the
+    per-split layer choice reads; a list, left out of CSV files); and for each of
+    :data:`HEADLINE_METRICS` a 95% interval ``<metric>_low``, ``<metric>_high`` made as
+    ``<metric>_interval`` says (:data:`lensprobe.metrics.IntervalMethod`): the corrected t over
+    two or more seeds, Wilson for one seed's accuracy, a percentile bootstrap over one seed's test
+    rows for the others (test sampling only); ``<metric>_std`` over seeds.
 
     Args:
         result: What :func:`lensprobe.run_protocol` returned.
@@ -128,26 +167,21 @@ def result_record(
         seconds=round(r.seconds, 2),
     )
     row.update({f"cv_{k}": _round(v) for k, v in cv_at_choice(r.runs).items()})
-    if len(r.runs) > 1:
-        row["interval"] = "t"
-        for name in HEADLINE_METRICS:
-            est = r.summary.get(name)
-            if est is not None:
-                row.update(
-                    {
-                        f"{name}_std": _round(est.std),
-                        f"{name}_low": _round(est.low),
-                        f"{name}_high": _round(est.high),
-                    }
-                )
-    elif bootstrap_resamples > 0:
-        row["interval"] = "bootstrap"
-        for name in HEADLINE_METRICS:
-            if name in r.metrics:
-                est = r.bootstrap(name, n_resamples=bootstrap_resamples)
-                row.update(
-                    {f"{name}_boot_low": _round(est.low), f"{name}_boot_high": _round(est.high)}
-                )
+    for name in HEADLINE_METRICS:
+        est = r.summary.get(name)
+        if est is None:
+            continue
+        if est.method == "none" and len(r.runs) == 1 and bootstrap_resamples > 0:
+            est = r.bootstrap(name, n_resamples=bootstrap_resamples)
+        row.update(
+            {
+                f"{name}_std": _round(est.std),
+                f"{name}_low": _round(est.low),
+                f"{name}_high": _round(est.high),
+                f"{name}_interval": est.method if est.has_interval else "none",
+            }
+        )
+    row["splits"] = split_scores(r.runs)
     return row
 
 
@@ -158,21 +192,37 @@ def _number(v: Any) -> float:
     return float(v)
 
 
+def record_estimate(record: Mapping[str, Any], metric: str = "accuracy") -> Estimate:
+    """A record's test metric with the interval it carries, as an :class:`Estimate`."""
+    low, high = _number(record.get(f"{metric}_low")), _number(record.get(f"{metric}_high"))
+    method = str(record.get(f"{metric}_interval") or "none")
+    if method == "none" or math.isnan(low) or math.isnan(high):
+        low = high = math.nan
+        method = "none"
+    return Estimate(
+        metric=metric,
+        mean=_number(record.get(metric)),
+        std=_number(record.get(f"{metric}_std")),
+        low=low,
+        high=high,
+        confidence=0.95,
+        method=method,  # type: ignore[arg-type]
+        n_seeds=_seeds(record),
+        n_test=int(_number(record.get("n_test"))) if record.get("n_test") not in (None, "") else 0,
+        n_train=int(_number(record.get("n_train"))) if record.get("n_train") not in (None, "") else 0,
+    )
+
+
 def interval(
     record: Mapping[str, Any], metric: str = "accuracy"
 ) -> tuple[float, float, str] | None:
     """The 95% interval a record carries for a test metric: ``(low, high, method)`` or None.
 
-    ``method`` is ``"t"`` (over seeds) or ``"bootstrap"`` (one split, over its test rows).
+    ``method`` is one of :data:`lensprobe.metrics.IntervalMethod` (``corrected_t`` over seeds,
+    ``wilson`` or ``bootstrap`` over one split's test rows).
     """
-    for method, low, high in (
-        ("t", f"{metric}_low", f"{metric}_high"),
-        ("bootstrap", f"{metric}_boot_low", f"{metric}_boot_high"),
-    ):
-        lo, hi = _number(record.get(low)), _number(record.get(high))
-        if not (math.isnan(lo) or math.isnan(hi)):
-            return lo, hi, method
-    return None
+    est = record_estimate(record, metric)
+    return (est.low, est.high, est.method) if est.has_interval else None
 
 
 def splits_text(record: Mapping[str, Any]) -> str:
@@ -189,52 +239,67 @@ def _seeds(record: Mapping[str, Any]) -> int:
 def describe(record: Mapping[str, Any], metric: str = "accuracy", digits: int = 3) -> str:
     """A test metric with its interval and sample size, e.g.
 
-    ``0.750 [0.583, 0.917] (95% t over 3 splits, n_test=12)`` or
-    ``0.750 [0.583, 0.917] (95% bootstrap, 1 split, n_test=12)`` or
-    ``0.750 (1 split, n_test=12)`` when the record has no interval.
+    ``0.750 [0.583, 0.917] (95% corrected t over 3 splits, n_test=12)`` or
+    ``0.750 [0.468, 0.911] (95% Wilson, test rows of 1 split, n_test=12)``.
     """
-    value = _number(record.get(metric))
-    text = "–" if math.isnan(value) else f"{value:.{digits}f}"
-    n = record.get("n_test")
-    ci = interval(record, metric)
-    if ci is None:
-        return f"{text} ({splits_text(record)}, n_test={n})"
-    low, high, method = ci
-    how = f"t over {splits_text(record)}" if method == "t" else f"bootstrap, {splits_text(record)}"
-    return f"{text} [{low:.{digits}f}, {high:.{digits}f}] (95% {how}, n_test={n})"
+    return record_estimate(record, metric).text(digits)
 
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """The hook cross-validation picks for one probe kind, and the test metrics of the pick."""
+    """The hook each split's cross-validation picks for one probe kind, and the test metrics."""
 
     dataset: str | None
     """Dataset of the records (None when they name none)."""
     probe: str
     """Probe spec label, e.g. ``attention-8``."""
-    hook: str
-    """The chosen hook."""
+    picks: tuple[str, ...]
+    """The hook each split picked, in split order."""
+    split_seeds: tuple[int, ...]
+    """The split seed of each split."""
     by: str
-    """The CV score that chose it, e.g. ``cv_accuracy``."""
+    """The CV score that chose, e.g. ``cv_accuracy``."""
     cv_score: float
-    """The chosen hook's CV score (training part only)."""
+    """Mean over splits of each pick's CV score (training parts only)."""
     test: dict[str, float]
-    """Test metrics of the chosen hook's probe (mean over seeds), scored once."""
+    """Test metrics: mean over splits of each split's metric at its own pick, scored once."""
+    estimates: dict[str, Estimate]
+    """Each of :data:`HEADLINE_METRICS` of :attr:`test` with its interval over the splits."""
     n_test: int
-    """Test rows per seed behind :attr:`test`."""
-    seeds: int
-    """Seeds (independent splits) behind :attr:`test`."""
+    """Test rows per split."""
+    n_train: int
+    """Training rows per split."""
     hooks: tuple[str, ...]
     """Every hook the choice was made among, in record order."""
-    record: Mapping[str, Any]
-    """The chosen hook's record (intervals included)."""
+
+    @property
+    def seeds(self) -> int:
+        """Splits behind :attr:`test`."""
+        return len(self.picks)
+
+    @property
+    def hook(self) -> str:
+        """The hook most splits picked (ties: the one picked first)."""
+        counts = Counter(self.picks)
+        return max(self.picks, key=lambda h: (counts[h], -self.picks.index(h)))
+
+    def count(self, hook: str) -> int:
+        """How many splits picked ``hook``."""
+        return self.picks.count(hook)
+
+    def picks_text(self) -> str:
+        """``blocks.9 (3 of 3 splits)`` or ``per split: blocks.4, blocks.9, blocks.9``."""
+        if len(set(self.picks)) == 1:
+            n = len(self.picks)
+            return f"{self.picks[0]} ({'the one split' if n == 1 else f'all {n} splits'})"
+        return "per split: " + ", ".join(self.picks)
 
     def __str__(self) -> str:
         name = self.by.removeprefix("cv_")
         among = f"among {len(self.hooks)} hooks" if len(self.hooks) > 1 else "the only hook"
         return (
-            f"{self.probe}: {self.hook} ({among}, chosen by CV {name} {self.cv_score:.3f}); "
-            f"test accuracy {describe(self.record, 'accuracy')}"
+            f"{self.probe}: {self.picks_text()} ({among}, each split by its own CV {name}, "
+            f"mean {self.cv_score:.3f}); test accuracy {self.estimates['accuracy'].text()}"
         )
 
 
@@ -245,25 +310,28 @@ def choose_layer(
     probe: str | None = None,
     dataset: str | None = None,
 ) -> LayerChoice:
-    """Pick the hook of one probe kind by its cross-validation score, not its test score.
+    """Let every split pick the hook of one probe kind by its own cross-validation score.
 
-    The test part plays no role in the choice; the chosen hook's test metrics are what to report.
-    Ties go to the lower ``cv_log_loss``, then to the earlier record.
+    Split ``j`` picks the hook whose CV score on split ``j``'s training part (at the weight decay
+    split ``j`` chose there) is best; ties go to the lower CV log loss, then to the earlier
+    record. Its test metrics at that hook are what it reports; the choice's metrics are their
+    mean over splits, with a corrected resampled t interval (Wilson for one split's accuracy).
+    No split's choice reads any test row of its own split or of another.
 
     Args:
-        records: Flat result records (:func:`result_record` via ``GridRow.record()``, the
-            ``records`` of ``results.json`` or the rows of ``results.csv``), one per hook.
+        records: Flat result records (:func:`result_record` via ``GridRow.record()``, or the
+            ``records`` of ``results.json``), one per hook, run on the same splits.
         by: A CV column: ``cv_accuracy`` (default), ``cv_balanced_accuracy``, ``cv_macro_f1``,
             ``cv_auroc`` or ``cv_log_loss`` (lower is better).
         probe: Keep only records of this probe label (needed when the records hold several).
         dataset: Keep only records of this dataset (needed when they hold several).
 
     Returns:
-        The chosen hook, its CV score and its test metrics with ``n_test`` and seeds.
+        Each split's hook, the mean CV score of the picks and the test metrics with intervals.
 
     Raises:
         InputError: ``by`` is not a CV score, no or several (dataset, probe) groups remain, a
-            hook appears twice, or the records carry no CV score.
+            hook appears twice, the records carry no per-split scores, or their splits differ.
     """
     if not by.startswith("cv_"):
         raise InputError(
@@ -272,20 +340,30 @@ def choose_layer(
         )
     rows = _one_group(records, probe, dataset)
     hooks = _hooks_with_scores(rows, by)
-    best = _best_row(rows, by)
-    rec = rows[best]
-    names = [*METRIC_NAMES, *BINARY_METRIC_NAMES]
+    splits = _aligned_splits(rows, hooks)
+    metric = by.removeprefix("cv_")
+    picks = [_best_hook([s[j] for s in splits], metric) for j in range(len(splits[0]))]
+    picked = [splits[i][j] for j, i in enumerate(picks)]
+    names = [n for n in (*METRIC_NAMES, *BINARY_METRIC_NAMES) if n in picked[0]["test"]]
+    test = {n: sum(_score(p["test"], n) for p in picked) / len(picked) for n in names}
+    n_test, n_train = int(picked[0]["n_test"]), int(picked[0]["n_train"])
+    estimates = {
+        n: estimate(n, [_score(p["test"], n) for p in picked], n_test, n_train)
+        for n in HEADLINE_METRICS
+        if n in test
+    }
     return LayerChoice(
-        dataset=rec.get("dataset"),
-        probe=str(rec.get("probe")),
-        hook=hooks[best],
+        dataset=rows[0].get("dataset"),
+        probe=str(rows[0].get("probe")),
+        picks=tuple(hooks[i] for i in picks),
+        split_seeds=tuple(p["split_seed"] for p in picked),
         by=by,
-        cv_score=_number(rec[by]),
-        test={k: _number(rec[k]) for k in names if k in rec},
-        n_test=int(_number(rec.get("n_test"))),
-        seeds=_seeds(rec),
+        cv_score=sum(_score(p["cv"], metric) for p in picked) / len(picked),
+        test=test,
+        estimates=estimates,
+        n_test=n_test,
+        n_train=n_train,
         hooks=tuple(hooks),
-        record=dict(rec),
     )
 
 
@@ -315,34 +393,53 @@ def _one_group(
 
 
 def _hooks_with_scores(rows: Sequence[Mapping[str, Any]], by: str) -> list[str]:
-    """The hook of each record; an error for a hook recorded twice or a record without ``by``."""
+    """The hook of each record; an error for a hook recorded twice or a record without scores."""
     hooks = [str(r.get("hook")) for r in rows]
     twice = sorted({h for h in hooks if hooks.count(h) > 1})
     if twice:
         raise InputError(f"hooks {twice} appear in more than one record; pass one record per hook")
-    missing = [h for h, r in zip(hooks, rows, strict=True) if by not in r]
+    missing = [h for h, r in zip(hooks, rows, strict=True) if not r.get("splits")]
     if missing:
         raise InputError(
-            f"the records of hooks {missing} have no {by!r} (results written before lensprobe "
-            "recorded CV scores); rerun lensprobe train"
+            f"the records of hooks {missing} carry no per-split scores ('splits'); read them "
+            "from results.json with lensprobe.experiment.load_results (results.csv has none)"
         )
+    metric = by.removeprefix("cv_")
+    lacking = [h for h, r in zip(hooks, rows, strict=True) if metric not in r["splits"][0]["cv"]]
+    if lacking:
+        raise InputError(f"the records of hooks {lacking} have no CV {metric!r}; pass another by=")
     return hooks
 
 
-def _best_row(rows: Sequence[Mapping[str, Any]], by: str) -> int:
-    """Index of the best CV score ``by`` (ties: lower ``cv_log_loss``, then the earlier row)."""
-    sign = 1.0 if by.removeprefix("cv_") in LOWER_IS_BETTER else -1.0
+def _aligned_splits(
+    rows: Sequence[Mapping[str, Any]], hooks: Sequence[str]
+) -> list[list[dict[str, Any]]]:
+    """Each record's per-split scores; an error unless every hook was run on the same splits."""
+    splits = [list(r["splits"]) for r in rows]
+    seeds = [[s["split_seed"] for s in per] for per in splits]
+    if any(s != seeds[0] for s in seeds):
+        bad = {h: s for h, s in zip(hooks, seeds, strict=True) if s != seeds[0]}
+        raise InputError(
+            f"hooks were run on different splits (split seeds {seeds[0]} vs {bad}): run every "
+            "hook with the same seeds on the same data"
+        )
+    return splits
+
+
+def _best_hook(candidates: Sequence[Mapping[str, Any]], metric: str) -> int:
+    """Index of the best CV score (ties: lower CV log loss, then the earlier candidate)."""
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
 
     def key(i: int) -> tuple[float, float, int]:
-        score = _number(rows[i][by])
-        tie = _number(rows[i].get("cv_log_loss"))
+        score = _score(candidates[i]["cv"], metric)
+        tie = _score(candidates[i]["cv"], "log_loss")
         return (
-            math.inf if math.isnan(score) else sign * score,
+            math.inf if math.isnan(score) else round(sign * score, 12),
             math.inf if math.isnan(tie) else tie,
             i,
         )
 
-    return min(range(len(rows)), key=key)
+    return min(range(len(candidates)), key=key)
 
 
 def choose_layers(
@@ -359,12 +456,14 @@ def compare_choices(
     *,
     metric: str = "accuracy",
 ) -> list[Comparison]:
-    """Paired comparisons of every two probes of a dataset, each at its chosen hook.
+    """Paired comparisons of every two probes of a dataset, each split at its own pick.
 
-    Each pair goes through :func:`lensprobe.train.compare.compare` (the same splits, a t-interval
-    over seeds or with one seed a paired bootstrap, and a verdict that is ``undecided`` when the
-    interval contains 0; :data:`BOOTSTRAP_RESAMPLES` resamples). The names read ``probe @ hook``
-    when the two hooks differ.
+    Split ``j`` of probe ``a`` is the run of split ``j`` at the hook split ``j`` picked for
+    ``a``; likewise for ``b``; the per-split differences go through
+    :func:`lensprobe.train.compare.compare_runs` (corrected t over the splits, or with one split
+    a paired bootstrap over its test rows; :data:`BOOTSTRAP_RESAMPLES` resamples). The names read
+    ``probe @ hook`` when every split picked that hook, ``probe @ CV pick`` otherwise. Adjust the
+    family with :func:`lensprobe.train.compare.holm`.
 
     Args:
         choices: From :func:`choose_layers`.
@@ -380,16 +479,37 @@ def compare_choices(
         for b in choices[i + 1 :]:
             if a.dataset != b.dataset:
                 continue
-            ra = results[(a.dataset, a.hook, a.probe)]
-            rb = results[(b.dataset, b.hook, b.probe)]
+            runs_a = [results[(a.dataset, h, a.probe)].runs[j] for j, h in enumerate(a.picks)]
+            runs_b = [results[(b.dataset, h, b.probe)].runs[j] for j, h in enumerate(b.picks)]
             try:
-                c = compare(ra, rb, metric, n_resamples=BOOTSTRAP_RESAMPLES)
+                c = compare_runs(
+                    runs_a,
+                    runs_b,
+                    metric,
+                    names=(_choice_name(a, b), _choice_name(b, a)),
+                    n_resamples=BOOTSTRAP_RESAMPLES,
+                )
             except InputError as err:
                 logger.warning("%s vs %s not compared: %s", a.probe, b.probe, err)
                 continue
-            if a.hook != b.hook:
-                c = replace(c, a=f"{a.probe} @ {a.hook}", b=f"{b.probe} @ {b.hook}")
-            else:
-                c = replace(c, a=a.probe, b=b.probe)
             out.append(c)
     return out
+
+
+def _choice_name(c: LayerChoice, other: LayerChoice) -> str:
+    """``probe``, ``probe @ hook`` (one hook for every split) or ``probe @ CV pick``."""
+    if len(c.hooks) == 1 and c.picks == other.picks:
+        return c.probe
+    if len(set(c.picks)) == 1:
+        return f"{c.probe} @ {c.picks[0]}"
+    return f"{c.probe} @ CV pick"
+
+
+def compare_family(
+    choices: Sequence[LayerChoice],
+    results: Mapping[tuple[Any, str, str], ProtocolResult],
+    *,
+    metric: str = "accuracy",
+) -> list[Comparison]:
+    """:func:`compare_choices` over every dataset of ``choices``, Holm-adjusted as one family."""
+    return holm(compare_choices(choices, results, metric=metric))

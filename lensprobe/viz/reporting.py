@@ -38,6 +38,7 @@ from lensprobe.analysis import TopExamples, attention_entropy, top_examples
 from lensprobe.errors import InputError
 from lensprobe.probes import AttentionProbe
 from lensprobe.train import Comparison, ProtocolResult
+from lensprobe.train.compare import holm
 from lensprobe.train.selection import (
     HEADLINE_METRICS,
     LayerChoice,
@@ -107,7 +108,7 @@ def _anchor(entry: ReportEntry) -> str:
 
 def _records(entries: Sequence[ReportEntry]) -> list[dict[str, Any]] | None:
     """One record per entry for the layer choice; None when an entry has no CV score."""
-    if not all(e.record is not None and "cv_accuracy" in e.record for e in entries):
+    if not all(e.record is not None and e.record.get("splits") for e in entries):
         return None
     return [
         {**(e.record or {}), "dataset": None, "hook": e.hook_name, "probe": e.label}
@@ -140,12 +141,15 @@ def _splits_cell(e: ReportEntry) -> str:
     if e.record is None:
         return "–"
     ci = interval(e.record, "accuracy")
-    how = "no interval" if ci is None else ("t" if ci[2] == "t" else "bootstrap")
+    how = "no interval" if ci is None else ci[2].replace("_", " ")
     return f"{html.escape(splits_text(e.record))} ({how})"
 
 
 def _metrics_table(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice]) -> str:
     picked = {(c.probe, c.hook) for c in choices if len(c.hooks) > 1}
+    counts = {
+        (c.probe, h): f"{c.count(h)}/{c.seeds}" for c in choices if len(c.hooks) > 1 for h in c.hooks
+    }
     head = "".join(
         f"<th>{name}{' [95%]' if key in HEADLINE_METRICS else ''}</th>"
         for key, name in METRIC_COLUMNS
@@ -155,6 +159,7 @@ def _metrics_table(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice
         is_pick = (e.label, e.hook_name) in picked
         cv = e.record.get("cv_accuracy") if e.record is not None else None
         cells = "".join(f"<td>{_ci_cell(e, key)}</td>" for key, _ in METRIC_COLUMNS)
+        picks = counts.get((e.label, e.hook_name), "–")
         decay = "–" if e.weight_decay is None else f"{e.weight_decay:g}"
         split = "–" if e.n_train is None else f"{e.n_train} / {e.n_test}"
         name = html.escape(e.label)
@@ -163,14 +168,15 @@ def _metrics_table(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice
         rows.append(
             f'<tr class="{"chosen" if is_pick else ""}"><td class="left"><code>'
             f'{html.escape(e.hook_name)}</code></td><td class="left">{name}</td>'
-            f"<td>{_fmt(None if cv is None else float(cv))}</td>{cells}"
+            f"<td>{_fmt(None if cv is None else float(cv))}</td><td>{picks}</td>{cells}"
             f"<td>{decay}</td><td>{split}</td><td>{_splits_cell(e)}</td></tr>"
         )
     hooks = {e.hook_name for e in entries}
     if picked:
         bold = (
-            "Bold: the layer each probe's CV accuracy picks (the test part plays no role in the "
-            "choice; see below)."
+            "CV picks: in how many splits the probe's CV accuracy picked the hook (each split "
+            "chooses on its own training part; its test part plays no role). Bold: the hook most "
+            "splits picked (see below)."
         )
     elif len(hooks) > 1:
         bold = "No CV scores recorded: no layer is chosen."
@@ -178,64 +184,71 @@ def _metrics_table(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice
         bold = "One hook: no layer to choose."
     return (
         '<table class="metrics"><thead><tr><th class="left">hook</th><th class="left">probe</th>'
-        f"<th>CV accuracy</th>{head}<th>weight decay</th><th>n train / n test</th>"
+        f"<th>CV accuracy</th><th>CV picks</th>{head}<th>weight decay</th><th>n train / n test</th>"
         f"<th>splits (interval)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         '<div class="note">Test metrics of the refit probe: the mean over the splits (each seed '
-        "draws its own train/test split), with a 95% interval: a Student-t interval over the "
-        "splits when there are several, else a percentile bootstrap over the one split's test "
-        "rows (which covers the test sample only). CV accuracy: the training part's "
-        "cross-validation accuracy at the chosen weight decay (mean over folds and splits). "
+        "draws its own train/test split), with a 95% interval: the corrected resampled t "
+        "(Nadeau &amp; Bengio) over the splits when there are several (the splits share rows, so "
+        "a plain t interval would cover too little); with one split, Wilson for accuracy and a "
+        "percentile bootstrap over its test rows for AUROC (the bootstrap covers the test sample "
+        "only, not the training). CV accuracy: the training part's cross-validation accuracy at "
+        "the chosen weight decay (mean over folds and splits). "
         f"{bold}</div>"
     )
 
 
 def _choice_section(choices: Sequence[LayerChoice]) -> str:
-    """The layer each probe's CV picks and the test score of the pick."""
+    """The layer each split's CV picks per probe, and the test score at the picks."""
     rows = []
     for c in choices:
-        ci = interval(c.record, "accuracy")
-        acc = _fmt(c.test.get("accuracy"))
-        if ci is not None:
-            acc += f' <small class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</small>'
+        est = c.estimates["accuracy"]
+        acc = _fmt(est.mean)
+        if est.has_interval:
+            acc += f' <small class="ci">[{est.low:.3f}, {est.high:.3f}]</small>'
         rows.append(
             f'<tr><td class="left">{html.escape(c.probe)}</td><td class="left"><code>'
-            f"{html.escape(c.hook)}</code></td><td>{_fmt(c.cv_score)}</td><td>{acc}</td>"
-            f"<td>{c.n_test}</td><td>{html.escape(splits_text(c.record))}</td>"
+            f"{html.escape(c.picks_text())}</code></td><td>{_fmt(c.cv_score)}</td><td>{acc}</td>"
+            f"<td>{c.n_test}</td><td>{html.escape(est.how())}</td>"
             f"<td>{len(c.hooks)}</td></tr>"
         )
     return (
-        '<h3 id="layer-choice">Layer chosen by cross-validation</h3>'
+        '<h3 id="layer-choice">Layer chosen by cross-validation, split by split</h3>'
         '<table class="metrics"><thead><tr><th class="left">probe</th><th class="left">chosen '
-        "hook</th><th>CV accuracy</th><th>test accuracy [95%]</th><th>n test</th><th>splits</th>"
-        f"<th>hooks compared</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        '<div class="note">Each probe\'s layer is the hook with the best cross-validation '
-        "accuracy on the training part (ties: lower CV log loss); its test accuracy, scored "
-        "once, is what is reported. Choosing by test accuracy would flatter every probe.</div>"
+        "hook</th><th>CV accuracy</th><th>test accuracy [95%]</th><th>n test</th>"
+        f"<th>interval</th><th>hooks compared</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        '</table><div class="note">Each split picks the hook with the best cross-validation '
+        "accuracy on its own training part (ties: lower CV log loss); the reported test accuracy "
+        "is the mean over splits of each split's test accuracy at its own pick. A choice pooled "
+        "over splits would read test rows: one split's test rows are in another's training part."
+        "</div>"
     )
 
 
 def _comparisons_section(comparisons: Sequence[Comparison]) -> str:
-    """Paired comparisons (lp.compare) with their intervals and verdicts."""
+    """Paired comparisons (lp.compare) with their intervals and raw and Holm verdicts."""
     rows = []
     for c in comparisons:
-        who = {"a better": c.a, "b better": c.b}.get(c.verdict)
-        verdict = f"{html.escape(who)} better" if who else "undecided"
-        how = f"t over {c.n_seeds} splits" if c.method == "t" else "paired bootstrap, 1 split"
+        holm = "–" if c.holm_verdict is None else html.escape(c.verdict_text(c.holm_verdict))
+        ci = "–" if math.isnan(c.low) else f"[{c.low:+.3f}, {c.high:+.3f}]"
         rows.append(
             f'<tr><td class="left">{html.escape(c.a)}</td><td class="left">{html.escape(c.b)}'
             f"</td><td>{html.escape(c.metric)}</td><td>{c.difference:+.3f}</td>"
-            f"<td>[{c.low:+.3f}, {c.high:+.3f}]</td><td>{how}</td><td>{c.n_test}</td>"
-            f'<td class="left">{verdict}</td></tr>'
+            f"<td>{ci}</td><td>{html.escape(c.how())}</td>"
+            f'<td class="left">{html.escape(c.verdict_text())}</td><td class="left">{holm}</td></tr>'
         )
+    family = max((c.family for c in comparisons), default=0)
     return (
         '<h3 id="comparisons">Paired comparisons</h3>'
         '<table class="metrics"><thead><tr><th class="left">a</th><th class="left">b</th>'
-        "<th>metric</th><th>a − b</th><th>95% interval</th><th>interval</th><th>n test</th>"
-        f'<th class="left">verdict</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        "<th>metric</th><th>a − b</th><th>95% interval</th><th>interval</th>"
+        f'<th class="left">verdict</th><th class="left">Holm ({family})</th></tr></thead><tbody>'
+        f'{"".join(rows)}</tbody></table>'
         '<div class="note">Each pair through <code>lp.compare</code>: both probes on the same '
-        "splits, the difference paired per split, its 95% interval a t-interval over the splits "
-        "(or, with one split, a paired bootstrap over its test rows). A difference whose "
-        "interval contains 0 is undecided.</div>"
+        "splits, the difference paired per split, its 95% interval the corrected resampled t "
+        "over the splits (or, with one split, a paired bootstrap over its test rows, which "
+        "ignores training variability). A difference whose interval contains 0, or that is the "
+        f"same on every split (no spread), is undecided. {len(comparisons)} comparisons here; "
+        "the Holm column adjusts the verdicts for the whole family they were made in.</div>"
     )
 
 
@@ -246,7 +259,7 @@ def _auto_comparisons(
     if not choices or any(e.result is None for e in entries):
         return []
     results = {(None, e.hook_name, e.label): e.result for e in entries}
-    return compare_choices(choices, results)  # type: ignore[arg-type]
+    return holm(compare_choices(choices, results))  # type: ignore[arg-type]
 
 
 def _visible(token: str) -> str:
