@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +149,9 @@ def _table_values(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for c in choices:
             if len(c.hooks) > 1:
                 for h in c.hooks:
-                    picked[(c.dataset, c.probe, h)] = f"{c.count(h)}/{c.seeds}" if c.count(h) else ""
+                    picked[(c.dataset, c.probe, h)] = (
+                        f"{c.count(h)}/{c.seeds}" if c.count(h) else ""
+                    )
     out = []
     for r in records:
         v = dict(r)
@@ -257,7 +259,9 @@ def compare_rows(rows: Sequence[GridRow], metric: str = "accuracy") -> dict[str,
         logger.warning("probes not compared: %s", err)
         return {}
     per_dataset = {
-        dataset: compare_choices([c for c in choices if c.dataset == dataset], results, metric=metric)
+        dataset: compare_choices(
+            [c for c in choices if c.dataset == dataset], results, metric=metric
+        )
         for dataset in dict.fromkeys(r.dataset for r in rows)
     }
     family = iter(holm([c for comps in per_dataset.values() for c in comps]))

@@ -488,9 +488,7 @@ def corrected_standard_error(
     return math.sqrt(float(v.var(ddof=1)) * (1.0 / v.size + n_test / n_train))
 
 
-def corrected_t_p_value(
-    values: Sequence[float] | np.ndarray, n_train: int, n_test: int
-) -> float:
+def corrected_t_p_value(values: Sequence[float] | np.ndarray, n_train: int, n_test: int) -> float:
     """Two-sided p-value of "the mean is 0" under the corrected resampled t (NaN: no spread)."""
     from scipy import stats
 
@@ -501,9 +499,7 @@ def corrected_t_p_value(
     return float(2 * stats.t.sf(abs(t), v.size - 1))
 
 
-def wilson_interval(
-    successes: int, n: int, confidence: float = 0.95
-) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``successes / n`` (inside ``[0, 1]``, never empty).
 
     Unlike a percentile bootstrap it has width at 0 and 1: ``16 / 16`` gives ``[0.806, 1]``.
@@ -601,6 +597,19 @@ def bootstrap_interval(
         ``(low, high)``.
     """
     values = bootstrap_values(statistic, labels, n_resamples=n_resamples, seed=seed)
+    return percentile_interval(values, n_resamples, confidence, bounds)
+
+
+def percentile_interval(
+    values: np.ndarray,
+    n_resamples: int,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``values``, clipped to ``bounds``.
+
+    NaN ends when fewer than half of the ``n_resamples`` were finite, or when they all agree.
+    """
     if len(values) < n_resamples / 2 or no_spread(values):
         return math.nan, math.nan
     alpha = (1.0 - confidence) / 2
@@ -657,8 +666,10 @@ class Estimate:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Estimate:
         """Rebuild from :meth:`to_dict` output (``None`` as NaN)."""
-        d = {k: math.nan if v is None and k in ("mean", "std", "low", "high") else v
-             for k, v in d.items()}
+        d = {
+            k: math.nan if v is None and k in ("mean", "std", "low", "high") else v
+            for k, v in d.items()
+        }
         if d.get("method") == "t":  # written before the corrected t
             d["method"] = "corrected_t"
         return cls(**d)
@@ -709,7 +720,9 @@ def estimate(
     if np.isnan(v).any():
         pass  # e.g. a TPR with too few negatives: unavailable, no interval
     elif v.size > 1 and n_train > 0 and not no_spread(v):
-        low, high = corrected_t_interval(v, n_train, n_test, confidence, bounds=metric_range(metric))
+        low, high = corrected_t_interval(
+            v, n_train, n_test, confidence, bounds=metric_range(metric)
+        )
         method = "corrected_t"
     elif metric == "accuracy" and n_test > 0 and (v.size == 1 or no_spread(v)):
         low, high = wilson_interval(round(mean * n_test), n_test, confidence)

@@ -128,9 +128,11 @@ def _split(seed, cv, test, log_loss=0.5):
 
 
 def test_each_split_picks_its_own_hook_and_reports_its_own_test_score():
+    a = [_split(0, 0.9, 0.5), _split(1, 0.6, 1.0), _split(2, 0.7, 0.75)]
+    b = [_split(0, 0.8, 1.0), _split(1, 0.7, 0.25), _split(2, 0.7, 0.5, 0.4)]
     recs = [
-        {"dataset": "d", "hook": "a", "probe": "p", "splits": [_split(0, 0.9, 0.5), _split(1, 0.6, 1.0), _split(2, 0.7, 0.75)]},  # fmt: skip
-        {"dataset": "d", "hook": "b", "probe": "p", "splits": [_split(0, 0.8, 1.0), _split(1, 0.7, 0.25), _split(2, 0.7, 0.5, 0.4)]},  # fmt: skip
+        {"dataset": "d", "hook": "a", "probe": "p", "splits": a},
+        {"dataset": "d", "hook": "b", "probe": "p", "splits": b},
     ]
     c = choose_layer(recs)
     # split 0 picks a (0.9), split 1 picks b (0.7), split 2 ties on CV and b wins on log loss
@@ -158,7 +160,7 @@ def test_choose_layer_needs_one_group_and_per_split_scores():
     recs[3]["splits"] = [_split(0, 0.5, 0.5, log_loss=0.1)]  # ... unless CV log loss breaks it
     assert choose_layer(recs, probe="last").hook == "b"
     flat = [{k: v for k, v in r.items() if k != "splits"} for r in recs]
-    with pytest.raises(InputError, match="no per-split scores.*load_results"):
+    with pytest.raises(InputError, match=r"no per-split scores.*load_results"):
         choose_layer(flat, probe="mean")
     with pytest.raises(
         InputError,
@@ -189,7 +191,7 @@ def test_results_files_round_trip_the_cv_score_and_the_choice(grid, tmp_path):
         expected.n_test,
     )
     assert again.test["accuracy"] == pytest.approx(expected.test["accuracy"])
-    with pytest.raises(InputError, match="results.csv has none"):
+    with pytest.raises(InputError, match=r"results\.csv has none"):
         choose_layer(from_csv)
     # a results.json whose records lack the per-split scores gets them from its seed runs
     payload = json.loads((tmp_path / "results.json").read_text())

@@ -10,6 +10,7 @@ import torch
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from lensprobe.errors import InsufficientNegatives
 from lensprobe.metrics import (
     accuracy,
     auroc,
@@ -30,7 +31,6 @@ from lensprobe.metrics import (
     unavailable_reason,
     wilson_interval,
 )
-from lensprobe.errors import InsufficientNegatives
 
 
 def _task(k, n=200, seed=0):
@@ -205,7 +205,9 @@ def test_a_threshold_needs_one_over_fpr_negatives():
     with pytest.raises(InsufficientNegatives, match=rf"{n_neg} negative .* at least 100"):
         fpr_threshold(logits, labels, 0.01)
     thresholds = monitoring_thresholds(logits, labels)
-    assert math.isnan(thresholds["tpr_at_1pct_fpr"]) and not math.isnan(thresholds["tpr_at_5pct_fpr"])
+    assert math.isnan(thresholds["tpr_at_1pct_fpr"]) and not math.isnan(
+        thresholds["tpr_at_5pct_fpr"]
+    )
     m = classification_metrics(logits, labels, thresholds=thresholds)
     assert math.isnan(m["tpr_at_1pct_fpr"]) and math.isnan(m["fpr_at_1pct_threshold"])
     assert not math.isnan(m["tpr_at_5pct_fpr"]) and "fpr_at_5pct_threshold" in m

@@ -143,7 +143,9 @@ def test_a_refit_is_unchanged_when_the_test_activations_are_noise(probe, optimiz
     with torch.no_grad():  # both probes on the original test activations
         logits = res.probe(x[test], mask[test])
         logits_again = again.probe(x[test], mask[test])
-    torch.testing.assert_close(logits_again, logits, rtol=1e-5, atol=1e-5 * float(logits.abs().max()))
+    torch.testing.assert_close(
+        logits_again, logits, rtol=1e-5, atol=1e-5 * float(logits.abs().max())
+    )
 
 
 @pytest.mark.parametrize("kind", ["mean", "last", "max", "attention"])
@@ -227,7 +229,12 @@ def test_decay_is_logistic_regression_with_the_c_the_docstring_states():
     x, mask, y = token_task(80, 5, 6, 2, 8, min_length=2, strength=1.0)
     wd = 0.05
     res = lp.run_protocol(
-        x * 30.0, y, mask=mask, probe="mean", weight_decays=(wd,), train=TrainConfig(lbfgs_tolerance=1e-10)
+        x * 30.0,
+        y,
+        mask=mask,
+        probe="mean",
+        weight_decays=(wd,),
+        train=TrainConfig(lbfgs_tolerance=1e-10),
     )
     run = res.runs[0]
     s, n = run.input_scale, run.train_rows.numel()

@@ -110,7 +110,9 @@ def test_tpr_thresholds_are_fixed_on_the_training_part():
     r = res.runs[0]
     assert r.cv_logits.shape == (r.train_rows.numel(), 1)
     assert math.isnan(r.thresholds["tpr_at_1pct_fpr"])  # 40 training negatives: unavailable
-    assert math.isnan(r.metrics["tpr_at_1pct_fpr"]) and math.isnan(r.metrics["fpr_at_1pct_threshold"])
+    assert math.isnan(r.metrics["tpr_at_1pct_fpr"]) and math.isnan(
+        r.metrics["fpr_at_1pct_threshold"]
+    )
     for name, fpr in {"tpr_at_5pct_fpr": 0.05}.items():
         t = lp.metrics.fpr_threshold(r.cv_logits, needle()[2][r.train_rows], fpr)
         assert r.thresholds[name] == t
@@ -160,7 +162,9 @@ def _shift(base, other, delta_of):
     return dataclasses.replace(
         other,
         runs=[
-            dataclasses.replace(rb, metrics={**rb.metrics, "accuracy": delta_of(ra.metrics["accuracy"])})
+            dataclasses.replace(
+                rb, metrics={**rb.metrics, "accuracy": delta_of(ra.metrics["accuracy"])}
+            )
             for ra, rb in zip(base.runs, other.runs, strict=True)
         ],
     )
@@ -178,7 +182,11 @@ def test_compare_never_issues_a_zero_width_interval():
     # one row ahead on every split, n_test = 31: sums of 1/31 differ by an ulp
     import dataclasses
 
-    ulp = [(19 / 31, 18 / 31), (sum([1 / 31] * 19), sum([1 / 31] * 18)), (0.6129032258064517, 18 / 31)]
+    ulp = [
+        (19 / 31, 18 / 31),
+        (sum([1 / 31] * 19), sum([1 / 31] * 18)),
+        (0.6129032258064517, 18 / 31),
+    ]
     a = dataclasses.replace(mx, runs=[dataclasses.replace(r, metrics={**r.metrics, "accuracy": u[0]}) for r, u in zip(mx.runs, ulp, strict=True)])  # fmt: skip
     b = dataclasses.replace(last, runs=[dataclasses.replace(r, metrics={**r.metrics, "accuracy": u[1]}) for r, u in zip(last.runs, ulp, strict=True)])  # fmt: skip
     assert np.ptp([x - y for x, y in ulp]) > 0  # the old exact test saw a spread here

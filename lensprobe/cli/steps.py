@@ -16,6 +16,7 @@ from typing import Any
 from lensprobe.errors import InputError, ModelNotFoundError, OutputPathError
 
 __all__ = [
+    "ReportJob",
     "capture_texts",
     "check_capture_out",
     "check_classes",
@@ -33,7 +34,8 @@ __all__ = [
     "run_store",
     "say",
     "slug",
-    "train_and_report",
+    "train_grid",
+    "write_report",
 ]
 
 
@@ -309,7 +311,9 @@ def finish(rows: list[Any], reports: Sequence[ReportJob], out: str) -> None:
     )
 
 
-def write_report(rows: list[Any], job: ReportJob, comparisons: dict[str, list[Any]], out: str) -> None:
+def write_report(
+    rows: list[Any], job: ReportJob, comparisons: dict[str, list[Any]], out: str
+) -> None:
     """Write one dataset's HTML report from its finished rows."""
     from lensprobe import experiment
 

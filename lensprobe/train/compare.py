@@ -27,7 +27,7 @@ from lensprobe.metrics import (
     corrected_t_p_value,
     holm_adjust,
     metric_range,
-    no_spread,
+    percentile_interval,
 )
 from lensprobe.train.result import ProtocolResult, SeedRun, mean_metric
 
@@ -234,12 +234,8 @@ def _differences(a: Sequence[SeedRun], b: Sequence[SeedRun], metric: str) -> np.
     """``metric(a) - metric(b)`` at each split; an error when a run lacks the metric."""
     for runs in (a, b):
         if metric not in runs[0].metrics:
-            raise InputError(
-                f"no test metric {metric!r}; choose one of {sorted(runs[0].metrics)}"
-            )
-    return np.array(
-        [ra.metrics[metric] - rb.metrics[metric] for ra, rb in zip(a, b, strict=True)]
-    )
+            raise InputError(f"no test metric {metric!r}; choose one of {sorted(runs[0].metrics)}")
+    return np.array([ra.metrics[metric] - rb.metrics[metric] for ra, rb in zip(a, b, strict=True)])
 
 
 def _bootstrap(
@@ -258,12 +254,11 @@ def _bootstrap(
         n_resamples=n_resamples,
         seed=seed,
     )
-    if len(values) < n_resamples / 2 or no_spread(values):
+    low, high = percentile_interval(values, n_resamples, confidence, bounds)
+    if math.isnan(low):
         return math.nan, math.nan, math.nan
-    alpha = (1.0 - confidence) / 2
-    low, high = (float(v) for v in np.quantile(values, [alpha, 1.0 - alpha]))
     p = min(1.0, 2.0 * min(float((values <= 0).mean()), float((values >= 0).mean())))
-    return max(low, bounds[0]), min(high, bounds[1]), p
+    return low, high, p
 
 
 def _verdict(metric: str, low: float, high: float) -> Verdict:

@@ -209,7 +209,9 @@ def record_estimate(record: Mapping[str, Any], metric: str = "accuracy") -> Esti
         method=method,  # type: ignore[arg-type]
         n_seeds=_seeds(record),
         n_test=int(_number(record.get("n_test"))) if record.get("n_test") not in (None, "") else 0,
-        n_train=int(_number(record.get("n_train"))) if record.get("n_train") not in (None, "") else 0,
+        n_train=int(_number(record.get("n_train")))
+        if record.get("n_train") not in (None, "")
+        else 0,
     )
 
 

@@ -148,7 +148,10 @@ def _splits_cell(e: ReportEntry) -> str:
 def _metrics_table(entries: Sequence[ReportEntry], choices: Sequence[LayerChoice]) -> str:
     picked = {(c.probe, c.hook) for c in choices if len(c.hooks) > 1}
     counts = {
-        (c.probe, h): f"{c.count(h)}/{c.seeds}" for c in choices if len(c.hooks) > 1 for h in c.hooks
+        (c.probe, h): f"{c.count(h)}/{c.seeds}"
+        for c in choices
+        if len(c.hooks) > 1
+        for h in c.hooks
     }
     head = "".join(
         f"<th>{name}{' [95%]' if key in HEADLINE_METRICS else ''}</th>"
@@ -242,7 +245,7 @@ def _comparisons_section(comparisons: Sequence[Comparison]) -> str:
         '<table class="metrics"><thead><tr><th class="left">a</th><th class="left">b</th>'
         "<th>metric</th><th>a − b</th><th>95% interval</th><th>interval</th>"
         f'<th class="left">verdict</th><th class="left">Holm ({family})</th></tr></thead><tbody>'
-        f'{"".join(rows)}</tbody></table>'
+        f"{''.join(rows)}</tbody></table>"
         '<div class="note">Each pair through <code>lp.compare</code>: both probes on the same '
         "splits, the difference paired per split, its 95% interval the corrected resampled t "
         "over the splits (or, with one split, a paired bootstrap over its test rows, which "
