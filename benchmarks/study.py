@@ -7,10 +7,11 @@ seeds, each an independent stratified 80/20 split with its own 5-fold CV choice 
 refit and test. Attention probes and ``-adamw`` probes train with AdamW, ``mean`` / ``last`` with
 L-BFGS.
 
-The tables never choose anything on the test part: each probe's layer is the one with the best CV
-accuracy (``lp.choose_layer``), and probe kinds are compared with ``lp.compare`` (paired on the
-same splits, 95% t-interval over the splits, ``undecided`` when it contains 0), each at its
-CV-chosen layer. Every accuracy is printed with its interval and ``n_test``.
+The tables never choose anything on the test part: each split picks each probe's layer by its
+own CV accuracy on its own training part (``lp.choose_layer``), and probe kinds are compared on
+the same splits, each split at its own picks (a paired corrected resampled t interval over the
+splits, ``undecided`` when it contains 0), with Holm-adjusted verdicts over every comparison of
+the page beside the raw ones. Every accuracy is printed with its interval and ``n_test``.
 
     python benchmarks/study.py                      # the README's run: 6 datasets, 6 probes
     python benchmarks/study.py --datasets all --probes attention-1,attention-2,attention-8,mean,last
@@ -219,8 +220,19 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _json_ready(obj: Any) -> Any:
+    """``obj`` with every NaN float as None (strict JSON; an unavailable metric is null)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(_json_ready(obj), indent=1, allow_nan=False) + "\n")
 
 
 def cell_path(out: Path, task: Task, layer: int, probe: str) -> Path:
@@ -366,11 +378,11 @@ def _finite(v: Any) -> Any:
 
 def run_cell(task: Task, layer: int, spec: Any, acts: Any, base: Any) -> dict[str, Any]:
     """One (dataset, layer, probe) cell: the protocol, its record, entropy for attention probes."""
-    from lensprobe.experiment import GridRow
+    from lensprobe.grid import Cell
     from lensprobe.train import run_protocol
 
     result = run_protocol(acts, config=spec.protocol(base))
-    row = GridRow(dataset=task.name, hook=hook_of(layer), probe=spec.label, result=result)
+    row = Cell(dataset=task.name, hook=hook_of(layer), probe=spec.label, result=result)
     cell: dict[str, Any] = {"record": row.record(), "layer": layer}
     if spec.kind == "attention":
         cell["entropy"] = entropy_summary(result, acts)
@@ -502,7 +514,7 @@ def result_of(cell: dict[str, Any]) -> Any:
             train_rows=torch.tensor(r["train_rows"]),
             test_rows=torch.tensor(r["test_rows"]),
             weight_decay=r["weight_decay"],
-            metrics=r["metrics"],
+            metrics={k: math.nan if v is None else v for k, v in r["metrics"].items()},
             cv_summary=r["cv_summary"],
             test_logits=torch.tensor(r["test_logits"], dtype=torch.float64),
             test_labels=torch.tensor(r["test_labels"]),
@@ -527,6 +539,8 @@ def result_of(cell: dict[str, Any]) -> Any:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV; list values (a record's per-split ``splits``) are left to the cell files."""
+    rows = [{k: v for k, v in r.items() if not isinstance(v, list | dict)} for r in rows]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
@@ -565,16 +579,16 @@ class Study:
     probes: list[str]
     choices: dict[tuple[str, str], Any]
     """(dataset, probe) -> :class:`lensprobe.train.selection.LayerChoice` (every layer present)."""
-    comparisons: list[tuple[str, Any, Any]]
-    """(dataset, comparison with its t-interval over splits, the same with a paired bootstrap over
-    the test rows), each pair at its CV-chosen layers (:func:`lensprobe.compare`)."""
+    comparisons: list[tuple[str, Any]]
+    """(dataset, comparison), each probe at each split's own CV pick: corrected resampled t over
+    the splits, Holm-adjusted over the whole family (every pair of :data:`PAIRS` on every
+    dataset)."""
 
 
 def analyse(records: list[dict[str, Any]], cells: dict[tuple, Any]) -> Study:
-    """Choose each probe's layer by CV and compare the pairs of :data:`PAIRS` on the same splits."""
-    from dataclasses import replace as dc_replace
-
+    """Let each split choose each probe's layer by CV; compare :data:`PAIRS` on the same splits."""
     import lensprobe as lp
+    from lensprobe.train.compare import compare_runs, holm
 
     datasets = _order(records, "dataset", [t.name for t in TASKS])
     layers = sorted({r["layer"] for r in records})
@@ -585,16 +599,17 @@ def analyse(records: list[dict[str, Any]], cells: dict[tuple, Any]) -> Study:
         for p in probes:
             if all((d, la, p) in have for la in layers):  # a choice among every layer only
                 choices[(d, p)] = lp.choose_layer(records, dataset=d, probe=p, by="cv_accuracy")
-    comparisons = []
+    raw = []
     for a, b in PAIRS:
         for d in datasets:
             if (d, a) not in choices or (d, b) not in choices:
                 continue
             ca, cb = choices[(d, a)], choices[(d, b)]
-            ra, rb = result_of(cells[(d, ca.hook, a)]), result_of(cells[(d, cb.hook, b)])
-            c = lp.compare(ra, rb, "accuracy")
-            boot = lp.compare(ra, rb, "accuracy", method="bootstrap", n_resamples=1000)
-            comparisons.append((d, dc_replace(c, a=a, b=b), boot))
+            runs_a = [result_of(cells[(d, h, a)]).runs[j] for j, h in enumerate(ca.picks)]
+            runs_b = [result_of(cells[(d, h, b)]).runs[j] for j, h in enumerate(cb.picks)]
+            raw.append((d, compare_runs(runs_a, runs_b, "accuracy", names=(a, b))))
+    adjusted = holm([c for _, c in raw])
+    comparisons = [(d, c) for (d, _), c in zip(raw, adjusted, strict=True)]
     return Study(records, datasets, layers, probes, choices, comparisons)
 
 
@@ -613,12 +628,18 @@ def _layer_of(hook: str) -> str:
     return hook.removeprefix("blocks.").split(".")[0]
 
 
-def _with_interval(rec: dict[str, Any]) -> str:
-    low, high = rec.get("accuracy_low"), rec.get("accuracy_high")
-    text = _fmt(rec.get("accuracy"))
-    if low is None or high is None:
-        return text
-    return f"{text} [{max(float(low), 0.0):.2f}, {min(float(high), 1.0):.2f}]"
+def _picks(choice: Any) -> str:
+    """``L9`` when every split picked layer 9, else each split's layer: ``L4/9/9``."""
+    layers = [_layer_of(h) for h in choice.picks]
+    return f"L{layers[0]}" if len(set(layers)) == 1 else "L" + "/".join(layers)
+
+
+def _with_interval(choice: Any) -> str:
+    """``0.781 [0.70, 0.86]`` (corrected t over splits) or ``0.781 (no spread)``."""
+    est = choice.estimates["accuracy"]
+    if not est.has_interval:
+        return f"{_fmt(est.mean)} (no spread)"
+    return f"{_fmt(est.mean)} [{est.low:.2f}, {est.high:.2f}]"
 
 
 def markdown(
@@ -651,10 +672,12 @@ def markdown(
         "",
         "## Test accuracy at the layer chosen by cross-validation",
         "",
-        "Each probe's layer is the one with the best CV accuracy on the training parts "
-        "(`lp.choose_layer`; mean over folds and seeds), never the test accuracy; the test "
-        f"accuracy of that layer is shown: mean over {seeds} splits [95% t-interval over the "
-        "splits, clipped to [0, 1]] and the chosen layer (Lk). `–`: not run.",
+        "Each split picks each probe's layer by its own CV accuracy on its own training part "
+        "(`lp.choose_layer`; never a test row of any split); the test accuracy shown is the mean "
+        f"over the {seeds} splits of each split's test accuracy at its own pick [95% corrected "
+        "resampled t interval over the splits (Nadeau & Bengio: variance x (1/J + n_test/n_train)), "
+        "clipped to [0, 1]], then the layer picked (`L9`: every split picked layer 9; `L4/9/9`: "
+        "each split's pick). `no spread`: every split scored the same, no interval. `–`: not run.",
         "",
     ]
     rows = []
@@ -665,9 +688,7 @@ def markdown(
         cells = []
         for p in s.probes:
             ch = s.choices.get((d, p))
-            cells.append(
-                "–" if ch is None else f"{_with_interval(ch.record)} (L{_layer_of(ch.hook)})"
-            )
+            cells.append("–" if ch is None else f"{_with_interval(ch)} ({_picks(ch)})")
         rows.append([d, str(info.get("n", "?")), str(k), "/".join(map(str, n_test)), *cells])
     lines += _table(["dataset", "n", "classes", "n_test", *s.probes], rows)
     complete = [d for d in s.datasets if all((d, p) in s.choices for p in s.probes)]
@@ -678,33 +699,39 @@ def markdown(
             f"Mean of the above over the {len(complete)} datasets with every probe "
             f"({', '.join(complete)}): "
             + ", ".join(f"{p} {_fmt(m)}" for p, m in zip(s.probes, means, strict=True))
-            + ". Plain means of per-dataset point estimates; the paired comparisons below are "
-            "what can be trusted.",
+            + ". Plain means of per-dataset point estimates, with no interval; only the paired "
+            "comparisons below decide anything.",
         ]
     if s.comparisons:
+        family = s.comparisons[0][1].family
         lines += [
             "",
-            "## Paired comparisons (`lp.compare`, each probe at its CV-chosen layer)",
+            "## Paired comparisons (each probe at each split's own CV pick)",
             "",
             f"Difference in test accuracy, first minus second, on the same {seeds} splits: mean "
-            "[95% t-interval over the splits] and its verdict (`undecided` when the interval "
-            "contains 0); beside it the paired bootstrap over the test rows (1000 resamples), "
-            "which covers the test sample only. With 3 splits a t-interval is wide, except when "
-            "every split gives the same difference: then it has zero width (marked `0-width`) "
-            "although the test sample alone could flip it; read those verdicts with the bootstrap.",
+            "[95% corrected resampled t interval over the splits], its two-sided p-value and "
+            "verdict (`undecided` when the interval contains 0 or the splits show no spread), "
+            f"and the verdict after Holm's adjustment over all {family} comparisons of this "
+            f"page (family-wise error 5%). With {seeds} splits the t interval has {seeds - 1} "
+            "degree(s) of freedom: only large, consistent differences are decided.",
             "",
         ]
         rows = []
-        for d, c, boot in s.comparisons:
-            who = {"a better": c.a, "b better": c.b}.get(c.verdict)
-            flat = " (0-width)" if c.high - c.low < 1e-12 else ""
+        for d, c in s.comparisons:
+            interval = (
+                "no spread"
+                if math.isnan(c.low)
+                else f"{c.difference + 0.0:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
+            )
+            p_value = "–" if math.isnan(c.p_value) else f"{c.p_value:.3f}"
             rows.append(
                 [
                     f"{c.a} vs {c.b}",
                     d,
-                    f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}]{flat}",
-                    (f"{who} better" if who else "undecided"),
-                    f"[{boot.low:+.3f}, {boot.high:+.3f}]",
+                    interval,
+                    p_value,
+                    c.verdict_text(),
+                    c.verdict_text(c.holm_verdict),
                     str(c.n_test),
                 ]
             )
@@ -712,29 +739,35 @@ def markdown(
             [
                 "comparison",
                 "dataset",
-                "difference [95% t]",
-                "verdict (t)",
-                "bootstrap 95%",
+                "difference [95% corrected t]",
+                "p",
+                "verdict",
+                f"Holm ({family})",
                 "n_test per split",
             ],
             rows,
         )
-        lines += ["", "Verdicts per comparison, over the datasets:", ""]
+        lines += ["", "Verdicts per comparison, over the datasets (raw / Holm):", ""]
         rows = []
         for a, b in PAIRS:
-            cs = [c for _, c, _ in s.comparisons if (c.a, c.b) == (a, b)]
-            if cs:
-                rows.append(
-                    [
-                        f"{a} vs {b}",
-                        str(len(cs)),
-                        str(sum(c.verdict == "a better" for c in cs)),
-                        str(sum(c.verdict == "b better" for c in cs)),
-                        str(sum(c.verdict == "undecided" for c in cs)),
-                        str(sum(c.verdict != "undecided" and c.high - c.low < 1e-12 for c in cs)),
-                        f"{_mean([c.difference for c in cs]):+.3f}",
-                    ]
-                )
+            cs = [c for _, c in s.comparisons if (c.a, c.b) == (a, b)]
+            if not cs:
+                continue
+
+            def count(verdict: str, cs: list[Any] = cs) -> str:
+                raw = sum(c.verdict == verdict for c in cs)
+                return f"{raw} / {sum(c.holm_verdict == verdict for c in cs)}"
+
+            rows.append(
+                [
+                    f"{a} vs {b}",
+                    str(len(cs)),
+                    count("a better"),
+                    count("b better"),
+                    count("undecided"),
+                    f"{_mean([c.difference for c in cs]):+.3f}",
+                ]
+            )
         lines += _table(
             [
                 "comparison",
@@ -742,7 +775,6 @@ def markdown(
                 "first better",
                 "second better",
                 "undecided",
-                "of the decided: 0-width",
                 "mean diff",
             ],
             rows,
@@ -823,7 +855,7 @@ def markdown(
         "",
         f"{len(s.records)} cells ({seeds} splits each): training {seconds / 60:.1f} min summed "
         f"over cells, capture {capture_s / 60:.1f} min, on a 2-core CPU shared with other jobs "
-        "(load average 4-7 during the run), one torch thread per process.",
+        "(its load is not recorded here), one torch thread per process.",
         "",
     ]
     return "\n".join(lines)
@@ -850,9 +882,9 @@ def plot(study: Study, captures: dict[str, Any], path: Path) -> None:
             ch = s.choices.get((d, p))
             if ch is None:
                 continue
-            acc = ch.test["accuracy"]
-            low = float(ch.record.get("accuracy_low", acc))
-            high = float(ch.record.get("accuracy_high", acc))
+            est = ch.estimates["accuracy"]
+            acc = est.mean
+            low, high = (est.low, est.high) if est.has_interval else (acc, acc)
             xs.append(j + (i - (len(s.probes) - 1) / 2) * width)
             ys.append(acc)
             err[0].append(acc - max(low, 0.0))
@@ -869,7 +901,9 @@ def plot(study: Study, captures: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(s.datasets)), s.datasets, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="test accuracy (layer chosen by CV)", ylim=(0, 1.12))
     ax.legend(fontsize=8, ncol=len(s.probes) + 1, loc="upper center")
-    ax.set_title("Gemma 3 270M: test accuracy at each probe's CV-chosen layer, 95% t over splits")
+    ax.set_title(
+        "Gemma 3 270M: test accuracy at each split's CV-chosen layer, 95% corrected t over splits"
+    )
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -906,13 +940,14 @@ def write_outputs(out: Path, settings: dict[str, Any]) -> None:
             "high": round(c.high, 5),
             "n_seeds": c.n_seeds,
             "n_test": c.n_test,
+            "p_value": None if math.isnan(c.p_value) else round(c.p_value, 5),
             "verdict": c.verdict,
-            "boot_low": round(boot.low, 5),
-            "boot_high": round(boot.high, 5),
-            "layer_a": _layer_of(study.choices[(d, c.a)].hook),
-            "layer_b": _layer_of(study.choices[(d, c.b)].hook),
+            "holm_verdict": c.holm_verdict,
+            "family": c.family,
+            "picks_a": "/".join(_layer_of(h) for h in study.choices[(d, c.a)].picks),
+            "picks_b": "/".join(_layer_of(h) for h in study.choices[(d, c.b)].picks),
         }
-        for d, c, boot in study.comparisons
+        for d, c in study.comparisons
     ]
     if comparisons:
         write_csv(out / "comparisons.csv", comparisons)

@@ -57,31 +57,6 @@ _SUBMODULES: tuple[str, ...] = (
     "train",
 )
 
-# top-level names of lensprobe 0.1 that moved to their submodule: name -> where it lives now.
-# ``lp.<name>`` still works, with a DeprecationWarning, until the next release.
-_MOVED: dict[str, str] = {
-    "ActivationsMeta": "lensprobe.activations",
-    "CaptureResult": "lensprobe.activations",
-    "CaptureStats": "lensprobe.activations",
-    "Probe": "lensprobe.probes",
-    "ProbeConfig": "lensprobe.probes",
-    "ProtocolResult": "lensprobe.train",
-    "Comparison": "lensprobe.train",
-    "LayerChoice": "lensprobe.train",
-    "classification_metrics": "lensprobe.metrics",
-    "TextDataset": "lensprobe.data",
-    "list_datasets": "lensprobe.data",
-    "explain": "lensprobe.analysis",
-    "token_contributions": "lensprobe.analysis",
-    "ReportEntry": "lensprobe.viz",
-    "ProbeSpec": "lensprobe.specs",
-    "run_grid": "lensprobe.experiment",
-    "UnknownHookError": "lensprobe.errors",
-    "Readout": "lensprobe.hooks",
-    "head_directions": "lensprobe.steering",
-    "PatchResult": "lensprobe.patching",
-}
-
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 
@@ -92,10 +67,6 @@ def __getattr__(name: str) -> Any:
         return value
     if name in _SUBMODULES:
         return importlib.import_module(f"lensprobe.{name}")
-    if name in _MOVED:
-        from lensprobe._deprecated import moved
-
-        return moved("lensprobe", name, _MOVED[name])
     raise AttributeError(f"module 'lensprobe' has no attribute {name!r}")
 
 

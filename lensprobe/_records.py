@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from lensprobe.errors import InputError
+
 __all__ = ["check_keys"]
 
 
@@ -20,4 +22,4 @@ def check_keys(cls: type, d: Mapping[str, Any], what: str) -> None:
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
     if unknown:
-        raise ValueError(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
+        raise InputError(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")

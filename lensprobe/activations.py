@@ -15,8 +15,6 @@ re-indexes sequences; activation rows are copied when a batch is padded or ``val
 from __future__ import annotations
 
 import dataclasses
-import os
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lensprobe._records import check_keys
+from lensprobe.errors import InputError, InputIndexError, InputTypeError, UnknownNameError
 
 __all__ = ["Activations", "ActivationsMeta", "CaptureResult", "CaptureStats"]
 
@@ -77,13 +76,13 @@ class ActivationsMeta:
 
     def __post_init__(self) -> None:
         if self.d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {self.d_model}")
+            raise InputError(f"d_model must be positive, got {self.d_model}")
         if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+            raise InputError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if self.n_truncated < 0:
-            raise ValueError(f"n_truncated must be >= 0, got {self.n_truncated}")
+            raise InputError(f"n_truncated must be >= 0, got {self.n_truncated}")
         if self.max_length is not None and self.max_length <= 0:
-            raise ValueError(f"max_length must be positive or None, got {self.max_length}")
+            raise InputError(f"max_length must be positive or None, got {self.max_length}")
         if self.class_names is not None and not isinstance(self.class_names, tuple):
             object.__setattr__(self, "class_names", tuple(self.class_names))
 
@@ -155,11 +154,11 @@ class CaptureStats:
 def _as_index(idx: Index, n: int) -> Tensor:
     """Normalise any sequence selector to an int64 tensor of positions in ``[0, n)``."""
     if isinstance(idx, bool):
-        raise TypeError("a bool is not a sequence index; pass an int, slice, list or tensor")
+        raise InputTypeError("a bool is not a sequence index; pass an int, slice, list or tensor")
     if isinstance(idx, (int, np.integer)):
         i = int(idx)
         if not -n <= i < n:
-            raise IndexError(f"sequence index {i} out of range for {n} sequences")
+            raise InputIndexError(f"sequence index {i} out of range for {n} sequences")
         return torch.tensor([i % n], dtype=torch.long)
     if isinstance(idx, slice):
         return torch.arange(n, dtype=torch.long)[idx]
@@ -173,13 +172,13 @@ def _as_index(idx: Index, n: int) -> Tensor:
             idx = torch.as_tensor(items, dtype=torch.long)
     if idx.dtype == torch.bool:
         if idx.shape != (n,):
-            raise IndexError(f"a bool mask must have shape ({n},), got {tuple(idx.shape)}")
+            raise InputIndexError(f"a bool mask must have shape ({n},), got {tuple(idx.shape)}")
         return idx.nonzero().flatten().cpu()
     if idx.is_floating_point() or idx.is_complex():
-        raise TypeError(f"sequence indices must be integers, got dtype {idx.dtype}")
+        raise InputTypeError(f"sequence indices must be integers, got dtype {idx.dtype}")
     idx = idx.reshape(-1).to(device="cpu", dtype=torch.long)
     if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
-        raise IndexError(f"sequence index out of range for {n} sequences")
+        raise InputIndexError(f"sequence index out of range for {n} sequences")
     return torch.where(idx < 0, idx + n, idx)
 
 
@@ -238,15 +237,15 @@ class Activations:
             texts: Each sequence's source text.
         """
         if offsets.ndim != 1 or offsets.numel() < 1 or int(offsets[0]) != 0:
-            raise ValueError("offsets must be 1-D, start at 0 and have n_sequences + 1 entries")
+            raise InputError("offsets must be 1-D, start at 0 and have n_sequences + 1 entries")
         offsets = offsets.to(device="cpu", dtype=torch.long)
         lengths = offsets[1:] - offsets[:-1]
         if int(offsets[-1]) != values.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"offsets end at {int(offsets[-1])} but values has {values.shape[0]} rows"
             )
         if lengths.numel() and int(lengths.min()) <= 0:
-            raise ValueError("every sequence needs at least one token (offsets must increase)")
+            raise InputError("every sequence needs at least one token (offsets must increase)")
         n = lengths.numel()
         self.meta = meta
         self._check_values(values)
@@ -265,12 +264,12 @@ class Activations:
 
     def _check_values(self, values: Tensor) -> None:
         if values.ndim != 2 or values.shape[1] != self.meta.d_model:
-            raise ValueError(
+            raise InputError(
                 f"values must be (tokens, {self.meta.d_model}) to match meta.d_model, "
                 f"got {tuple(values.shape)}"
             )
         if _dtype_name(values.dtype) != self.meta.dtype:
-            raise ValueError(
+            raise InputError(
                 f"values are {_dtype_name(values.dtype)} but meta.dtype says {self.meta.dtype}; "
                 "convert the values or fix the metadata"
             )
@@ -290,24 +289,24 @@ class Activations:
     ) -> None:
         n = lengths.numel()
         if checks is not None and len(checks) != len(segments):
-            raise ValueError("checks must hold one entry (or None) per segment")
+            raise InputError("checks must hold one entry (or None) per segment")
         if token_ids.shape != (int(lengths.sum()),):
-            raise ValueError(f"token_ids must hold one id per token ({int(lengths.sum())})")
+            raise InputError(f"token_ids must hold one id per token ({int(lengths.sum())})")
         if labels is not None:
             if labels.shape != (n,):
-                raise ValueError(
+                raise InputError(
                     f"labels must hold one label per sequence ({n}), got {tuple(labels.shape)}"
                 )
             if labels.is_floating_point():
-                raise TypeError("labels must be integer class ids")
+                raise InputTypeError("labels must be integer class ids")
             labels = labels.to(torch.long)
         if token_strs is not None:
             if len(token_strs) != n:
-                raise ValueError(f"token_strs must hold one list per sequence ({n})")
+                raise InputError(f"token_strs must hold one list per sequence ({n})")
             if any(len(s) != int(k) for s, k in zip(token_strs, lengths.tolist(), strict=True)):
-                raise ValueError("each token_strs entry must have one string per token")
+                raise InputError("each token_strs entry must have one string per token")
         if texts is not None and len(texts) != n:
-            raise ValueError(f"texts must hold one text per sequence ({n})")
+            raise InputError(f"texts must hold one text per sequence ({n})")
         self._segments = segments
         self._checks = checks if checks is not None and any(checks) else None
         self._seg = seg
@@ -359,7 +358,7 @@ class Activations:
         for s in segments:
             self._check_values(s)
         if lengths.numel() and int(lengths.min()) <= 0:
-            raise ValueError("every sequence needs at least one token")
+            raise InputError("every sequence needs at least one token")
         self._init(
             segments=segments,
             seg=seg,
@@ -487,7 +486,7 @@ class Activations:
         """Activations of sequence ``i`` (a view of the storage, no copy)."""
         n = len(self)
         if not -n <= i < n:
-            raise IndexError(f"sequence index {i} out of range for {n} sequences")
+            raise InputIndexError(f"sequence index {i} out of range for {n} sequences")
         i %= n
         start = int(self._starts[i])
         self._ensure([int(self._seg[i])])
@@ -545,7 +544,7 @@ class Activations:
         handling and class names, and either all have labels or none.
         """
         if not parts:
-            raise ValueError("concat needs at least one Activations")
+            raise InputError("concat needs at least one Activations")
         _check_concat(parts)
         segments, checks, seg = _merge_segments(parts)
         strs = None
@@ -590,7 +589,7 @@ class Activations:
             valid tokens; ``pos`` is the longest selected sequence.
         """
         if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+            raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         sel = torch.arange(len(self)) if idx is None else _as_index(idx, len(self))
         lengths = self._lengths[sel]
         pos = int(lengths.max()) if lengths.numel() else 0
@@ -630,7 +629,7 @@ class Activations:
             ``None``) and the positions of its sequences in this collection.
         """
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise InputError(f"batch_size must be positive, got {batch_size}")
         n = len(self)
         if shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -643,32 +642,6 @@ class Activations:
             if self.labels is not None:
                 labels = self.labels[sel].to(x.device)
             yield x, mask, labels, sel
-
-    # -- lensprobe 0.1's file methods: lensprobe.storage now (they go in the next release) -------
-    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
-        """Deprecated: ``lensprobe.storage.save(acts, path)``."""
-        warnings.warn(
-            "Activations.save is deprecated and will be removed in the next release; use "
-            "lensprobe.storage.save(acts, path)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from lensprobe.storage import save
-
-        save(self, path, shard_tokens=shard_tokens)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], **options: Any) -> Activations:
-        """Deprecated: ``lensprobe.storage.load_activations(path, hook=..., mmap=..., verify=...)``."""
-        warnings.warn(
-            "Activations.load is deprecated and will be removed in the next release; use "
-            "lensprobe.storage.load_activations(path)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from lensprobe.storage import load_activations
-
-        return load_activations(path, **options)
 
 
 _CONCAT_FIELDS = (
@@ -691,13 +664,13 @@ def _check_concat(parts: Sequence[Activations]) -> None:
     for p in parts[1:]:
         for field in _CONCAT_FIELDS:
             if getattr(p.meta, field) != getattr(first, field):
-                raise ValueError(
+                raise InputError(
                     f"cannot concat activations whose meta.{field} differ "
                     f"({getattr(first, field)!r} vs {getattr(p.meta, field)!r})"
                 )
     has_labels = {p.labels is not None for p in parts}
     if len(has_labels) > 1:
-        raise ValueError("cannot concat labelled and unlabelled activations; label all parts")
+        raise InputError("cannot concat labelled and unlabelled activations; label all parts")
 
 
 def _merge_segments(
@@ -747,7 +720,7 @@ class CaptureResult(Mapping[str, Activations]):
         """Wrap per-hook activations (all with the same sequences)."""
         self._members = dict(members)
         if not self._members:
-            raise ValueError("a CaptureResult needs at least one hook")
+            raise InputError("a CaptureResult needs at least one hook")
         self.stats = stats
         self.path = path
 
@@ -755,7 +728,7 @@ class CaptureResult(Mapping[str, Activations]):
         try:
             return self._members[hook]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"no hook {hook!r} in this capture; it holds {list(self._members)}"
             ) from None
 
@@ -771,29 +744,3 @@ class CaptureResult(Mapping[str, Activations]):
             f"CaptureResult(hooks={list(self._members)}, sequences={len(first)}, "
             f"tokens={first.n_tokens})"
         )
-
-    # -- lensprobe 0.1's file methods: lensprobe.storage now (they go in the next release) -------
-    def save(self, path: str | os.PathLike[str], *, shard_tokens: int | None = None) -> None:
-        """Deprecated: ``lensprobe.storage.save(result, path)``."""
-        warnings.warn(
-            "CaptureResult.save is deprecated and will be removed in the next release; use "
-            "lensprobe.storage.save(result, path)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from lensprobe.storage import save
-
-        save(self, path, shard_tokens=shard_tokens)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], **options: Any) -> CaptureResult:
-        """Deprecated: ``lensprobe.storage.load(path, mmap=..., verify=...)``."""
-        warnings.warn(
-            "CaptureResult.load is deprecated and will be removed in the next release; use "
-            "lensprobe.storage.load(path)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from lensprobe.storage import load
-
-        return load(path, **options)

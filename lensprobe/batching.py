@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lensprobe.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Batch", "Tokenized", "collate", "length_batches", "token_strings", "tokenize"]
@@ -100,7 +102,7 @@ def tokenize(
         prepend_bos = tokenizer_adds_bos(tokenizer)
     bos = getattr(tokenizer, "bos_token_id", None)
     if prepend_bos and bos is None:
-        raise ValueError(
+        raise InputError(
             "prepend_bos=True but the tokenizer has no BOS token; pass prepend_bos=False"
         )
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -112,7 +114,7 @@ def tokenize(
             seq = seq[:max_length]
             n_truncated += 1
         if not seq:
-            raise ValueError(
+            raise InputError(
                 f"text {i} ({texts[i][:40]!r}) has no tokens; drop empty texts or pass "
                 "prepend_bos=True"
             )
@@ -172,7 +174,7 @@ def length_batches(
         Batches of sequence positions.
     """
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     sorted_lengths = np.asarray([lengths[i] for i in order], dtype=np.float64)
     n = len(order)

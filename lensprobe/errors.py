@@ -11,14 +11,21 @@ from __future__ import annotations
 __all__ = [
     "DataFileError",
     "InputError",
+    "InputIndexError",
+    "InputTypeError",
     "InsufficientNegatives",
     "LensprobeError",
+    "MissingDependencyError",
+    "MissingFileError",
     "ModelNotFoundError",
     "OutputPathError",
     "ProbeFileError",
+    "ResultsFileError",
     "StoreCorruptError",
     "StoreError",
     "UnknownHookError",
+    "UnknownNameError",
+    "UsageError",
 ]
 
 
@@ -28,6 +35,33 @@ class LensprobeError(Exception):
 
 class InputError(LensprobeError, ValueError):
     """An argument or an input value is unusable (an empty text, labels of the wrong length)."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument of the wrong kind (one string where a list of texts is needed)."""
+
+
+class InputIndexError(LensprobeError, IndexError):
+    """An index outside the rows or sequences it selects from."""
+
+
+class UnknownNameError(LensprobeError, KeyError):
+    """A name (a metric, a hook of a store) that is not among the known ones (listed)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; the CLI prints it as a sentence
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(LensprobeError, RuntimeError):
+    """A call that the object's state does not allow yet (a readout before any forward)."""
+
+
+class MissingDependencyError(LensprobeError, ImportError):
+    """An optional dependency is not installed (the message names the extra to install)."""
+
+
+class MissingFileError(LensprobeError, FileNotFoundError):
+    """A file or folder the user named does not exist (the message says what writes it)."""
 
 
 class InsufficientNegatives(InputError):
@@ -60,3 +94,7 @@ class StoreCorruptError(StoreError):
 
 class ProbeFileError(LensprobeError, ValueError):
     """A saved probe directory is damaged, malformed, or its weights do not match its config."""
+
+
+class ResultsFileError(LensprobeError, ValueError):
+    """A results folder's file (``results.json``, a cell's files) is damaged or of another schema."""

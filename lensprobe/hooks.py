@@ -52,6 +52,7 @@ from lensprobe.backends import HookTarget, add_editor, add_reader, resolve_hook
 from lensprobe.backends import hf as hf_backend
 from lensprobe.backends import transformer_lens as tl_backend
 from lensprobe.backends.core import StopForward
+from lensprobe.errors import InputError, InputTypeError, UsageError
 from lensprobe.probes.base import Probe
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class _InputTracker:
             # Not inside a forward of the root model (e.g. a submodule called directly).
             return ForwardInfo(torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), 0)
         if tuple(cur.mask.shape) != tuple(x.shape[:2]):
-            raise RuntimeError(
+            raise UsageError(
                 f"the activations at the hook have shape {tuple(x.shape)} but the model was given "
                 f"{tuple(cur.mask.shape)} (batch, pos) tokens; lensprobe hooks need hooks whose "
                 "activations are (batch, pos, d_model), such as the residual stream"
@@ -155,7 +156,7 @@ class _InputTracker:
             # An HF mask spans the cached prefix and the new tokens.
             prefix = int(mask.shape[1]) - new
             if cached == 0 and prefix > 0:
-                raise RuntimeError(
+                raise UsageError(
                     f"the model was given an attention mask over {prefix} earlier tokens but an "
                     "empty KV cache: its cache was lost between generation steps, so the model "
                     "and the readout see no context (TransformerLens <= 4.3 bridges do this on "
@@ -210,7 +211,7 @@ def edit_activations(model: Any, hook: str, fn: EditFn) -> Iterator[HookTarget]:
         def apply(x: Tensor) -> Tensor:
             out = fn(x, tracker.info(x))
             if not isinstance(out, Tensor) or out.shape != x.shape:
-                raise ValueError(
+                raise InputError(
                     f"the edit at {hook!r} must return a tensor of shape {tuple(x.shape)}, got "
                     f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}"
                 )
@@ -268,7 +269,7 @@ class Readout:
 
     def _latest(self) -> ReadoutStep:
         if not self.steps:
-            raise RuntimeError(
+            raise UsageError(
                 f"the readout at {self.hook!r} has seen no forward yet: run the model inside the "
                 "`with attach(...)` block"
             )
@@ -317,7 +318,7 @@ class Readout:
         self._latest()
         sizes = {s.logits.shape[0] for s in self.steps}
         if len(sizes) > 1:
-            raise RuntimeError(
+            raise UsageError(
                 f"the forwards had batch sizes {sorted(sizes)}; read readout.steps one by one, "
                 "or call readout.clear() between batches"
             )
@@ -341,7 +342,7 @@ class Readout:
     @torch.no_grad()
     def _observe(self, x: Tensor, info: ForwardInfo) -> None:
         if x.ndim != 3:
-            raise ValueError(
+            raise InputError(
                 f"the activations at {self.hook!r} have shape {tuple(x.shape)}; a probe reads "
                 "(batch, pos, d_model) activations such as the residual stream"
             )
@@ -352,7 +353,7 @@ class Readout:
             prev = self._x
             if prev is None or prev.shape[0] != x.shape[0] or prev.shape[1] != info.past:
                 held = None if prev is None else tuple(prev.shape[:2])
-                raise RuntimeError(
+                raise UsageError(
                     f"the readout at {self.hook!r} saw a forward continuing a cached prefix of "
                     f"{info.past} tokens (batch {x.shape[0]}) but holds {held}: attach the probe "
                     "before the first forward of the generation (beam search is not supported)"
@@ -418,14 +419,14 @@ def attach(
         lensprobe.backends.names.UnknownHookError: The model has no such hook.
     """
     if not isinstance(probe, Probe):
-        raise TypeError(
+        raise InputTypeError(
             f"attach() needs a lensprobe probe (lp.AttentionProbe, lp.MeanProbe, ...), got "
             f"{type(probe).__name__}"
         )
     recorded = probe.config.hook
     if hook is None:
         if recorded is None:
-            raise ValueError(
+            raise InputError(
                 "the probe records no hook name; pass one: attach(model, probe, "
                 "'blocks.9.hook_resid_post')"
             )

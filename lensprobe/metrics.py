@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from lensprobe.errors import InsufficientNegatives
+from lensprobe.errors import InputError, InsufficientNegatives, UnknownNameError
 
 METRIC_NAMES: tuple[str, ...] = (
     "accuracy",
@@ -93,16 +93,16 @@ def predictions(logits: Float[Tensor, "batch n_outputs"]) -> Int[Tensor, " batch
 def _check(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     """Labels on the CPU as int64 and the class count; errors name the mismatch."""
     if logits.ndim != 2 or labels.ndim != 1 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"expected logits (batch, n_outputs) and labels (batch,), got "
             f"{tuple(logits.shape)} and {tuple(labels.shape)}"
         )
     if logits.shape[0] == 0:
-        raise ValueError("no examples to score")
+        raise InputError("no examples to score")
     n_classes = 2 if logits.shape[1] == 1 else logits.shape[1]
     labels = labels.detach().cpu().long()
     if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
-        raise ValueError(
+        raise InputError(
             f"labels must lie in [0, {n_classes}), got range "
             f"[{int(labels.min())}, {int(labels.max())}]"
         )
@@ -197,7 +197,7 @@ def expected_calibration_error(
     """
     labels, _ = _check(logits, labels)
     if logits.shape[1] != 1:
-        raise ValueError(
+        raise InputError(
             f"ece is the class-1 calibration error of a binary (one-logit) probe; these logits "
             f"have {logits.shape[1]} outputs: use top_label_ece"
         )
@@ -220,7 +220,7 @@ def top_label_calibration_error(
 def _binned_gap(conf: Tensor, hit: Tensor, n_bins: int) -> float:
     """``sum over bins of (rows in bin / rows) * |mean hit - mean conf|``, bins ``(lo, hi]``."""
     if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+        raise InputError(f"n_bins must be at least 1, got {n_bins}")
     edges = torch.arange(1, n_bins, dtype=torch.float64) / n_bins
     bins = torch.bucketize(conf.contiguous(), edges)  # (lo, hi]: np.searchsorted(side=left)
     count = torch.bincount(bins, minlength=n_bins).double()
@@ -233,7 +233,7 @@ def _binned_gap(conf: Tensor, hit: Tensor, n_bins: int) -> float:
 def _binary_scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     labels, _ = _check(logits, labels)
     if logits.shape[1] != 1:
-        raise ValueError(
+        raise InputError(
             f"TPR at a fixed FPR is defined for binary (one-logit) probes; these logits have "
             f"{logits.shape[1]} outputs: score one class against the rest yourself"
         )
@@ -255,7 +255,7 @@ def fpr_threshold(
             reaches several times ``fpr``).
     """
     if not 0.0 < fpr <= 1.0:
-        raise ValueError(f"fpr must be in (0, 1], got {fpr}")
+        raise InputError(f"fpr must be in (0, 1], got {fpr}")
     scores, positive = _binary_scores(logits, labels)
     neg = scores[~positive].sort(descending=True).values
     needed = math.ceil(1.0 / fpr - 1e-9)
@@ -378,7 +378,7 @@ def metric(
                 return math.nan
             return false_positive_rate(logits, labels, thresholds[tpr_name])
     known = [*METRIC_NAMES, *BINARY_METRIC_NAMES]
-    raise KeyError(f"unknown metric {name!r}; choose one of {known}")
+    raise UnknownNameError(f"unknown metric {name!r}; choose one of {known}")
 
 
 def classification_metrics(
@@ -419,7 +419,7 @@ def t_quantile(q: float, df: int) -> float:
     from scipy import stats
 
     if not 0.0 < q < 1.0 or df <= 0:
-        raise ValueError(f"need 0 < q < 1 and df > 0, got q={q}, df={df}")
+        raise InputError(f"need 0 < q < 1 and df > 0, got q={q}, df={df}")
     return float(stats.t.ppf(q, df))
 
 

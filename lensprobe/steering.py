@@ -35,6 +35,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lensprobe.backends import HookTarget
+from lensprobe.errors import InputError, InputTypeError
 from lensprobe.hooks import ForwardInfo, edit_activations
 from lensprobe.probes.attention import AttentionProbe
 from lensprobe.probes.base import Probe
@@ -72,11 +73,11 @@ def class_directions(probe: Probe, *, center: bool = False) -> Float[Tensor, "n_
     elif isinstance(probe, AttentionProbe):
         weight = probe.value.sum(dim=1)
     else:
-        raise TypeError(f"no class directions for a {type(probe).__name__}")
+        raise InputTypeError(f"no class directions for a {type(probe).__name__}")
     directions = weight.detach().T.clone()
     if center:
         if directions.shape[0] < 2:
-            raise ValueError(
+            raise InputError(
                 "center=True needs a probe with several outputs; a binary probe's single "
                 "direction already points from class 0 to class 1"
             )
@@ -87,7 +88,7 @@ def class_directions(probe: Probe, *, center: bool = False) -> Float[Tensor, "n_
 def head_directions(probe: AttentionProbe) -> Float[Tensor, "probe_head n_outputs d_model"]:
     """Per-head value directions ``value[:, h, c]`` of an attention probe (a detached copy)."""
     if not isinstance(probe, AttentionProbe):
-        raise TypeError(
+        raise InputTypeError(
             f"head_directions needs an AttentionProbe, got {type(probe).__name__}; use "
             "class_directions for pooled probes"
         )
@@ -110,7 +111,7 @@ def orthonormal_basis(
     work = flat.double() if flat.dtype in (torch.float16, torch.bfloat16, torch.float32) else flat
     _, s, vh = torch.linalg.svd(work, full_matrices=False)
     if s.numel() == 0 or float(s[0]) == 0.0:
-        raise ValueError("the directions are all zero: nothing to project out or steer along")
+        raise InputError("the directions are all zero: nothing to project out or steer along")
     keep = s > rtol * s[0]
     return vh[keep].to(directions.dtype)
 
@@ -118,7 +119,7 @@ def orthonormal_basis(
 def _unit(direction: Tensor) -> Tensor:
     norm = direction.norm()
     if float(norm) == 0.0:
-        raise ValueError("the direction is zero; a probe trained to nothing has no direction")
+        raise InputError("the direction is zero; a probe trained to nothing has no direction")
     return direction / norm
 
 
@@ -128,7 +129,7 @@ def _select(
     if mask is None:
         return 1.0
     if mask.shape != x.shape[:2]:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match x's {tuple(x.shape[:2])}")
+        raise InputError(f"mask shape {tuple(mask.shape)} does not match x's {tuple(x.shape[:2])}")
     return mask[..., None].to(x.dtype)
 
 
@@ -187,7 +188,7 @@ def _position_mask(info: ForwardInfo, positions: Sequence[int] | None) -> Tensor
         return info.mask
     wanted = torch.as_tensor(list(positions), dtype=torch.long, device=info.mask.device)
     if bool((wanted < 0).any()):
-        raise ValueError(
+        raise InputError(
             f"positions must be non-negative indices into the (padded) sequence, got {positions}"
         )
     return info.mask & torch.isin(info.positions, wanted)[None, :]
@@ -227,7 +228,7 @@ def steer(
         The resolved hook; the edit is removed when the block ends, also on error.
     """
     if direction.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"steer takes one (d_model,) direction, got shape {tuple(direction.shape)}; pick a "
             "row, e.g. class_directions(probe)[c]"
         )
@@ -287,7 +288,7 @@ def ablate(
 
 def _check_width(x: Tensor, direction: Tensor, hook: str) -> None:
     if x.shape[-1] != direction.shape[-1]:
-        raise ValueError(
+        raise InputError(
             f"the activations at {hook!r} have width {x.shape[-1]} but the direction has "
             f"{direction.shape[-1]}: use a direction from a probe trained at this hook"
         )

@@ -21,7 +21,8 @@ PACKAGE = ROOT / "lensprobe"
 # (``lensprobe.train.fit`` -> ``lensprobe.train.split``); never the root package ``lensprobe``.
 # docs/architecture.md says what each one owns.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "_types", "_records", "_deprecated"),
+    ("errors",),
+    ("_types", "_records"),
     ("metrics", "models", "specs"),
     ("batching",),
     ("activations",),
@@ -35,6 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("analysis",),
     ("steering", "patching"),
     ("viz",),
+    ("grid",),
     ("experiment",),
     ("cli",),
     ("__main__",),
@@ -98,13 +100,6 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def is_deprecation_shim(node: ast.AST) -> bool:
-    """A function that warns ``DeprecationWarning``: it may import lazily what replaced it."""
-    return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
-        isinstance(n, ast.Name) and n.id == "DeprecationWarning" for n in ast.walk(node)
-    )
-
-
 def package_imports(
     tree: ast.Module, module: str, is_package: bool, modules: set[str], deferred: bool = False
 ) -> set[str]:
@@ -114,8 +109,7 @@ def package_imports(
     def visit(body):
         for node in body:
             if deferred and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                if not is_deprecation_shim(node):
-                    visit(node.body)
+                visit(node.body)
                 continue
             if isinstance(node, ast.If) and _is_type_checking(node):
                 continue

@@ -462,20 +462,3 @@ def test_reads_across_many_shards_in_any_order(tmp_path):
     for idx in (order, order[:7], torch.arange(30), torch.tensor([29, 0, 29])):
         assert torch.equal(back.pad(idx)[0], acts.pad(idx)[0])
         assert torch.equal(back[idx].values, acts[idx].values)
-
-
-def test_the_old_file_methods_warn_and_delegate_to_storage(tmp_path: Path):
-    """lensprobe 0.1's ``acts.save`` / ``Activations.load`` keep working one release, with a warning."""
-    acts = make_acts()
-    with pytest.warns(DeprecationWarning, match=r"lensprobe\.storage\.save"):
-        acts.save(tmp_path / "one")
-    with pytest.warns(DeprecationWarning, match=r"lensprobe\.storage\.load_activations"):
-        back = Activations.load(tmp_path / "one", verify="full")
-    assert torch.equal(back.values, acts.values) and back.meta == acts.meta
-    result = CaptureResult({acts.meta.hook: acts})
-    with pytest.warns(DeprecationWarning, match=r"lensprobe\.storage\.save"):
-        result.save(tmp_path / "all")
-    with pytest.warns(DeprecationWarning, match=r"lensprobe\.storage\.load\("):
-        loaded = CaptureResult.load(tmp_path / "all")
-    assert list(loaded) == [acts.meta.hook]
-    assert torch.equal(loaded[acts.meta.hook].values, acts.values)

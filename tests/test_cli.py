@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lensprobe.cli import COMMANDS, DATA_DIR_ENV, DatasetsOptions, format_datasets_table, main
 from lensprobe.data import DatasetInfo
+from lensprobe.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +138,7 @@ def test_report_writes_one_page_per_dataset(tmp_path, capsys):
     import torch
 
     import lensprobe as lp
-    from lensprobe.experiment import GridRow, save_rows
+    from lensprobe.grid import Cell, Grid, save
 
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -145,9 +146,9 @@ def test_report_writes_one_page_per_dataset(tmp_path, capsys):
         x, y = torch.randn(40, 5, 8, generator=gen), torch.arange(40) % 2
         res = lp.run_protocol(x, y, probe="mean")
         rows.append(
-            GridRow(dataset=dataset, hook="blocks.1.hook_resid_post", probe="mean", result=res)
+            Cell(dataset=dataset, hook="blocks.1.hook_resid_post", probe="mean", result=res)
         )
-    save_rows(rows, tmp_path)
+    save(Grid.build(rows), tmp_path)
     assert main(["report", "--results", str(tmp_path)]) == 0
     pages = {name: (tmp_path / f"report-{name}.html").read_text() for name in ("facts", "needle")}
     for name, page in pages.items():
@@ -174,3 +175,37 @@ def test_report_writes_one_page_per_dataset(tmp_path, capsys):
     assert "pass --dataset NAME with --out" in capsys.readouterr().err
     assert main(["report", "--results", str(tmp_path), "--dataset", "sst2"]) == 1
     assert "it holds facts, needle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "user"),
+    [
+        (InputError("bad --probes: attention-x"), 1, True),
+        (OSError(28, "No space left on device"), 1, True),  # a full disk names no path
+        (FileNotFoundError(2, "No such file or directory", "/data/missing.csv"), 1, True),
+        (ValueError("shapes (3,) and (4,) not aligned"), 70, False),  # a bug's plain ValueError
+        (ZeroDivisionError("division by zero"), 70, False),
+        (OSError("a socket closed"), 70, False),  # no path, no disk: a bug
+    ],
+)
+def test_named_errors_read_as_one_line_and_bugs_keep_their_traceback(
+    error, status, user, monkeypatch, capsys
+):
+    from dataclasses import replace
+
+    import lensprobe.cli as cli
+
+    def fail(options):
+        raise error
+
+    monkeypatch.setitem(cli.COMMANDS, "datasets", replace(cli.COMMANDS["datasets"], run=fail))
+    assert main(["datasets"]) == status
+    err = capsys.readouterr().err
+    if user:
+        assert err.strip().count("\n") == 0 and "Traceback" not in err
+        assert "error:" in err and "bug" not in err
+    else:
+        assert "Traceback" in err and type(error).__name__ in err
+        assert "bug in lensprobe" in err and "report it" in err
+    with pytest.raises(type(error)):  # --debug shows every error with its traceback
+        main(["--debug", "datasets"])

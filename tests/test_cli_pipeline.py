@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lensprobe.cli import main
+from lensprobe.grid import load, probe_path
 from lensprobe.probes import load_probe
 
 
@@ -64,7 +65,7 @@ def test_run_then_train_then_report_on_a_tiny_model(
     ]
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in records)
     assert records[0]["entropy_ratio"] and not records[1]["entropy_ratio"]
-    probe = load_probe(out / "probes" / "topics" / "blocks.1.hook_resid_post" / "attention-2")
+    probe = load_probe(probe_path(out, "topics", "blocks.1.hook_resid_post", "attention-2"))
     assert probe.config.hook == "blocks.1.hook_resid_post" and probe.config.n_outputs == 4
     assert probe.config.class_names == ("sports", "cooking", "weather", "technology")
     html = (out / "report-topics.html").read_text()
@@ -90,8 +91,8 @@ def test_run_then_train_then_report_on_a_tiny_model(
     )
     (row,) = _records(out2)
     assert row["probe"] == "last" and row["hook"] == "blocks.3.hook_resid_post"
-    saved = json.loads((out2 / "results.json").read_text())["results"][0]
-    assert len(saved["test_rows"]) == int(row["n_test"]) == 12
+    (saved,) = load(out2).cells
+    assert saved.result.test_rows.numel() == int(row["n_test"]) == 12
 
     # and rebuild the report from the saved results
     assert main(["report", "--results", str(out2)]) == 0
@@ -169,7 +170,7 @@ def test_demo_quick_on_the_bundled_model(tmp_path, capsys):
     assert (
         "gemma"
         in load_probe(
-            out / "probes" / "needle" / "blocks.9.hook_resid_post" / "last"
+            probe_path(out, "needle", "blocks.9.hook_resid_post", "last")
         ).config.model_id.lower()
     )
 

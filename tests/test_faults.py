@@ -279,6 +279,16 @@ def test_probe_weights_and_config_saved_together(tmp_path, change):
     assert str(tmp_path / "p") in str(err.value)
 
 
+def test_a_probe_config_without_its_digest_is_refused(tmp_path):
+    _probe(0).save(tmp_path / "p")
+    config = tmp_path / "p" / "config.json"
+    data = json.loads(config.read_text())
+    del data["digest"]
+    config.write_text(json.dumps(data))
+    with pytest.raises(ProbeFileError, match=r"has no 'digest'.*save the probe again"):
+        load_probe(tmp_path / "p")
+
+
 # -- row: a saved probe with a malformed config or weights file ------------------------------------
 
 

@@ -20,15 +20,15 @@ import torch
 from test_analysis import make_acts
 
 import lensprobe as lp
+from lensprobe import grid as grids
 from lensprobe.cli import main
 from lensprobe.errors import InputError
 from lensprobe.experiment import (
+    CV_FAR_NOTE,
     choose_layer,
     format_choices,
     format_table,
-    load_results,
     run_grid,
-    save_rows,
 )
 from lensprobe.train import ProtocolConfig
 from lensprobe.train.selection import result_record
@@ -160,7 +160,7 @@ def test_choose_layer_needs_one_group_and_per_split_scores():
     recs[3]["splits"] = [_split(0, 0.5, 0.5, log_loss=0.1)]  # ... unless CV log loss breaks it
     assert choose_layer(recs, probe="last").hook == "b"
     flat = [{k: v for k, v in r.items() if k != "splits"} for r in recs]
-    with pytest.raises(InputError, match=r"no per-split scores.*load_results"):
+    with pytest.raises(InputError, match=r"no per-split scores.*grid\.load"):
         choose_layer(flat, probe="mean")
     with pytest.raises(
         InputError,
@@ -173,18 +173,17 @@ def test_choose_layer_needs_one_group_and_per_split_scores():
 
 def test_results_files_round_trip_the_cv_score_and_the_choice(grid, tmp_path):
     _, rows = grid
-    save_rows(rows, tmp_path, save_probes=False)
-    in_memory = [r.record() for r in rows]
-    saved = load_results(tmp_path)
+    built = grids.Grid.build(rows)
+    grids.save(built, tmp_path)
+    saved = grids.load(tmp_path)
     with (tmp_path / "results.csv").open() as f:
         from_csv = list(csv.DictReader(f))
-    for rec, back, row in zip(in_memory, saved.records, from_csv, strict=True):
+    for rec, back, row in zip(built.records(), saved.records(), from_csv, strict=True):
         assert back["cv_accuracy"] == rec["cv_accuracy"] and back["splits"] == rec["splits"]
         assert float(row["cv_accuracy"]) == pytest.approx(rec["cv_accuracy"])
         assert float(row["accuracy_low"]) == pytest.approx(rec["accuracy_low"])
         assert row["accuracy_interval"] == "wilson" and "splits" not in row
-    expected = choose_layer(in_memory)
-    again = choose_layer(saved.records)
+    (expected,), (again,) = built.choices, saved.choices
     assert (again.picks, again.cv_score, again.n_test) == (
         expected.picks,
         expected.cv_score,
@@ -193,13 +192,9 @@ def test_results_files_round_trip_the_cv_score_and_the_choice(grid, tmp_path):
     assert again.test["accuracy"] == pytest.approx(expected.test["accuracy"])
     with pytest.raises(InputError, match=r"results\.csv has none"):
         choose_layer(from_csv)
-    # a results.json whose records lack the per-split scores gets them from its seed runs
-    payload = json.loads((tmp_path / "results.json").read_text())
-    for rec in payload["records"]:
-        del rec["splits"]
-    (tmp_path / "results.json").write_text(json.dumps(payload))
-    assert choose_layer(load_results(tmp_path).records).picks == expected.picks
-    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, then renamed
+    index = json.loads((tmp_path / "results.json").read_text())
+    assert index["schema"] == grids.SCHEMA and index["choices"][0]["picks"] == list(expected.picks)
+    assert not list(tmp_path.rglob("*.tmp"))  # written through temporary names, then renamed
 
 
 def _row_html(page: str, hook: str, probe: str) -> str:
@@ -250,13 +245,17 @@ def test_report_intervals_over_seeds_and_comparisons_through_lp_compare():
 
 def test_table_and_choices_print_n_intervals_and_the_picks(grid):
     _, rows = grid
-    records = [r.record() for r in rows]
-    table = format_table(records)
-    header, _, first, second = table.splitlines()
+    built = grids.Grid.build(rows)
+    records = built.records()
+    table = format_table(built)
+    header, _, first, second, note = table.splitlines()
+    # CV and the test part disagree at both hooks by construction: flagged, with the legend
+    assert "cv!" in header and note == CV_FAR_NOTE
+    assert first.split()[8] == "!" and second.split()[7] == "!"
     assert "CV picks" in header and "cv acc" in header and "n_test" in header
     assert first.split()[2:4] == ["mean", "1/1"] and second.split()[2] == "mean"
     assert "1/1" not in second and "wilson, 1 split" in first
-    text = format_choices(records, [])
+    text = format_choices(built.choices, [])
     assert "chosen per split by cross-validation accuracy on that split's training part" in text
     rec = records[0]
     lo, hi = rec["accuracy_low"], rec["accuracy_high"]
@@ -276,19 +275,16 @@ def test_cli_train_chooses_per_split_and_prints_n_intervals_and_holm(tmp_path, c
     args = ["train", "--acts", str(store), "--probes", "mean,last", "--out", str(out)]
     assert main([*args, "--seeds", "2"]) == 0
     printed = capsys.readouterr().out
-    for res in json.loads((out / "results.json").read_text())[
-        "results"
-    ]:  # every per-row line and table row: n_test and the corrected t interval
-        acc = res["summary"]["accuracy"]
-        line = next(ln for ln in printed.splitlines() if f"  {res['hook']}  {res['probe']} " in ln)
-        if acc["low"] is not None:
-            assert f"[{acc['low']:.3f}, {acc['high']:.3f}] (95% corrected t over 2 splits" in line
+    saved = grids.load(out)
+    for cell in saved.cells:  # every per-row line and table row: n_test and the corrected t
+        acc = cell.result.summary["accuracy"]
+        line = next(ln for ln in printed.splitlines() if f"  {cell.hook}  {cell.probe} " in ln)
+        if acc.has_interval:
+            assert f"[{acc.low:.3f}, {acc.high:.3f}] (95% corrected t over 2 splits" in line
         assert "n_test=12" in line and "cv acc" in line
     assert "interval" in printed and "2 splits" in printed
-    saved = load_results(out)
-    for probe in ("mean", "last"):
-        c = choose_layer(saved.records, probe=probe)
-        assert f"{probe}: {c.picks_text()} (among 2 hooks, each split by its own CV" in printed
+    for c in saved.choices:
+        assert f"{c.probe}: {c.picks_text()} (among 2 hooks, each split by its own CV" in printed
     assert "paired comparisons (at each split's chosen layer" in printed
     assert "after Holm's adjustment for" in printed
     for comps in saved.comparisons.values():
@@ -300,4 +296,4 @@ def test_cli_train_chooses_per_split_and_prints_n_intervals_and_holm(tmp_path, c
     assert "each split by its own CV" in again and "n_test=12" in again
     page = (out / "report.html").read_text()
     assert page.count('<tr class="chosen">') == 2 and "Paired comparisons" in page
-    assert not math.isnan(saved.records[0]["cv_accuracy"])
+    assert not math.isnan(saved.records()[0]["cv_accuracy"])

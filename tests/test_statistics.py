@@ -246,9 +246,10 @@ def test_compare_refuses_results_whose_splits_differ():
 
 
 def test_grid_records_and_table_carry_the_interval_and_n_test():
-    from lensprobe.experiment import GridRow, format_table
+    from lensprobe.experiment import format_table
+    from lensprobe.grid import Cell, Grid
 
-    several = GridRow(dataset="d", hook="h", probe="max", result=run("max")).record()
+    several = Cell(dataset="d", hook="h", probe="max", result=run("max")).record()
     est = run("max").summary["accuracy"]
     assert several["n_test"] == 20 and several["seeds"] == 3
     assert (several["accuracy_low"], several["accuracy_high"]) == (
@@ -256,7 +257,8 @@ def test_grid_records_and_table_carry_the_interval_and_n_test():
         pytest.approx(est.high, abs=1e-5),
     )
     assert several["accuracy_interval"] == est.method
-    one = GridRow(dataset="d", hook="h", probe="max", result=run("max", seeds=(0,))).record()
+    one_cell = Cell(dataset="e", hook="h", probe="max", result=run("max", seeds=(0,)))
+    one = one_cell.record()
     assert one["accuracy_interval"] == "wilson" and one["auroc_interval"] in ("bootstrap", "none")
-    table = format_table([several, one])
+    table = format_table(Grid.build([Cell("d", "h", "max", run("max")), one_cell]))
     assert "acc 95% low" in table and "n_test" in table.splitlines()[0]

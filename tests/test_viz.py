@@ -184,22 +184,6 @@ def test_widget_save_writes_a_standalone_page(tmp_path):
     assert text.startswith("<!DOCTYPE html>") and text.count("var CircuitsVis") == 1
 
 
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ("probe_attention", "attention_widget"),
-        ("token_contributions", "contributions_widget"),
-        ("top_examples", "top_examples_widget"),
-        ("entropy", "entropy_widget"),
-    ],
-)
-def test_old_widget_names_warn_and_name_the_new_one(old, new):
-    with pytest.warns(DeprecationWarning, match=f"lp.viz.{new}"):
-        widget = getattr(viz, old)
-    assert widget is getattr(viz, new)
-    assert old not in viz.__all__ and new in viz.__all__
-
-
 def test_no_public_name_means_two_things():
     """A name exported by the top level and by a public submodule is the same object in both."""
     import importlib
@@ -274,16 +258,3 @@ def test_top_examples_tag_escapes_class_names():
     tags = [sample[0] for lists in props["tokens"] for samples in lists for sample in samples]
     assert tags and all("<" not in t for t in tags)
     assert any("&lt;neg&gt;" in t for t in tags) and any("a &amp; &lt;b&gt;" in t for t in tags)
-
-
-@pytest.mark.parametrize("name", ["circuitsvis_js", "script_json", "entropy_html"])
-def test_helpers_that_left_viz_warn_and_still_work(name):
-    import importlib
-
-    from lensprobe import viz
-
-    home = viz._MOVED[name]
-    with pytest.warns(DeprecationWarning, match=rf"use {home}\.{name}"):
-        value = getattr(viz, name)
-    assert value is getattr(importlib.import_module(home), name)
-    assert name not in viz.__all__

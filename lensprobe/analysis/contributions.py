@@ -13,6 +13,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lensprobe.analysis.inputs import evaluating, probe_device_dtype
+from lensprobe.errors import InputTypeError
 from lensprobe.probes import AttentionProbe, LastTokenProbe, MaxProbe, MeanProbe, Probe
 from lensprobe.probes.base import check_inputs
 from lensprobe.probes.pooled import last_index
@@ -71,7 +72,7 @@ def token_contributions(
             winner = winner / winner.sum(dim=1, keepdim=True)
             out = einsum(x * winner, probe.weight, "b p d, d c -> b p c")
         else:
-            raise TypeError(
+            raise InputTypeError(
                 f"token_contributions knows attention, mean, last and max probes, got "
                 f"{type(probe).__name__}"
             )

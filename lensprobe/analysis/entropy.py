@@ -24,6 +24,7 @@ from lensprobe.analysis.inputs import (
     require_attention,
     resolve_rows,
 )
+from lensprobe.errors import InputError
 from lensprobe.probes import Probe
 
 __all__ = ["AttentionEntropy", "attention_entropy", "entropy_from_attention"]
@@ -133,14 +134,14 @@ def entropy_from_attention(
         Per sequence and head: the entropy (nats), ``log(n_valid)`` and their ratio.
     """
     if mask.shape != attention.shape[:2]:
-        raise ValueError(
+        raise InputError(
             f"mask {tuple(mask.shape)} does not match attention {tuple(attention.shape)[:2]}"
         )
     p = attention.detach().double().cpu().masked_fill(~mask.cpu()[..., None], 0.0)
     entropy = (-torch.special.xlogy(p, p).sum(dim=1)).clamp_min(0.0) + 0.0  # no -0.0
     n_valid = mask.sum(dim=1).cpu().long()
     if bool((n_valid == 0).any()):
-        raise ValueError("a sequence has no valid token; drop it or fix the mask")
+        raise InputError("a sequence has no valid token; drop it or fix the mask")
     uniform = n_valid.double().log()
     ratio = torch.where(
         (n_valid > 1)[:, None], entropy / uniform.clamp_min(1e-300)[:, None], math.nan

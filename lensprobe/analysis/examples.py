@@ -27,6 +27,7 @@ from lensprobe.analysis.inputs import (
     probe_class_names,
     resolve_rows,
 )
+from lensprobe.errors import InputError, InputIndexError
 from lensprobe.metrics import probabilities
 from lensprobe.probes import AttentionProbe, Probe
 
@@ -177,7 +178,7 @@ def _sequence_tokens(acts: Data, row: int, n_valid: int, token_strs: Any) -> tup
     else:
         strs = [f"[{p}]" for p in range(n_valid)]
     if len(strs) != n_valid:
-        raise ValueError(f"sequence {row} has {n_valid} valid tokens but {len(strs)} token strings")
+        raise InputError(f"sequence {row} has {n_valid} valid tokens but {len(strs)} token strings")
     return tuple(str(s) for s in strs)
 
 
@@ -343,11 +344,11 @@ def top_examples(
         A :class:`TopExamples`.
     """
     if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
+        raise InputError(f"k must be positive, got {k}")
     n = n_sequences(acts)
     sel = resolve_rows(rows, n)
     if sel.numel() == 0:
-        raise ValueError("no rows to rank; pass at least one sequence")
+        raise InputError("no rows to rank; pass at least one sequence")
     source = _Source(acts, sel, token_strs, *_labels_texts(acts, labels, n))
     scored = _score_rows(probe, acts, sel, batch_size, token_strs, n_tokens)
     k = min(k, sel.numel())
@@ -402,7 +403,7 @@ def _labels_texts(
         labels = acts.labels
     label_t = None if labels is None else torch.as_tensor(labels).long().cpu()
     if label_t is not None and label_t.shape != (n,):
-        raise ValueError(
+        raise InputError(
             f"labels must hold one class per sequence ({n}), got {tuple(label_t.shape)}"
         )
     texts = acts.texts if isinstance(acts, Activations) else None
@@ -432,7 +433,7 @@ def explain(
     """
     n = n_sequences(acts)
     if not -n <= index < n:
-        raise IndexError(f"index {index} out of range for {n} sequences")
+        raise InputIndexError(f"index {index} out of range for {n} sequences")
     row = index % n
     label_t, texts = _labels_texts(acts, labels, n)
     d = _details(probe, acts, torch.tensor([row]), 1)[row]
@@ -495,6 +496,6 @@ def _token_keys(
     if strs is None:  # (x, mask) without strings: pool by position
         strs = [f"[{p}]" for n_valid in lengths for p in range(n_valid)]
     if len(strs) != sum(lengths):
-        raise ValueError("token_strs must hold one string per valid token of each sequence")
+        raise InputError("token_strs must hold one string per valid token of each sequence")
     keys = torch.tensor([key_of.setdefault(s, len(key_of)) for s in strs], dtype=torch.long)
     return keys, strs

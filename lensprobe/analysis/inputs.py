@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lensprobe.activations import Activations
+from lensprobe.errors import InputError, InputIndexError, InputTypeError
 from lensprobe.probes import AttentionProbe, Probe
 from lensprobe.probes.base import check_inputs
 
@@ -52,7 +53,7 @@ def n_sequences(acts: Data) -> int:
         x, mask = acts
         check_inputs(x, mask, x.shape[-1] if x.ndim == 3 else -1)
         return int(x.shape[0])
-    raise TypeError(
+    raise InputTypeError(
         f"expected an Activations (from lp.capture) or an (x, mask) tuple, got {type(acts).__name__}"
     )
 
@@ -64,13 +65,13 @@ def resolve_rows(rows: Any, n: int) -> Tensor:
     rows = torch.as_tensor(rows).reshape(-1)
     if rows.dtype == torch.bool:
         if rows.numel() != n:
-            raise ValueError(f"a bool rows mask needs {n} entries, got {rows.numel()}")
+            raise InputError(f"a bool rows mask needs {n} entries, got {rows.numel()}")
         return rows.nonzero().flatten().cpu()
     if rows.is_floating_point():
-        raise TypeError(f"rows must be integer indices, got dtype {rows.dtype}")
+        raise InputTypeError(f"rows must be integer indices, got dtype {rows.dtype}")
     rows = rows.to(device="cpu", dtype=torch.long)
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
-        raise IndexError(
+        raise InputIndexError(
             f"rows must lie in [0, {n}) for these {n} sequences; got [{int(rows.min())}, "
             f"{int(rows.max())}]: pass rows of the same activations the probe was evaluated on"
         )
@@ -88,7 +89,7 @@ def batches(
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Padded ``(x, mask)`` batches of ``rows`` on the probe's device, and their rows."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     device, dtype = probe_device_dtype(probe)
     for start in range(0, rows.numel(), batch_size):
         sel = rows[start : start + batch_size]
@@ -118,7 +119,7 @@ def probe_class_names(probe: Probe, acts: Data) -> tuple[str, ...]:
 def require_attention(probe: Probe, what: str) -> AttentionProbe:
     """The probe, if it is an attention probe; a TypeError that says what to use otherwise."""
     if not isinstance(probe, AttentionProbe):
-        raise TypeError(
+        raise InputTypeError(
             f"{what} needs an AttentionProbe, got a {probe.config.kind} probe: a mean probe's "
             "attention is uniform (entropy ratio 1) and a last-token probe's is one-hot (ratio 0); "
             "use lp.analysis.token_contributions to see which tokens a pooled probe reads"

@@ -27,6 +27,7 @@ from lensprobe.backends import nnsight as nnsight_backend
 from lensprobe.backends import transformer_lens as tl_backend
 from lensprobe.backends.core import BackendName, HookTarget, Runner, StopForward, model_device
 from lensprobe.backends.names import resolve_sites
+from lensprobe.errors import InputTypeError
 from lensprobe.models import display_name
 
 __all__ = [
@@ -57,7 +58,7 @@ def detect_backend(model: Any) -> BackendName:
         return "transformer_lens"
     if isinstance(model, nn.Module) and hasattr(getattr(model, "config", None), "model_type"):
         return "hf"
-    raise TypeError(
+    raise InputTypeError(
         f"capture() cannot run a {type(model).__module__}.{type(model).__name__}: pass a "
         "TransformerLens TransformerBridge (or HookedRootModule), an nnsight model "
         "(nnsight.NNsight(hf_model) or TransformersModel) or a Hugging Face PreTrainedModel, "
@@ -122,7 +123,7 @@ def resolve_hook(model: Any, hook: str) -> HookTarget:
         TypeError: A model no backend understands, or a hook that is not a name.
     """
     if not isinstance(hook, str) or not hook:
-        raise TypeError(
+        raise InputTypeError(
             f"hook must be a hook name such as 'blocks.9.hook_resid_post', got {hook!r}"
         )
     backend = detect_backend(model)

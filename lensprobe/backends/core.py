@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from lensprobe.backends.names import Side
 from lensprobe.batching import Batch
+from lensprobe.errors import InputTypeError
 
 __all__ = [
     "BackendName",
@@ -94,7 +95,7 @@ def first_tensor(value: Any) -> Tensor:
         return value[0]
     if hasattr(value, "to_tuple"):
         return first_tensor(value.to_tuple())
-    raise TypeError(
+    raise InputTypeError(
         f"the hooked module returned a {type(value).__name__}, not a tensor or a tuple starting "
         "with one; hook a module whose output is the (batch, pos, d_model) activation"
     )
@@ -111,7 +112,7 @@ def replace_first(value: Any, new: Tensor) -> Any:
     if hasattr(value, "to_tuple"):  # a ModelOutput: its first set field
         value[next(iter(value.keys()))] = new
         return value
-    raise TypeError(f"cannot replace the activation in a {type(value).__name__}")
+    raise InputTypeError(f"cannot replace the activation in a {type(value).__name__}")
 
 
 def _input_key(args: tuple[Any, ...], kwargs: Mapping[str, Any], *, strict: bool) -> int | str:
@@ -124,8 +125,8 @@ def _input_key(args: tuple[Any, ...], kwargs: Mapping[str, Any], *, strict: bool
         for key, value in kwargs.items():
             if isinstance(value, Tensor):
                 return key
-        raise TypeError("the module was called without a tensor input to read")
-    raise TypeError(
+        raise InputTypeError("the module was called without a tensor input to read")
+    raise InputTypeError(
         "the module was called without its activation as argument 0 or hidden_states=; an edit "
         "will not guess which tensor keyword to replace: edit a module whose input is its first "
         "argument, or its output"

@@ -39,6 +39,7 @@ from lensprobe.backends.core import (
 )
 from lensprobe.backends.names import Side, Site, resolve_sites
 from lensprobe.batching import Batch
+from lensprobe.errors import InputTypeError, UsageError
 
 __all__ = [
     "CACHE_ARGS",
@@ -175,7 +176,7 @@ def site_order(module: nn.Module, sites: Sequence[Site], batch: Batch) -> list[S
         order = list(store)
     missing = [s for s in sites if s not in order]
     if missing:
-        raise RuntimeError(f"the forward never reached {[s.path for s in missing]}")
+        raise UsageError(f"the forward never reached {[s.path for s in missing]}")
     return order
 
 
@@ -203,7 +204,7 @@ def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
                     pass
             missing = [s.path for s in distinct if s not in store]
             if missing:
-                raise RuntimeError(f"the forward never reached {missing}")
+                raise UsageError(f"the forward never reached {missing}")
             return {hook: store[site] for hook, site in sites.items()}
 
         yield Runner(backend="hf", run=run, device=model_device(model))
@@ -300,7 +301,7 @@ def add_editor(
             except TypeError as e:
                 if "an edit will not guess" not in str(e):
                     raise
-                raise TypeError(f"{name or type(_m).__name__}: {e}") from None
+                raise InputTypeError(f"{name or type(_m).__name__}: {e}") from None
 
         handle = module.register_forward_pre_hook(edit_input, with_kwargs=True, prepend=True)
     else:

@@ -30,6 +30,7 @@ from lensprobe.backends.core import (
 from lensprobe.backends.hf import forward_kwargs, site_order
 from lensprobe.backends.names import Site, resolve_sites
 from lensprobe.batching import Batch
+from lensprobe.errors import InputTypeError
 
 __all__ = ["is_nnsight_model", "open_runner", "resolve_target", "underlying_module"]
 
@@ -45,7 +46,9 @@ def underlying_module(model: Any) -> nn.Module:
         model.dispatch()
     module = getattr(model, "_module", None)
     if not isinstance(module, nn.Module):
-        raise TypeError(f"{type(model).__name__} wraps no torch module that lensprobe can read")
+        raise InputTypeError(
+            f"{type(model).__name__} wraps no torch module that lensprobe can read"
+        )
     return module
 
 

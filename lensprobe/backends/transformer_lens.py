@@ -36,6 +36,7 @@ from lensprobe.backends.core import (
 )
 from lensprobe.backends.names import unknown_hook
 from lensprobe.batching import Batch
+from lensprobe.errors import UsageError
 
 __all__ = [
     "add_editor",
@@ -135,7 +136,7 @@ def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
                     pass
             missing = [n for n in names if n not in store]
             if missing:
-                raise RuntimeError(f"the forward never reached hook points {missing}")
+                raise UsageError(f"the forward never reached hook points {missing}")
             return {hook: store[hook] for hook in hooks}
 
         yield Runner(backend="transformer_lens", run=run, device=model_device(model))

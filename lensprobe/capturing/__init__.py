@@ -44,7 +44,7 @@ from lensprobe.capturing.inputs import check_capture_out, check_inputs, check_se
 from lensprobe.capturing.job import plan_job
 from lensprobe.capturing.run import run_capture
 from lensprobe.capturing.sinks import open_sink
-from lensprobe.errors import UnknownHookError
+from lensprobe.errors import InputError, UnknownHookError
 from lensprobe.models import display_name
 from lensprobe.storage import check_store_target
 
@@ -118,7 +118,7 @@ def _tokenizer(model: Any, tokenizer: Any) -> Any:
     """The tokenizer passed, else the model's own."""
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tok is None:
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} has no .tokenizer; pass tokenizer=AutoTokenizer.from_pretrained(...)"
         )
     return tok

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lensprobe.errors import InputError
+from lensprobe.errors import InputError, InputTypeError
 from lensprobe.storage import check_store_target
 
 __all__ = ["check_capture_out", "check_texts"]
@@ -27,13 +27,13 @@ def check_texts(texts: Sequence[str]) -> list[str]:
         TypeError: One string instead of a list, or a non-string entry.
     """
     if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not one string; wrap it: [text]")
+        raise InputTypeError("texts must be a list of strings, not one string; wrap it: [text]")
     text_list = list(texts)
     if not text_list:
         raise InputError("texts is empty; pass at least one text")
     for i, t in enumerate(text_list):
         if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a string")
+            raise InputTypeError(f"texts[{i}] is a {type(t).__name__}, not a string")
     empty = [i for i, t in enumerate(text_list) if not t.strip()]
     if empty:
         raise InputError(
@@ -64,7 +64,7 @@ def class_ids(
     else:
         values = list(labels)
     if len(values) != n:
-        raise ValueError(
+        raise InputError(
             f"labels has {len(values)} entries but texts has {n}; pass one label per text"
         )
     if values and all(isinstance(v, str) for v in values):
@@ -73,15 +73,15 @@ def class_ids(
         lookup = {c: i for i, c in enumerate(names)}
         unknown = sorted(set(values) - set(lookup))
         if unknown:
-            raise ValueError(f"labels {unknown} are not in class_names {list(names)}")
+            raise InputError(f"labels {unknown} are not in class_names {list(names)}")
         return torch.tensor([lookup[v] for v in values], dtype=torch.long), names
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        raise TypeError("labels must be integer class ids or class-name strings")
+        raise InputTypeError("labels must be integer class ids or class-name strings")
     out = torch.tensor(values, dtype=torch.long)
     if out.numel() and int(out.min()) < 0:
-        raise ValueError("labels must be non-negative class ids")
+        raise InputError("labels must be non-negative class ids")
     if names is not None and out.numel() and int(out.max()) >= len(names):
-        raise ValueError(f"label {int(out.max())} has no entry in class_names ({len(names)} names)")
+        raise InputError(f"label {int(out.max())} has no entry in class_names ({len(names)} names)")
     return out, names
 
 
@@ -94,15 +94,15 @@ def check_settings(
 ) -> None:
     """Refuse capture settings out of range (each error names the setting)."""
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     if max_length is not None and max_length <= 0:
-        raise ValueError(f"max_length must be positive or None, got {max_length}")
+        raise InputError(f"max_length must be positive or None, got {max_length}")
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        raise InputError(f"dtype must be a floating dtype, got {dtype}")
     if shard_tokens is not None and shard_tokens <= 0:
-        raise ValueError(f"shard_tokens must be positive or None, got {shard_tokens}")
+        raise InputError(f"shard_tokens must be positive or None, got {shard_tokens}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def check_inputs(
     """
     hooks = hook_list(hooks)
     if not hooks:
-        raise ValueError(
+        raise InputError(
             "hooks is empty; pass at least one hook name, e.g. 'blocks.9.hook_resid_post'"
         )
     text_list = check_texts(texts)

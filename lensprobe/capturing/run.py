@@ -17,6 +17,7 @@ from lensprobe.backends.core import Runner
 from lensprobe.batching import collate, length_batches
 from lensprobe.capturing.job import CaptureJob
 from lensprobe.capturing.sinks import Sink
+from lensprobe.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _capture_range(
         for hook in job.hooks:
             a = acts[hook]
             if a.ndim != 3 or a.shape[:2] != mask.shape:
-                raise ValueError(
+                raise InputError(
                     f"hook {hook!r} gives a tensor of shape {tuple(a.shape)}; capture stores "
                     "(batch, pos, d_model) activations"
                 )
@@ -131,7 +132,7 @@ def _hook_meta(
     """A hook's metadata, first seen at ``width`` in this run; ``stored`` is its resumed record."""
     meta = stored or ActivationsMeta(hook=hook, d_model=width, **job.base_meta)
     if meta.d_model != width:
-        raise ValueError(
+        raise InputError(
             f"hook {hook!r} is {width} wide here but {meta.d_model} in the shards already stored"
         )
     return meta

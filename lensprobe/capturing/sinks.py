@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
 from lensprobe.capturing.job import CaptureJob
+from lensprobe.errors import InputError
 from lensprobe.storage import (
     StoreWriter,
     auto_shard_tokens,
@@ -123,7 +124,7 @@ class StoreSink(Sink):
             ),
         )
         if writer.plan != plan:  # pragma: no cover - guarded by the fingerprint
-            raise ValueError(f"{out} was planned with other shards; delete it to start over")
+            raise InputError(f"{out} was planned with other shards; delete it to start over")
         return cls(job, writer)
 
     def stored_metas(self) -> dict[str, ActivationsMeta]:

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -120,13 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (LensprobeError, ValueError, OSError, ImportError)
-"""Errors the command line reports as one line (``--debug`` shows the traceback); any other
-exception is a bug and keeps its traceback."""
+USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+"""OS errors that are about the user's machine even when they name no path (a full disk)."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether the command line reports ``err`` as one line (else: a bug, with its traceback).
+
+    One line for lensprobe's named errors and for OS errors on the user's paths (an error naming
+    a file, or a full / read-only disk); any other exception is a bug in lensprobe.
+    """
+    if isinstance(err, LensprobeError):
+        return True
+    if isinstance(err, OSError):
+        return err.filename is not None or err.errno in USER_OS_ERRNOS
+    return False
+
+
+BUG_REPORT = (
+    "this is a bug in lensprobe, not in your input: please report it with the command and the "
+    "traceback above"
+)
 
 
 def _run(command: Command, namespace: argparse.Namespace) -> int:
-    """Run ``command`` on the parsed flags; a user's error or an interrupt becomes one line."""
+    """Run ``command``: a user's error or an interrupt is one line, a bug asks for a report."""
     debug = bool(getattr(namespace, "debug", False))
     try:
         return command.run(parse_options(command.options, namespace))
@@ -135,13 +155,17 @@ def _run(command: Command, namespace: argparse.Namespace) -> int:
             raise
         say(
             f"lensprobe {command.name}: interrupted; rerun the same command to resume (finished "
-            "capture shards are kept)",
+            "capture shards and finished probes are kept)",
             err=True,
         )
         return 130
-    except USER_ERRORS as err:
+    except Exception as err:
         if debug:
             raise
+        if not is_user_error(err):
+            traceback.print_exc()
+            say(f"lensprobe {command.name}: internal error: {BUG_REPORT}", err=True)
+            return 70  # EX_SOFTWARE
         text = " ".join(str(err).split()) or type(err).__name__
         say(f"lensprobe {command.name}: error: {text}", err=True)
         return 1
@@ -154,8 +178,8 @@ def main(args: list[str] | None = None) -> int:
         args: Arguments after the program name; None reads ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 1 when the command failed, 2 for a usage error, 130 when
-        interrupted.
+        The exit status: 0 on success, 1 when the command failed on the user's input, 2 for a
+        usage error, 70 for a bug in lensprobe (traceback printed), 130 when interrupted.
     """
     parser = build_parser()
     try:

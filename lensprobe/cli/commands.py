@@ -226,18 +226,18 @@ def _report_datasets(options: ReportOptions, datasets: list[str], results_dir: P
     """The datasets to report, refusing flags that fit only one when the results hold several."""
     if options.dataset is not None:
         if options.dataset not in datasets:
-            raise ValueError(
+            raise InputError(
                 f"no results for dataset {options.dataset!r} in {results_dir}; it holds "
                 f"{', '.join(datasets)}"
             )
         return [options.dataset]
     if len(datasets) > 1 and options.out:
-        raise ValueError(
+        raise InputError(
             f"{results_dir} holds {len(datasets)} datasets ({', '.join(datasets)}); pass "
             "--dataset NAME with --out, or leave --out out for one report per dataset"
         )
     if len(datasets) > 1 and options.acts:
-        raise ValueError(
+        raise InputError(
             "an activation store holds one dataset; pass --dataset NAME with --acts "
             f"(the results hold {', '.join(datasets)})"
         )
@@ -256,30 +256,36 @@ def _report_path(options: ReportOptions, dataset: str, several: bool, results_di
 def run_report(options: ReportOptions) -> int:
     """Rebuild the HTML report from saved results, probes and the activation store.
 
-    The layer choice is redone from the records' CV scores; the comparisons are the ones stored
-    with the results (computed by ``lp.compare`` when the probes were trained).
+    The grid is read back from its cell folders (``lensprobe.grid.load``): the layer choices
+    and comparisons are the same functions of the same cells as when it was trained.
     """
-    from lensprobe.experiment import format_choices, load_results, write_saved_report
+    from lensprobe import grid as grids
+    from lensprobe.experiment import format_choices, write_report
 
     results_dir = Path(options.results)
     if options.out and Path(options.out).is_dir():
         raise InputError(f"--out {options.out} is a folder; pass the HTML file to write")
-    saved = load_results(results_dir)
+    grid = grids.load(results_dir)
     store = options.acts or steps.recorded_store(results_dir)
-    datasets = _report_datasets(options, saved.datasets, results_dir)
+    datasets = _report_datasets(options, grid.datasets, results_dir)
     # A store belongs to one dataset: attach it only when the report covers one.
     acts = steps.open_store(store) if store and len(datasets) == 1 else {}
+    if not acts:
+        say(
+            "no activation store found (pass --acts STORE): the report shows metrics only, "
+            "without attention views or top examples"
+        )
     for dataset in datasets:
         out = _report_path(options, dataset, len(datasets) > 1, results_dir)
-        write_saved_report(
-            saved,
+        write_report(
+            grid,
             dataset,
             acts,
             out,
             title=f"lensprobe: {dataset}",
             description=None if acts else "metrics only: no activation store found (--acts)",
         )
-        mine = [r for r in saved.records if r.get("dataset") == dataset]
-        say(f"{dataset}: " + format_choices(mine, saved.comparisons.get(dataset, [])))
+        _, choices, comparisons = grid.of(dataset)
+        say(f"{dataset}: " + format_choices(choices, comparisons))
         say(f"report: {out}")
     return 0

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import MISSING
 from typing import Any
 
+from lensprobe.errors import InputTypeError
+
 __all__ = [
     "FlagSpec",
     "add_flags",
@@ -157,7 +159,7 @@ def flag_arguments(cls: type, field: dataclasses.Field[Any]) -> dict[str, Any]:
         kwargs["default"] = (os.environ.get(spec.env) or default) if spec.env else default
     doc = field_docs(cls).get(field.name)
     if doc is None:
-        raise TypeError(f"{cls.__name__}.{field.name} has no docstring: it is the flag's help")
+        raise InputTypeError(f"{cls.__name__}.{field.name} has no docstring: it is the flag's help")
     kwargs["help"] = _help(doc, default, negated=default is True)
     return kwargs
 

@@ -72,6 +72,9 @@ def check_out_folder(path: str, flag: str = "--out") -> Path:
         raise OutputPathError(f"{flag} {path} cannot be created: {parent} is a file; pass a folder")
     if not os.access(parent, os.W_OK):
         raise OutputPathError(f"{flag} {path}: {parent} is not writable; pass another folder")
+    from lensprobe.grid import ensure_folder
+
+    ensure_folder(out)
     return out
 
 
@@ -262,20 +265,28 @@ def open_store(path: str, hooks: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def train_grid(activations: Any, dataset: str, options: Any) -> list[Any]:
-    """Run the grid of one dataset and print a line per finished cell."""
+    """Run one dataset's grid into ``--out``, printing a line per cell.
+
+    Each cell is saved as it finishes; finished cells of an earlier run are read back, not
+    trained again.
+    """
     from lensprobe import experiment
     from lensprobe.specs import parse_probes
 
-    rows = experiment.run_grid(
+    def show(cell: Any) -> None:
+        line = experiment.format_row(cell.record())
+        say(line + ("  [saved earlier: resumed]" if cell.resumed else ""))
+
+    return experiment.run_grid(
         activations,
         parse_probes(options.probes),  # already checked by the command; cheap
         dataset=dataset,
         protocol=protocol(options.seeds, options.max_steps),
-        on_row=lambda row: say(experiment.format_row(row.record())),
+        out=options.out,
+        entropy=True,
+        on_row=show,
         progress=True,
     )
-    experiment.add_entropy(rows, activations)
-    return rows
 
 
 @dataclass(frozen=True)
@@ -287,42 +298,47 @@ class ReportJob:
     description: str
 
 
-def finish(rows: list[Any], reports: Sequence[ReportJob], out: str) -> None:
-    """Compare, save the results, print the table and the choices, then write the reports.
+def finish(cells: list[Any], reports: Sequence[ReportJob], out: str) -> Any:
+    """Build the grid, save its index, print the table and the choices, then write the reports.
 
-    Every paired comparison of the run forms one family (Holm-adjusted together). The results
-    are on disk before any report renders, so a failed render loses no finished cell.
+    The grid holds this run's cells and the cells earlier runs left in ``out`` (other probes,
+    hooks or datasets); every paired comparison of it forms one family (Holm-adjusted together).
+    Each cell is on disk since it finished, and the index before any report renders, so a
+    failed render loses nothing.
     """
-    from lensprobe.experiment import compare_rows, format_choices, format_table, save_rows
+    from lensprobe.experiment import format_choices, format_table
+    from lensprobe.grid import Grid, cell_folders, load_cell, save
 
-    comparisons = compare_rows(rows)
-    save_rows(rows, out, comparisons=comparisons)
-    records = [r.record() for r in rows]
+    mine = {c.key for c in cells}
+    earlier = [c for c in map(load_cell, cell_folders(out)) if c.key not in mine]
+    grid = Grid.build([*earlier, *cells], folder=out)
+    save(grid, out)
     say("")
-    say(format_table(records))
-    for dataset in dict.fromkeys(r.dataset for r in rows):
-        mine = [r for r in records if r["dataset"] == dataset]
-        say(f"\n{dataset}: " + format_choices(mine, comparisons.get(dataset, [])))
+    if earlier:
+        say(f"(with {len(earlier)} cell(s) of earlier runs kept in {out})")
+    say(format_table(grid))
+    for dataset in grid.datasets:
+        _, choices, comparisons = grid.of(dataset)
+        say(f"\n{dataset}: " + format_choices(choices, comparisons))
     for job in reports:
-        write_report(rows, job, comparisons, out)
+        write_report(grid, job, out)
     say(
-        f"\nresults: {os.path.join(out, 'results.csv')} (and .json); probes under "
-        f"{os.path.join(out, 'probes')}"
+        f"\nresults: {os.path.join(out, 'results.csv')} (and .json); each cell with its probes "
+        f"under {os.path.join(out, 'cells')}"
     )
+    return grid
 
 
-def write_report(
-    rows: list[Any], job: ReportJob, comparisons: dict[str, list[Any]], out: str
-) -> None:
-    """Write one dataset's HTML report from its finished rows."""
+def write_report(grid: Any, job: ReportJob, out: str) -> None:
+    """Write one dataset's HTML report from the grid."""
     from lensprobe import experiment
 
     path = experiment.write_report(
-        [r for r in rows if r.dataset == job.dataset],
+        grid,
+        job.dataset,
         job.activations,
         os.path.join(out, f"report-{slug(job.dataset)}.html"),
         title=f"lensprobe: {job.dataset}",
         description=job.description,
-        comparisons=comparisons.get(job.dataset, []),
     )
     say(f"  report: {path}")

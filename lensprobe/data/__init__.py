@@ -13,9 +13,6 @@ mappings it is built from live in :mod:`lensprobe.data.registry`.
 
 from __future__ import annotations
 
-from typing import Any
-
-from lensprobe._deprecated import moved
 from lensprobe.data.builtin import BUILTIN_TASKS, BuiltinTask, make_facts, make_needle, make_topics
 from lensprobe.data.dataset import TextDataset
 from lensprobe.data.loading import DatasetInfo, list_datasets, load_dataset
@@ -35,16 +32,3 @@ __all__ = [
     "make_needle",
     "make_topics",
 ]
-
-_MOVED: dict[str, str] = {
-    name: "lensprobe.data.registry"
-    for name in ("Columns", "HubSource", "LocalFiles", "LocalSource")
-}
-"""Names lensprobe 0.1 listed in ``lensprobe.data`` -> the module that holds them now."""
-
-
-def __getattr__(name: str) -> Any:
-    """0.1's names of ``lensprobe.data``, with a DeprecationWarning naming their home."""
-    if name not in _MOVED:
-        raise AttributeError(f"module 'lensprobe.data' has no attribute {name!r}")
-    return moved("lensprobe.data", name, _MOVED[name])

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lensprobe.data.dataset import TextDataset
+from lensprobe.errors import InputError
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -53,7 +54,7 @@ def _class_sizes(n: int, n_classes: int, rng: np.random.Generator) -> np.ndarray
 
 def _check_size(n: int, task: str) -> None:
     if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 2:
-        raise ValueError(f"{task}: n must be an integer of at least 2, got {n!r}")
+        raise InputError(f"{task}: n must be an integer of at least 2, got {n!r}")
 
 
 def _capitalize(sentence: str) -> str:
@@ -93,7 +94,7 @@ def make_facts(n: int = 400, *, seed: int = 0) -> TextDataset:
     true, false = _fact_statements(rng)
     capacity = 2 * min(len(true), len(false))
     if n > capacity:
-        raise ValueError(f"facts: n={n} exceeds the {capacity} distinct statements the table holds")
+        raise InputError(f"facts: n={n} exceeds the {capacity} distinct statements the table holds")
     n_false, n_true = _class_sizes(n, 2, rng)
     rows = [(false[i], 0) for i in rng.choice(len(false), size=n_false, replace=False)]
     rows += [(true[i], 1) for i in rng.choice(len(true), size=n_true, replace=False)]
@@ -147,7 +148,7 @@ def make_needle(
     """
     _check_size(n, "needle")
     if not 1 <= min_words <= max_words:
-        raise ValueError(f"needle: need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+        raise InputError(f"needle: need 1 <= min_words <= max_words, got {min_words}, {max_words}")
     table = _table("needle")
     rng = np.random.default_rng(seed)
     sizes = _class_sizes(n, 2, rng)
@@ -197,7 +198,7 @@ def make_topics(n: int = 400, *, seed: int = 0) -> TextDataset:
         shape = (len(phrases), len(names), len(times), 2)
         capacity = int(np.prod(shape))
         if sizes[label] > capacity:
-            raise ValueError(
+            raise InputError(
                 f"topics: n={n} exceeds the {capacity * len(class_names)} distinct sentences"
             )
         for flat in rng.choice(capacity, size=int(sizes[label]), replace=False).tolist():

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Int
 
 from lensprobe._types import Labels
+from lensprobe.errors import InputError, InputIndexError
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +55,21 @@ class TextDataset:
         label_array = _as_label_array(labels)
         class_names = tuple(class_names)
         if len(texts) != len(label_array):
-            raise ValueError(
+            raise InputError(
                 f"{name}: {len(texts)} texts but {len(label_array)} labels; give one label per text"
             )
         if len(class_names) < 2 or len(set(class_names)) != len(class_names):
-            raise ValueError(
+            raise InputError(
                 f"{name}: class_names must hold at least two distinct names, got {class_names!r}"
             )
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"{name}: {len(bad)} of {len(texts)} texts are empty or not strings "
                 f"(rows {bad[:5]}{' ...' if len(bad) > 5 else ''}); drop or fill those rows first"
             )
         if label_array.size and (label_array.min() < 0 or label_array.max() >= len(class_names)):
-            raise ValueError(
+            raise InputError(
                 f"{name}: labels must lie in [0, {len(class_names)}) to index class_names, "
                 f"got values from {label_array.min()} to {label_array.max()}"
             )
@@ -141,7 +142,7 @@ class TextDataset:
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise IndexError(f"{self._name}: row indices must lie in [0, {len(self)})")
+            raise InputIndexError(f"{self._name}: row indices must lie in [0, {len(self)})")
         return TextDataset(
             self._name,
             [self._texts[i] for i in idx.tolist()],
@@ -175,7 +176,7 @@ class TextDataset:
             ValueError: If ``n`` is below 1.
         """
         if n is not None and n < 1:
-            raise ValueError(f"n must be at least 1 (or None for every row), got {n}")
+            raise InputError(f"n must be at least 1 (or None for every row), got {n}")
         counts = np.bincount(self._labels, minlength=self.n_classes)
         present = np.flatnonzero(counts)
         rng = np.random.default_rng(seed)
@@ -204,14 +205,14 @@ def _as_label_array(labels: Sequence[int] | np.ndarray | torch.Tensor) -> np.nda
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {arr.shape}")
+        raise InputError(f"labels must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind == "b" or arr.dtype.kind in "iu":
         return arr.astype(np.int64, copy=True)
     if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
         return arr.astype(np.int64, copy=True)
-    raise ValueError(
+    raise InputError(
         f"labels must be integer class ids, got dtype {arr.dtype} "
         f"(e.g. {arr[:3].tolist()}); map names to ids first"
     )

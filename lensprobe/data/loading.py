@@ -30,6 +30,7 @@ from lensprobe.data.registry import (
     find_spec,
 )
 from lensprobe.data.sources import read_hub, read_local
+from lensprobe.errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ _COMPRESSIONS = (".zst", ".gz", ".bz2", ".xz")
 
 def _check_data_dir(data_dir: str | os.PathLike[str] | None) -> None:
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"data_dir {os.fspath(data_dir)!r} is not a folder; pass the folder that holds the "
             "offline data collection (its CATALOG.md and one folder per dataset)"
         )
@@ -117,7 +118,7 @@ def _spec_for_path(path: Path) -> DatasetSpec | None:
     if path.is_dir():
         specs = [s for s in REGISTRY.values() if s.local and s.local.folder == path.name]
         if len(specs) > 1:
-            raise ValueError(
+            raise InputError(
                 f"{path} holds several datasets ({', '.join(s.name for s in specs)}); load one "
                 f"by name: load_dataset({specs[0].name!r}, data_dir={str(path.parent)!r})"
             )
@@ -133,7 +134,7 @@ def _spec_for_path(path: Path) -> DatasetSpec | None:
         for group in spec.local.files:
             for split, pats in group.splits.items():
                 if path.name in pats:
-                    raise ValueError(
+                    raise InputError(
                         f"{path.name} is the {split!r} split of {spec.name}; load it with "
                         f"load_dataset({spec.name!r}, data_dir={str(path.parent.parent)!r}, "
                         f"split={split!r})"
@@ -151,7 +152,7 @@ def _adhoc_local(path: Path, text_column: str | None, label_column: str | None) 
         suffixes = suffixes[:-1]
     kind = _FILE_BUILDERS.get(suffixes[-1] if suffixes else "")
     if kind is None:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot tell how to read a {''.join(path.suffixes) or 'suffix-less'} file; "
             f"use one of {sorted(_FILE_BUILDERS)} (optionally compressed)"
         )
@@ -169,9 +170,9 @@ def _looks_like_path(name: str) -> bool:
 
 def _check_arguments(source: str, n: int | None, data_dir: str | os.PathLike[str] | None) -> None:
     if source not in _SOURCES:
-        raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
+        raise InputError(f"source must be one of {_SOURCES}, got {source!r}")
     if n is not None and n < 1:
-        raise ValueError(f"n must be at least 1 (or None), got {n}")
+        raise InputError(f"n must be at least 1 (or None), got {n}")
     _check_data_dir(data_dir)
 
 
@@ -189,7 +190,7 @@ def _spec_of_path(
 def _unregistered_hub(name: str, text_column: str | None, label_column: str | None) -> DatasetSpec:
     """A hub id the registry does not know, read with the columns the caller names."""
     if text_column is None or label_column is None:
-        raise ValueError(
+        raise InputError(
             f"unknown dataset {name!r}. Known: {_known_names()}. To load another hub "
             "dataset, pass text_column= and label_column="
         )
@@ -214,7 +215,7 @@ def _resolve(
     if spec is None and path.exists():
         spec, folder, source = _spec_of_path(path, text_column, label_column)
     elif spec is None and _looks_like_path(name):
-        raise FileNotFoundError(f"{name}: no such file or folder")
+        raise MissingFileError(f"{name}: no such file or folder")
     elif spec is None:
         spec = _unregistered_hub(name, text_column, label_column)
     spec = _with_overrides(spec, text_column, label_column)
@@ -242,11 +243,11 @@ def _load_local(
 ) -> TextDataset:
     """The entry's local copy, read from ``folder``."""
     if spec.local is None:
-        raise ValueError(
+        raise InputError(
             f"{spec.name} has no local copy in the registry; use source='hub' or 'auto'"
         )
     if folder is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{spec.name}: folder {spec.local.folder!r} not found under data_dir={data_dir!r}; "
             f"pass the folder that holds {spec.local.folder}/"
         )
@@ -265,7 +266,7 @@ def _load_hub(
     """The entry's hub copy (the split the caller names, else the entry's)."""
     if spec.hub is None:
         assert spec.local is not None
-        raise ValueError(
+        raise InputError(
             f"{spec.name} has no hub copy; pass data_dir= (the folder holding "
             f"{spec.local.folder}/ of the offline data collection)"
         )

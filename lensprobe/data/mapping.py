@@ -17,6 +17,7 @@ import numpy as np
 
 from lensprobe.data.dataset import TextDataset
 from lensprobe.data.registry import Columns
+from lensprobe.errors import InputError
 
 __all__ = [
     "Rows",
@@ -154,7 +155,7 @@ def _class_ids(
     keys = [label_key(rows.columns[columns.label][i], rows.label_feature, columns) for i in idx]
     absent = [idx[j] for j, k in enumerate(keys) if k is None]
     if absent:
-        raise ValueError(
+        raise InputError(
             f"{name}: {len(absent)} rows of {source} have no label in column "
             f"{columns.label!r} (rows {absent[:5]}); remove them or choose another label_column"
         )
@@ -165,7 +166,7 @@ def _class_ids(
     unknown = [keys[j] for j, i in enumerate(ids) if i is None]
     if unknown and columns.unknown_labels != "drop":
         values = sorted({repr(v.value if isinstance(v, _Unmapped) else v) for v in unknown})
-        raise ValueError(
+        raise InputError(
             f"{name}: label value(s) {', '.join(values[:5])} in column {columns.label!r} of "
             f"{source} match none of the {len(class_names)} classes "
             f"({', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''})"
@@ -182,13 +183,13 @@ def _texts(name: str, rows: Rows, columns: Columns, idx: list[int], source: str)
         texts.append(" ".join(str(p) for p in parts if not _is_missing(p)).strip())
     empty = [i for i, t in zip(idx, texts, strict=True) if not t]
     if empty:
-        raise ValueError(
+        raise InputError(
             f"{name}: {len(empty)} of {len(texts)} rows of {source} have an empty text in "
             f"{list(columns.text)} (rows {empty[:5]}); remove them from the source or choose "
             "another text_column"
         )
     if not texts:
-        raise ValueError(f"{name}: no rows left in {source} (check split= and the filters)")
+        raise InputError(f"{name}: no rows left in {source} (check split= and the filters)")
     return texts
 
 
@@ -202,7 +203,7 @@ def to_dataset(
     """Rows of a source mapped to texts and class ids, with the registry's checks."""
     missing = [c for c in needed_columns(columns) if c not in rows.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{name}: column(s) {missing} not found in {source}; it has {list(rows.available)}. "
             "Pass text_column= / label_column= to name the right ones."
         )
@@ -211,7 +212,7 @@ def to_dataset(
     texts = _texts(name, rows, columns, idx, source)
     present = sorted(set(ids))
     if len(present) < 2:
-        raise ValueError(
+        raise InputError(
             f"{name}: the label column {columns.label!r} of {source} holds a single class "
             f"({class_names[present[0]]!r}) in all {len(ids)} rows; a probe needs at least two. "
             "Load more splits (split=None), or choose another label_column"

@@ -24,6 +24,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
 
+from lensprobe.errors import InputError
+
 __all__ = [
     "LABEL_TRANSFORMS",
     "REGISTRY",
@@ -72,7 +74,7 @@ class Columns:
         if isinstance(self.text, str):
             object.__setattr__(self, "text", (self.text,))
         if not self.text:
-            raise ValueError("Columns.text needs at least one column name")
+            raise InputError("Columns.text needs at least one column name")
         object.__setattr__(self, "label_names", _freeze(self.label_names))
         object.__setattr__(self, "where", _freeze(self.where))
 
@@ -129,7 +131,7 @@ class LocalFiles:
         object.__setattr__(self, "constants", _freeze(self.constants))
         object.__setattr__(self, "label_files", _freeze(self.label_files))
         if self.label_files and set(self.label_files) != set(self.splits):
-            raise ValueError("LocalFiles.label_files must name the same splits as splits")
+            raise InputError("LocalFiles.label_files must name the same splits as splits")
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if self.hub is None and self.local is None:
-            raise ValueError(f"{self.name}: a registry entry needs a hub or a local source")
+            raise InputError(f"{self.name}: a registry entry needs a hub or a local source")
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -212,14 +214,14 @@ def _fields(raw: Mapping[str, Any], where: str, known: set[str]) -> dict[str, An
     """The entry's fields, with an error naming any the table should not hold (a typo)."""
     unknown = set(raw) - known - {"note"}
     if unknown:
-        raise ValueError(f"{_TABLE}: {where} has unknown field(s) {sorted(unknown)}")
+        raise InputError(f"{_TABLE}: {where} has unknown field(s) {sorted(unknown)}")
     return {k: v for k, v in raw.items() if k != "note"}
 
 
 def _columns(raw: Mapping[str, Any], where: str) -> Columns:
     transform = raw.get("label_transform")
     if transform is not None and transform not in LABEL_TRANSFORMS:
-        raise ValueError(f"{_TABLE}: {where} names an unknown label_transform {transform!r}")
+        raise InputError(f"{_TABLE}: {where} names an unknown label_transform {transform!r}")
     return Columns(
         tuple(raw["text"]),
         raw["label"],

@@ -23,7 +23,7 @@ from lensprobe.data.mapping import (
     take_columns,
 )
 from lensprobe.data.registry import Columns, HubSource, LocalFiles, LocalSource
-from lensprobe.errors import DataFileError
+from lensprobe.errors import DataFileError, InputError, MissingDependencyError, MissingFileError
 
 __all__ = ["read_hub", "read_local"]
 
@@ -33,7 +33,7 @@ def _datasets() -> Any:
     try:
         import datasets
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependencyError(
             "loading file and hub datasets needs the `datasets` package: "
             "pip install 'lensprobe[data]' (built-in tasks work without it)"
         ) from err
@@ -70,7 +70,7 @@ def read_hub(
         ds = datasets.load_dataset(hub.id, name=hub.config, split=split, cache_dir=cache_dir)
         return take_columns(ds, needed, hub.columns.label)
     if class_names is None:
-        raise ValueError(f"{hub.id}: streaming needs the entry's class names")
+        raise InputError(f"{hub.id}: streaming needs the entry's class names")
     stream = datasets.load_dataset(
         hub.id, name=hub.config, split=split, streaming=True, cache_dir=cache_dir
     )
@@ -117,7 +117,7 @@ def _split_list(split: str | Sequence[str] | None, available: Sequence[str]) -> 
     wanted = [s.strip() for s in wanted]
     unknown = [s for s in wanted if s not in available]
     if unknown:
-        raise ValueError(f"split(s) {unknown} not available; this copy has {list(available)}")
+        raise InputError(f"split(s) {unknown} not available; this copy has {list(available)}")
     return wanted
 
 
@@ -126,7 +126,7 @@ def _resolve_files(folder: Path, patterns: Sequence[str], name: str) -> list[str
     for pattern in patterns:
         matches = sorted(folder.glob(pattern))
         if not matches:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{name}: no file {pattern!r} in {folder}. The folder should hold the files of "
                 "the offline data collection unchanged; check data_dir or restore the file"
             )
@@ -174,7 +174,7 @@ def _read_group(
         label_files = _resolve_files(folder, group.label_files[split], folder.name)
         lines = _load_files(datasets, "text", label_files, cache_dir)["text"]
         if len(lines) != rows.n_rows:
-            raise ValueError(
+            raise InputError(
                 f"{folder.name}: {split} has {rows.n_rows} texts but {len(lines)} labels in "
                 f"{label_files}; the text and label files must align line by line"
             )

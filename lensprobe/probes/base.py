@@ -16,6 +16,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from lensprobe._types import Acts, Logits, Mask
+from lensprobe.errors import InputError, InputTypeError
 from lensprobe.probes.config import PROBE_CLASSES, ProbeConfig
 from lensprobe.probes.saving import save_probe
 
@@ -41,23 +42,23 @@ def tokens_read(config: ProbeConfig, mask: Bool[Tensor, "batch pos"]) -> Bool[Te
 def check_inputs(x: Tensor, mask: Tensor, d_model: int) -> None:
     """Shape, width and empty-row checks shared by every probe (errors name the fix)."""
     if x.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"expected activations of shape (batch, pos, d_model), got {tuple(x.shape)}; "
             "add a batch dimension with x[None] for one sequence"
         )
     if x.shape[-1] != d_model:
-        raise ValueError(
+        raise InputError(
             f"the probe reads width d_model={d_model} but the activations have width "
             f"{x.shape[-1]}: train a probe for this hook, or capture the hook it was trained at"
         )
     if mask.shape != x.shape[:2]:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match x's {tuple(x.shape[:2])}")
+        raise InputError(f"mask shape {tuple(mask.shape)} does not match x's {tuple(x.shape[:2])}")
     if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+        raise InputTypeError(f"mask must be a bool tensor, got {mask.dtype}")
     empty = ~mask.any(dim=-1)
     if bool(empty.any()):
         rows = empty.nonzero().flatten()[:10].tolist()
-        raise ValueError(
+        raise InputError(
             f"sequences {rows} have no valid token (all-masked rows); drop them or fix the mask"
         )
 
@@ -86,7 +87,7 @@ class Probe(nn.Module):
     def __init__(self, config: ProbeConfig):
         super().__init__()
         if config.kind != self.kind:
-            raise ValueError(f"{type(self).__name__} needs kind={self.kind!r}, got {config.kind!r}")
+            raise InputError(f"{type(self).__name__} needs kind={self.kind!r}, got {config.kind!r}")
         self.config = config
         for name, tensor in self.init_members(config, seeds=[0]).items():
             self.register_parameter(name, nn.Parameter(tensor[0]))

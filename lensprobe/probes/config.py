@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from lensprobe._records import check_keys
+from lensprobe.errors import InputError
 
 if TYPE_CHECKING:
     from lensprobe.probes.base import Probe
@@ -51,20 +52,20 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in PROBE_KINDS:
-            raise ValueError(f"unknown probe kind {self.kind!r}; choose one of {PROBE_KINDS}")
+            raise InputError(f"unknown probe kind {self.kind!r}; choose one of {PROBE_KINDS}")
         if self.d_model < 1 or self.n_outputs < 1 or self.n_heads < 1:
-            raise ValueError(
+            raise InputError(
                 f"d_model, n_outputs and n_heads must be positive, got {self.d_model}, "
                 f"{self.n_outputs}, {self.n_heads}"
             )
         if self.kind != "attention" and self.n_heads != 1:
-            raise ValueError(f"a {self.kind} probe has no heads; leave n_heads at 1")
+            raise InputError(f"a {self.kind} probe has no heads; leave n_heads at 1")
         if self.position not in ("last", "first"):
-            raise ValueError(f"position must be 'last' or 'first', got {self.position!r}")
+            raise InputError(f"position must be 'last' or 'first', got {self.position!r}")
         if self.class_names is not None:
             n_classes = 2 if self.n_outputs == 1 else self.n_outputs
             if len(self.class_names) != n_classes:
-                raise ValueError(
+                raise InputError(
                     f"{len(self.class_names)} class names for a probe with {self.n_outputs} "
                     f"output(s) ({n_classes} classes)"
                 )
@@ -96,7 +97,7 @@ def probe_class(kind: str) -> type[Probe]:
     try:
         return PROBE_CLASSES[kind]
     except KeyError:
-        raise ValueError(f"unknown probe kind {kind!r}; choose one of {PROBE_KINDS}") from None
+        raise InputError(f"unknown probe kind {kind!r}; choose one of {PROBE_KINDS}") from None
 
 
 def build_probe(config: ProbeConfig) -> Probe:

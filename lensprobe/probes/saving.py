@@ -8,7 +8,6 @@ pickle anywhere.
 from __future__ import annotations
 
 import json
-import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -20,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from lensprobe.errors import ProbeFileError
+from lensprobe.errors import MissingFileError, ProbeFileError
 from lensprobe.probes.config import ProbeConfig, build_probe
 
 if TYPE_CHECKING:
     from lensprobe.probes.base import Probe
 
-logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -163,14 +161,13 @@ def _read_weights(path: Path, probe: Probe) -> dict[str, Tensor]:
 def _check_digest(
     path: Path, config: ProbeConfig, tensors: Mapping[str, Tensor], digest: str | None
 ) -> None:
-    """Refuse weights and a config that were not saved together (warn when no digest exists)."""
+    """Refuse weights and a config that were not saved together, or a config without a digest."""
     if digest is None:
-        logger.warning(
-            "%s has no digest (saved by an older lensprobe): its weights cannot be checked "
-            "against its config; save it again to add one",
-            path,
+        raise ProbeFileError(
+            f"{path / CONFIG_FILE} has no {DIGEST_KEY!r}: its weights cannot be checked against "
+            "its config; save the probe again with probe.save(path)"
         )
-    elif digest != probe_digest(config.to_dict(), tensors):
+    if digest != probe_digest(config.to_dict(), tensors):
         raise ProbeFileError(
             f"{path}: the weights and {CONFIG_FILE} were not saved together (their digest "
             "does not match: a config field was edited, or the weights were changed or copied "
@@ -193,7 +190,7 @@ def load_probe(path: str | Path, *, device: str | torch.device | None = None) ->
     path = Path(path)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path / name} not found: a saved probe is a directory with {CONFIG_FILE} and "
                 f"{WEIGHTS_FILE}, written by probe.save(path)"
             )

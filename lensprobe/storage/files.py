@@ -19,7 +19,7 @@ import xxhash
 from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 
-from lensprobe.errors import StoreCorruptError
+from lensprobe.errors import InputError, StoreCorruptError
 
 __all__ = ["FAST_HASH", "check_file", "read_safetensors", "write_atomic"]
 
@@ -138,7 +138,7 @@ def read_safetensors(path: str | os.PathLike[str], *, mmap: bool = True) -> dict
         try:
             return load_safetensors_bytes(path.read_bytes())
         except Exception as err:  # safetensors raises its own error type
-            raise ValueError(f"{path} is not a valid safetensors file ({err})") from None
+            raise InputError(f"{path} is not a valid safetensors file ({err})") from None
     size = path.stat().st_size
     header, base = _read_header(path, size)
     # A private (copy-on-write) mapping that holds no file descriptor once made, so a store of
@@ -157,16 +157,16 @@ def _read_header(path: Path, size: int) -> tuple[dict[str, Any], int]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-            raise ValueError(f"{path} is not a safetensors file (too short)")
+            raise InputError(f"{path} is not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
-            raise ValueError(f"{path} is not a safetensors file (bad header length)")
+            raise InputError(f"{path} is not a safetensors file (bad header length)")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} has an unreadable safetensors header ({err})") from None
+            raise InputError(f"{path} has an unreadable safetensors header ({err})") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path} has an unreadable safetensors header (not a JSON object)")
+        raise InputError(f"{path} has an unreadable safetensors header (not a JSON object)")
     return header, 8 + n
 
 
@@ -177,9 +177,9 @@ def _tensor_view(path: Path, buffer: Tensor, base: int, name: str, info: Any) ->
         shape = [int(s) for s in info["shape"]]
         begin, end = (int(v) for v in info["data_offsets"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: the header entry of {name!r} is malformed") from None
+        raise InputError(f"{path}: the header entry of {name!r} is malformed") from None
     if dtype is None:
-        raise ValueError(f"{path}: unsupported dtype {info['dtype']} for {name!r}")
+        raise InputError(f"{path}: unsupported dtype {info['dtype']} for {name!r}")
     count = 1
     for s in shape:
         count *= s
@@ -190,7 +190,7 @@ def _tensor_view(path: Path, buffer: Tensor, base: int, name: str, info: Any) ->
         or end - begin != count * itemsize
         or base + end > buffer.numel()
     ):
-        raise ValueError(f"{path}: tensor {name!r} does not fit the file; it is corrupt")
+        raise InputError(f"{path}: tensor {name!r} does not fit the file; it is corrupt")
     if count == 0:
         return torch.empty(shape, dtype=dtype)
     raw = buffer[base + begin : base + end]

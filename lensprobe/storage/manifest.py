@@ -19,7 +19,7 @@ from typing import Any
 import xxhash
 from torch import Tensor
 
-from lensprobe.errors import OutputPathError, StoreCorruptError, StoreError
+from lensprobe.errors import MissingFileError, OutputPathError, StoreCorruptError, StoreError
 
 __all__ = [
     "FORMAT",
@@ -187,7 +187,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     """
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"no lensprobe store at {path} (missing {MANIFEST})")
+        raise MissingFileError(f"no lensprobe store at {path} (missing {MANIFEST})")
     fix = rebuild_fix(path)
     raw = manifest_path.read_bytes()
     if not raw.strip():

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult
-from lensprobe.errors import StoreCorruptError, StoreError
+from lensprobe.errors import InputError, StoreCorruptError, StoreError, UnknownNameError
 from lensprobe.storage.files import check_file, read_shard_file
 from lensprobe.storage.manifest import (
     MANIFEST,
@@ -91,7 +91,7 @@ def load(
     if isinstance(verify, bool):
         verify = "full" if verify else "off"
     if verify not in ("lazy", "full", "off"):
-        raise ValueError(f"verify must be 'lazy', 'full' or 'off', got {verify!r}")
+        raise InputError(f"verify must be 'lazy', 'full' or 'off', got {verify!r}")
     path = Path(path)
     manifest = read_manifest(path)
     if not manifest["complete"]:
@@ -146,12 +146,12 @@ def load_activations(
     result = load(path, mmap=mmap, verify=verify)
     if hook is None:
         if len(result) != 1:
-            raise ValueError(
+            raise InputError(
                 f"the store at {os.fspath(path)} holds hooks {list(result)}; pass hook=..."
             )
         return next(iter(result.values()))
     if hook not in result:
-        raise KeyError(f"hook {hook!r} not in the store; it holds {list(result)}")
+        raise UnknownNameError(f"hook {hook!r} not in the store; it holds {list(result)}")
     return result[hook]
 
 

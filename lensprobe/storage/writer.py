@@ -20,7 +20,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from lensprobe.activations import Activations, ActivationsMeta
-from lensprobe.errors import OutputPathError, StoreCorruptError
+from lensprobe.errors import InputError, OutputPathError, StoreCorruptError, UsageError
 from lensprobe.storage.files import file_matches, fsync_dir, json_bytes, write_atomic
 from lensprobe.storage.manifest import (
     FORMAT,
@@ -74,7 +74,7 @@ def plan_shards(lengths: Sequence[int], shard_tokens: int) -> list[tuple[int, in
         ``(start, stop)`` sequence ranges covering ``0..len(lengths)``.
     """
     if shard_tokens <= 0:
-        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+        raise InputError(f"shard_tokens must be positive, got {shard_tokens}")
     plan: list[tuple[int, int]] = []
     start, acc = 0, 0
     for i, length in enumerate(lengths):
@@ -258,11 +258,11 @@ class StoreWriter:
         """
         start, stop = self.plan[k]
         if lengths.numel() != stop - start:
-            raise ValueError(f"shard {k} covers {stop - start} sequences, got {lengths.numel()}")
+            raise InputError(f"shard {k} covers {stop - start} sequences, got {lengths.numel()}")
         if set(values) != set(self.manifest["hooks"]):
-            raise ValueError(f"shard {k} needs values for {sorted(self.manifest['hooks'])}")
+            raise InputError(f"shard {k} needs values for {sorted(self.manifest['hooks'])}")
         if (labels is not None) != self.manifest["has_labels"]:
-            raise ValueError("labels must be given exactly when the store has labels")
+            raise InputError("labels must be given exactly when the store has labels")
         files: dict[str, Any] = {}
         tensors = {
             "token_ids": token_ids.to(torch.int32).contiguous(),
@@ -276,7 +276,7 @@ class StoreWriter:
         for hook, info in self.manifest["hooks"].items():
             v = values[hook]
             if v.shape[0] != n_tok:
-                raise ValueError(
+                raise InputError(
                     f"hook {hook!r}: shard {k} has {n_tok} tokens, values {v.shape[0]}"
                 )
             rel = f"{info['dir']}/{shard_name(k)}"
@@ -294,7 +294,7 @@ class StoreWriter:
         """Mark the store complete (every shard must be done)."""
         missing = [k for k in range(len(self.plan)) if not self.is_done(k)]
         if missing:
-            raise RuntimeError(f"cannot finish the store at {self.path}: shards {missing} missing")
+            raise UsageError(f"cannot finish the store at {self.path}: shards {missing} missing")
         self.manifest["complete"] = True
         self._write_manifest()
 
@@ -349,18 +349,18 @@ def save(
 def _check_one_set_of_sequences(members: Mapping[str, Activations]) -> Activations:
     """The first member, after checking that every member holds its sequences and labels."""
     if not members:
-        raise ValueError("nothing to write: pass at least one hook's activations")
+        raise InputError("nothing to write: pass at least one hook's activations")
     first_hook, first = next(iter(members.items()))
     for hook, a in members.items():
         if not torch.equal(a.lengths, first.lengths) or not torch.equal(
             a.token_ids, first.token_ids
         ):
-            raise ValueError("every hook written to one store must hold the same sequences")
+            raise InputError("every hook written to one store must hold the same sequences")
         same_labels = (a.labels is None) == (first.labels is None) and (
             a.labels is None or torch.equal(a.labels, first.labels)
         )
         if not same_labels:
-            raise ValueError(
+            raise InputError(
                 f"the labels of {hook!r} differ from those of {first_hook!r}; one store "
                 "holds one set of labels: give every hook the same (Activations.with_labels)"
             )

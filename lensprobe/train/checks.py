@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from lensprobe.errors import InputError
+from lensprobe.errors import InputError, InputTypeError
 
 _SHOW = 5
 """How many offending rows / positions an error lists."""
@@ -142,16 +142,16 @@ def _label_array(labels: Any, n_rows: int) -> np.ndarray:
             labels = list(labels)
             kinds = {type(v).__name__ for v in labels}
             if len(kinds) > 1 and any(isinstance(v, str) for v in labels):
-                raise TypeError(
+                raise InputTypeError(
                     f"labels mix types {sorted(kinds)}: use all strings or all integers"
                 )
         try:
             arr = np.asarray(labels)
         except ValueError as err:
-            raise ValueError(f"labels must be a flat sequence, one per row: {err}") from None
+            raise InputError(f"labels must be a flat sequence, one per row: {err}") from None
     if arr.ndim != 1 or arr.shape[0] != n_rows:
         count = arr.shape[0] if arr.ndim == 1 else f"labels of shape {tuple(arr.shape)} as"
-        raise ValueError(
+        raise InputError(
             f"{count} labels for {n_rows} sequences: pass one label per sequence, as a flat list "
             "or a 1-d tensor"
         )
@@ -162,7 +162,7 @@ def _encode_strings(arr: np.ndarray) -> tuple[Int[Tensor, " batch"], tuple[str, 
     """Class ids of string labels, and the sorted distinct strings; mixed types are an error."""
     if arr.dtype.kind == "O" and not all(isinstance(v, str) for v in arr.tolist()):
         kinds = sorted({type(v).__name__ for v in arr.tolist()})
-        raise TypeError(f"labels mix types {kinds}: use all strings or all integers")
+        raise InputTypeError(f"labels mix types {kinds}: use all strings or all integers")
     strings = arr.astype(str).tolist()
     classes = tuple(sorted(set(strings)))
     index = {c: i for i, c in enumerate(classes)}
@@ -174,13 +174,13 @@ def _integer_labels(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             rows = np.flatnonzero(~np.isfinite(arr)).tolist()
-            raise ValueError(
+            raise InputError(
                 f"labels are NaN or inf at row(s) {_first(rows, len(rows))}: drop those rows"
             )
         if not (arr == np.round(arr)).all():
-            raise ValueError(
+            raise InputError(
                 "labels must be class ids or names, got non-integer floats: a probe classifies"
             )
     elif arr.dtype.kind not in "biu":
-        raise TypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
+        raise InputTypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
     return arr.astype(np.int64)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from lensprobe._records import check_keys
+from lensprobe.errors import InputError
 from lensprobe.probes import ProbeKind, probe_class
 
 Optimizer = Literal["adamw", "lbfgs"]
@@ -74,19 +75,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "lbfgs"):
-            raise ValueError(f"optimizer must be 'adamw' or 'lbfgs', got {self.optimizer!r}")
+            raise InputError(f"optimizer must be 'adamw' or 'lbfgs', got {self.optimizer!r}")
         if self.decay not in ("decoupled", "l2"):
-            raise ValueError(f"decay must be 'decoupled' or 'l2', got {self.decay!r}")
+            raise InputError(f"decay must be 'decoupled' or 'l2', got {self.decay!r}")
         if self.min_delta < 0:
-            raise ValueError(f"min_delta must be non-negative, got {self.min_delta}")
+            raise InputError(f"min_delta must be non-negative, got {self.min_delta}")
         if not 0.0 <= self.early_stop_fraction < 1.0:
-            raise ValueError(
+            raise InputError(
                 f"early_stop_fraction must be in [0, 1), got {self.early_stop_fraction}"
             )
         if min(self.lr, self.batch_size, self.max_steps, self.eval_every, self.patience) <= 0:
-            raise ValueError("lr, batch_size, max_steps, eval_every and patience must be positive")
+            raise InputError("lr, batch_size, max_steps, eval_every and patience must be positive")
         if self.lbfgs_max_iter < 1 or self.lbfgs_tolerance <= 0:
-            raise ValueError("lbfgs_max_iter and lbfgs_tolerance must be positive")
+            raise InputError("lbfgs_max_iter and lbfgs_tolerance must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -151,22 +152,22 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         probe_class(self.probe)  # validates the kind
         if self.probe != "attention" and self.n_heads != 1:
-            raise ValueError(f"a {self.probe} probe has no heads; leave n_heads at 1")
+            raise InputError(f"a {self.probe} probe has no heads; leave n_heads at 1")
         if self.n_heads < 1:
-            raise ValueError(
+            raise InputError(
                 f"an attention probe needs at least one head, got n_heads={self.n_heads}"
             )
         if self.n_folds < 2:
-            raise ValueError(f"n_folds must be at least 2, got {self.n_folds}")
+            raise InputError(f"n_folds must be at least 2, got {self.n_folds}")
         if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+            raise InputError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not self.weight_decays or any(w < 0 for w in self.weight_decays):
-            raise ValueError(f"weight_decays must be non-negative, got {self.weight_decays}")
+            raise InputError(f"weight_decays must be non-negative, got {self.weight_decays}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+            raise InputError("seeds must name at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(
+            raise InputError(
                 f"seeds={tuple(self.seeds)} repeats a seed: a repeated seed draws the same split "
                 "again and shrinks the interval without new evidence; pass distinct seeds, e.g. "
                 f"seeds=range({len(self.seeds)})"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensprobe.errors import InputError
 from lensprobe.probes import Probe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
 from lensprobe.probes.pooled import PooledProbe
@@ -48,13 +49,13 @@ class Members:
     def __post_init__(self) -> None:
         m = self.weight_decay.shape[0]
         if len(self.seeds) != m or self.train.shape[0] != m or self.stop.shape != self.train.shape:
-            raise ValueError("weight_decay, seeds, train and stop must agree on the member count")
+            raise InputError("weight_decay, seeds, train and stop must agree on the member count")
         if self.index is not None and len(self.index) != m:
-            raise ValueError(f"index names {len(self.index)} members, the sweep has {m}")
+            raise InputError(f"index names {len(self.index)} members, the sweep has {m}")
         if bool((self.train & self.stop).any()):
-            raise ValueError("a member's early-stopping rows overlap its training rows")
+            raise InputError("a member's early-stopping rows overlap its training rows")
         if not bool(self.train.any(dim=1).all()):
-            raise ValueError("every member needs at least one training row")
+            raise InputError("every member needs at least one training row")
 
     def __len__(self) -> int:
         return self.weight_decay.shape[0]

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from lensprobe.errors import InputError
+from lensprobe.errors import InputError, InputTypeError
 from lensprobe.metrics import (
     classification_metrics,
     estimate,
@@ -392,7 +392,7 @@ def _resolve_data(
     elif isinstance(data, Tensor):
         x = data
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"run_protocol takes Activations (from lp.capture) or a (batch, pos, d_model) tensor "
             f"with labels=..., got {type(data).__name__}"
         )

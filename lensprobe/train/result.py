@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lensprobe.errors import UnknownNameError
 from lensprobe.metrics import Estimate, bootstrap_interval, metric, metric_range
 from lensprobe.probes import Probe
 from lensprobe.train.config import ProtocolConfig
@@ -188,7 +189,7 @@ class ProtocolResult:
             seed: Seed of the resampling.
         """
         if metric not in self.metrics:
-            raise KeyError(f"no metric {metric!r}; choose one of {sorted(self.metrics)}")
+            raise UnknownNameError(f"no metric {metric!r}; choose one of {sorted(self.metrics)}")
         low, high = bootstrap_interval(
             lambda idx: mean_metric(self.runs, metric, idx),
             [r.test_labels for r in self.runs],

@@ -321,8 +321,8 @@ def choose_layer(
     No split's choice reads any test row of its own split or of another.
 
     Args:
-        records: Flat result records (:func:`result_record` via ``GridRow.record()``, or the
-            ``records`` of ``results.json``), one per hook, run on the same splits.
+        records: Flat result records (``lensprobe.grid.Cell.record()``, ``Grid.records()``, or
+            the ``records`` of ``results.json``), one per hook, run on the same splits.
         by: A CV column: ``cv_accuracy`` (default), ``cv_balanced_accuracy``, ``cv_macro_f1``,
             ``cv_auroc`` or ``cv_log_loss`` (lower is better).
         probe: Keep only records of this probe label (needed when the records hold several).
@@ -403,8 +403,8 @@ def _hooks_with_scores(rows: Sequence[Mapping[str, Any]], by: str) -> list[str]:
     missing = [h for h, r in zip(hooks, rows, strict=True) if not r.get("splits")]
     if missing:
         raise InputError(
-            f"the records of hooks {missing} carry no per-split scores ('splits'); read them "
-            "from results.json with lensprobe.experiment.load_results (results.csv has none)"
+            f"the records of hooks {missing} carry no per-split scores ('splits'); read the "
+            "results folder back with lensprobe.grid.load (results.csv has none)"
         )
     metric = by.removeprefix("cv_")
     lacking = [h for h, r in zip(hooks, rows, strict=True) if metric not in r["splits"][0]["cv"]]

@@ -26,7 +26,7 @@ def stratified_split(
     Every class keeps at least one row on each side when it has two or more rows.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        raise InputError(f"fraction must be in (0, 1), got {fraction}")
     labels = labels.cpu()
     kept, held = [], []
     for rows in _per_class(labels, seed):

@@ -10,6 +10,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from lensprobe.activations import Activations
+from lensprobe.errors import InputError
 from lensprobe.probes import Probe
 from lensprobe.train import ProtocolResult
 from lensprobe.train.selection import result_record
@@ -51,7 +52,7 @@ class ReportEntry:
 
     def __post_init__(self) -> None:
         if self.acts is not None and self.acts.d_model != self.probe.config.d_model:
-            raise ValueError(
+            raise InputError(
                 f"entry {self.label!r}: the probe reads width {self.probe.config.d_model} but the "
                 f"activations have width {self.acts.d_model}; pass the activations of its hook"
             )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lensprobe.analysis import AttentionEntropy
+from lensprobe.errors import MissingDependencyError
 from lensprobe.train.selection import LayerChoice, interval
 from lensprobe.viz.entries import ReportEntry
 
@@ -35,7 +36,9 @@ def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[Any]
     try:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - exercised only without matplotlib
-        raise ImportError("the report needs matplotlib: pip install 'lensprobe[viz]'") from err
+        raise MissingDependencyError(
+            "the report needs matplotlib: pip install 'lensprobe[viz]'"
+        ) from err
     fig = Figure(figsize=(width, height))
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     for ax in axes:

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lensprobe.analysis import AttentionEntropy, Example, TopExamples
+from lensprobe.errors import InputError
 
 __all__ = [
     "attention_props",
@@ -64,11 +65,11 @@ def token_values_props(
         symmetric colour scale per column (``±`` its largest absolute value), so white is 0.
     """
     if values.ndim != 2 or values.shape[0] != len(tokens):
-        raise ValueError(
+        raise InputError(
             f"values must be (tokens, n_values) with {len(tokens)} rows, got {tuple(values.shape)}"
         )
     if len(labels) != values.shape[1]:
-        raise ValueError(f"{len(labels)} labels for {values.shape[1]} value columns")
+        raise InputError(f"{len(labels)} labels for {values.shape[1]} value columns")
     rows = [[_num(v) for v in row] for row in values.tolist()]
     # one symmetric scale per column: white is 0, the most extreme value is full colour
     bounds = [max([abs(r[j]) for r in rows], default=0.0) or 1e-6 for j in range(len(labels))]
@@ -142,7 +143,7 @@ def _class_view(top: TopExamples) -> _View:
 def _head_view(top: TopExamples) -> _View:
     """One list per head, coloured by its attention or (one-logit probes) its contribution."""
     if not top.by_head:
-        raise ValueError(
+        raise InputError(
             f"a {top.probe_kind} probe has no heads; use view='class' for its top examples"
         )
     colourings = ["attention"]
@@ -177,7 +178,7 @@ def top_examples_props(
         and labels of both selector dimensions.
     """
     if view not in ("class", "head"):
-        raise ValueError(f"view must be 'class' or 'head', got {view!r}")
+        raise InputError(f"view must be 'class' or 'head', got {view!r}")
     v = _class_view(top) if view == "class" else _head_view(top)
     names, n_colourings = top.class_names, len(v.colourings)
     tokens = [

@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lensprobe.errors import MissingDependencyError
+
 __all__ = ["FONT", "Widget", "circuitsvis_js", "page", "script_json"]
 
 FONT = "font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif;"
@@ -37,7 +39,7 @@ def circuitsvis_js() -> str:
         bundle = resources.files("circuitsvis").joinpath("dist", "cdn", "iife.js")
         js = bundle.read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError) as err:
-        raise ImportError(
+        raise MissingDependencyError(
             "the widgets need circuitsvis (its bundled JavaScript): pip install 'lensprobe[viz]'"
         ) from err
     lines = [ln for ln in js.splitlines() if not ln.startswith("//# sourceMappingURL=")]

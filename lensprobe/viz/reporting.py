@@ -426,7 +426,7 @@ def render_report(
     """
     items = [e if isinstance(e, ReportEntry) else ReportEntry.from_result(e) for e in entries]
     if not items:
-        raise ValueError("a report needs at least one entry (ReportEntry or ProtocolResult)")
+        raise InputError("a report needs at least one entry (ReportEntry or ProtocolResult)")
     items.sort(key=lambda e: (layer_number(e.hook_name) or 0, e.hook_name))
     analysed = [e for e in items if e.acts is not None]
     parts: list[Any] = _title_block(items, title, description)

@@ -31,6 +31,7 @@ from torch import Tensor
 from lensprobe import analysis
 from lensprobe.analysis import AttentionEntropy, Data, Example, TopExamples
 from lensprobe.analysis.inputs import probe_class_names
+from lensprobe.errors import InputTypeError
 from lensprobe.probes import AttentionProbe, Probe
 from lensprobe.viz.props import (
     attention_props,
@@ -114,7 +115,7 @@ def attention_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
         A :class:`Widget` (displays itself in Jupyter; ``.save(path)`` writes a page).
     """
     if not isinstance(probe, AttentionProbe):
-        raise TypeError(
+        raise InputTypeError(
             f"attention_widget needs an AttentionProbe, got a {probe.config.kind} probe; "
             "lp.viz.contributions_widget(probe, acts, index) shows which tokens it reads (its "
             "values: lp.analysis.token_contributions)"
@@ -169,7 +170,9 @@ def top_examples_widget(
     """
     if isinstance(top, Probe):
         if acts is None:
-            raise TypeError("pass the activations too: lp.viz.top_examples_widget(probe, acts)")
+            raise InputTypeError(
+                "pass the activations too: lp.viz.top_examples_widget(probe, acts)"
+            )
         top = analysis.top_examples(top, acts, k=k, rows=rows)
     what = "class logit" if view == "class" else "peak attention of each head"
     header = (
@@ -200,7 +203,7 @@ def entropy_widget(
     """
     if isinstance(ent, Probe):
         if acts is None:
-            raise TypeError("pass the activations too: lp.viz.entropy_widget(probe, acts)")
+            raise InputTypeError("pass the activations too: lp.viz.entropy_widget(probe, acts)")
         ent = analysis.attention_entropy(ent, acts, rows=rows)
     props = entropy_props(ent)
     header = (
