@@ -15,6 +15,7 @@ __all__ = [
     "InputTypeError",
     "InsufficientNegatives",
     "LensprobeError",
+    "MemoryBudgetError",
     "MissingDependencyError",
     "MissingFileError",
     "ModelNotFoundError",
@@ -98,3 +99,7 @@ class ProbeFileError(LensprobeError, ValueError):
 
 class ResultsFileError(LensprobeError, ValueError):
     """A results folder's file (``results.json``, a cell's files) is damaged or of another schema."""
+
+
+class MemoryBudgetError(LensprobeError, MemoryError):
+    """A run would need more memory than its budget (``max_memory``); raised before any compute."""

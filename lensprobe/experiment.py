@@ -28,9 +28,10 @@ from lensprobe.grid import (
     save_cell,
 )
 from lensprobe.specs import ProbeSpec
+from lensprobe.train.budget import check_budget
 from lensprobe.train.compare import Comparison
 from lensprobe.train.config import ProtocolConfig
-from lensprobe.train.protocol import run_protocol
+from lensprobe.train.protocol import memory_estimate, run_protocol
 from lensprobe.train.selection import (
     LayerChoice,
     choose_layer,
@@ -53,6 +54,7 @@ def run_grid(
     entropy: bool = False,
     on_row: Callable[[Cell], None] | None = None,
     progress: bool = False,
+    max_memory: int | float | str | None = None,
 ) -> list[Cell]:
     """Run the protocol for every hook and probe; with ``out``, save and resume cell by cell.
 
@@ -70,11 +72,14 @@ def run_grid(
             attention cells.
         on_row: Called with each finished (or resumed) cell.
         progress: Show a progress bar over each fit's optimisation steps.
+        max_memory: Most memory a cell may hold (bytes or e.g. ``"4GB"``; default 80% of the
+            memory available); every cell is checked against it before the first one trains.
 
     Returns:
         One :class:`~lensprobe.grid.Cell` per (hook, probe), hooks in the given order.
 
     Raises:
+        MemoryBudgetError: A cell would need more than ``max_memory`` (before any training).
         OutputPathError: ``out`` holds cells of this dataset split otherwise, or a cell of this
             grid trained with other settings or on other data (checked before any training for
             the splits and the data, before each resumed cell for its settings).
@@ -85,6 +90,10 @@ def run_grid(
     if out is not None and activations:
         fingerprint = data_fingerprint(next(iter(activations.values())))
         check_folder(out, dataset, base, fingerprint)  # before any training
+    for acts in activations.values():  # every cell's memory, before any cell trains
+        for spec in specs:
+            config = spec.protocol(base)
+            check_budget(memory_estimate(acts, None, config, config.resolved_train), max_memory)
     cells = []
     for hook, acts in activations.items():
         for spec in specs:
@@ -96,7 +105,7 @@ def run_grid(
                     cell = load_cell(path)
                     check_resumable(cell, config, fingerprint, path)
             if cell is None:
-                cell = _train_cell(acts, config, dataset, hook, spec, progress, entropy)
+                cell = _train_cell(acts, config, dataset, hook, spec, progress, entropy, max_memory)
                 cell.fingerprint = fingerprint
                 if out is not None:
                     save_cell(cell, out)
@@ -122,10 +131,11 @@ def _train_cell(
     spec: ProbeSpec,
     progress: bool,
     entropy: bool,
+    max_memory: int | float | str | None,
 ) -> Cell:
     """One cell trained now (with its attention entropy when asked and the probe attends)."""
     label = f"{hook} {spec.label}" if progress else False
-    result = run_protocol(acts, config=config, progress=label)
+    result = run_protocol(acts, config=config, progress=label, max_memory=max_memory)
     cell = Cell(dataset=dataset, hook=hook, probe=spec.label, result=result)
     if entropy and result.probe.config.kind == "attention":
         from lensprobe.analysis import attention_entropy

@@ -127,6 +127,7 @@ def run_demo(options: DemoOptions) -> int:
     from lensprobe.specs import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
+    steps.memory_flag(options.max_memory)
     options, n, hooks = _demo_settings(options)
     protocol = steps.protocol(options.seeds, options.max_steps)
     steps.check_out_folder(options.out)
@@ -160,6 +161,7 @@ def run_run(options: RunOptions) -> int:
     from lensprobe.specs import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
+    steps.memory_flag(options.max_memory)
     hooks = steps.hooks_flag(options.hooks)
     protocol = steps.protocol(options.seeds, options.max_steps)
     steps.check_out_folder(options.out)
@@ -201,6 +203,7 @@ def run_train(options: TrainOptions) -> int:
     from lensprobe.specs import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
+    steps.memory_flag(options.max_memory)
     protocol = steps.protocol(options.seeds, options.max_steps)
     out = steps.check_out_folder(options.out)  # before training: a bad --out must not cost work
     acts = steps.open_store(options.acts, options.hooks)

@@ -113,6 +113,9 @@ class TrainingOptions:
     """Seeds per probe; metrics are averaged."""
     max_steps: int | None = None
     """Most AdamW steps per fit (default: the protocol's, 1500)."""
+    max_memory: str | None = None
+    """Most memory one probe's training may hold, e.g. 4GB or 512MiB (default: 0.8 x the memory
+    available); a probe estimated above it stops the run before any training."""
 
 
 # --- the commands --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "hooks_flag",
     "load_model",
     "load_text_dataset",
+    "memory_flag",
     "n_fix",
     "open_store",
     "protocol",
@@ -102,6 +103,14 @@ def check_model(name: str) -> None:
             f"--model {name} is not bundled, not a local folder, and not in the Hugging Face "
             f"cache, and HF_HUB_OFFLINE=1 forbids downloading it; {fix}"
         )
+
+
+def memory_flag(max_memory: str | None) -> None:
+    """Refuse a ``--max-memory`` that is not a size, before any work."""
+    if max_memory is not None:
+        from lensprobe.train.budget import parse_memory
+
+        parse_memory(max_memory)
 
 
 def protocol(seeds: int, max_steps: int | None) -> Any:
@@ -286,6 +295,7 @@ def train_grid(activations: Any, dataset: str, options: Any) -> list[Any]:
         entropy=True,
         on_row=show,
         progress=True,
+        max_memory=options.max_memory,
     )
 
 

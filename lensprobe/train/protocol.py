@@ -31,14 +31,16 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensprobe.activations import Activations
 from lensprobe.errors import InputError, InputTypeError
 from lensprobe.metrics import (
     classification_metrics,
     estimate,
     monitoring_thresholds,
 )
-from lensprobe.probes import ProbeConfig, probe_class
+from lensprobe.probes import PooledProbe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
+from lensprobe.train.budget import MemoryEstimate, check_budget, estimate_training_memory
 from lensprobe.train.checks import check_activations, encode_labels
 from lensprobe.train.config import ProtocolConfig, TrainConfig
 from lensprobe.train.fit import fit_members, predict_members, token_scale, unscale_params
@@ -56,6 +58,7 @@ def run_protocol(
     mask: Bool[Tensor, "batch pos"] | Tensor | None = None,
     config: ProtocolConfig | None = None,
     progress: bool | str = False,
+    max_memory: int | float | str | None = None,
     **overrides: Any,
 ) -> ProtocolResult:
     """Train and evaluate one probe kind on one hook's activations, as the study does.
@@ -82,6 +85,10 @@ def run_protocol(
         mask: Valid tokens of a padded tensor, bool ``(batch, pos)`` (default: all valid).
         config: Protocol settings (default: the study's).
         progress: Show a progress bar over the optimisation steps (a string labels it).
+        max_memory: Most memory the run may hold, bytes or a size such as ``"4GB"`` (default:
+            80% of the memory available when it starts); a run estimated above it
+            (:func:`lensprobe.train.budget.estimate_training_memory`) raises
+            :class:`~lensprobe.errors.MemoryBudgetError` before any compute.
         **overrides: Fields of :class:`ProtocolConfig` to replace, e.g.
             ``run_protocol(acts, probe="attention", n_heads=8)``.
 
@@ -92,8 +99,9 @@ def run_protocol(
     start = time.perf_counter()
     config = replace(config or ProtocolConfig(), **overrides) if overrides else config
     config = config or ProtocolConfig()
-    x, mask, labels, classes, meta = _resolve_data(data, labels, mask)
     train = config.resolved_train
+    check_budget(memory_estimate(data, labels, config, train), max_memory)  # before padding
+    x, mask, labels, classes, meta = _resolve_data(data, labels, mask)
     probe_config = _probe_config(config, x.shape[-1], len(classes), meta)
     splits = [_split(labels, config, train, seed) for seed in config.seeds]
     bar = _StepBar.for_protocol(progress, config, train)
@@ -361,6 +369,43 @@ def _summarise(cv_rows: list[dict[str, Any]], weight_decays: tuple[float, ...]) 
 
 
 # --- inputs, members, fits -------------------------------------------------------------------
+
+
+def memory_estimate(
+    data: Any, labels: Any, config: ProtocolConfig, train: TrainConfig
+) -> MemoryEstimate:
+    """What :func:`run_protocol` would hold at its peak on ``data`` (nothing is padded or read).
+
+    Ragged ``Activations`` are padded into RAM whole (a copy in the stored dtype); a padded
+    tensor is used as it is. See :func:`lensprobe.train.budget.estimate_training_memory`.
+    """
+    if isinstance(data, Activations):
+        n, d = len(data), int(data.meta.d_model)
+        pos = int(data.lengths.max()) if n else 0
+        itemsize, pads = torch.empty(0, dtype=data.dtype).element_size(), True
+        labels = data.labels if labels is None else labels
+    elif isinstance(data, Tensor) and data.ndim == 3:
+        (n, pos, d), itemsize, pads = data.shape, data.element_size(), False
+    else:  # other containers are padded by their own pad(); _resolve_data checks the rest
+        return MemoryEstimate({})
+    try:
+        n_classes = len(set(labels.tolist() if isinstance(labels, Tensor) else labels))
+    except TypeError:
+        n_classes = 2
+    cls = probe_class(config.probe)
+    return estimate_training_memory(
+        n=n,
+        pos=pos,
+        d_model=d,
+        stored_itemsize=itemsize,
+        pads=pads,
+        pooled=issubclass(cls, PooledProbe),
+        lbfgs=train.optimizer == "lbfgs",
+        members=len(config.weight_decays) * (config.n_folds + 1),
+        batch_size=train.batch_size,
+        n_heads=config.n_heads if not issubclass(cls, PooledProbe) else 1,
+        n_outputs=1 if n_classes <= 2 else n_classes,
+    )
 
 
 def _resolve_data(
