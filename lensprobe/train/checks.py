@@ -8,7 +8,7 @@ ids ``0..k-1`` with their original values kept as the class names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,12 +78,23 @@ def _check_finite(x: Tensor, mask: Tensor) -> None:
 
     ``x`` is read a chunk of rows at a time (never a second copy of a large capture).
     """
+    check_finite_chunks(
+        (start, x[start : start + 256], mask[start : start + 256])
+        for start in range(0, x.shape[0], 256)
+    )
+
+
+def check_finite_chunks(chunks: Iterable[tuple[int, Tensor, Tensor]]) -> None:
+    """:func:`check_activations`' finiteness check over ``(first row, x, mask)`` row blocks.
+
+    Raises:
+        InputError: A valid token holds NaN or inf (the first tokens and rows named).
+    """
     bad_rows: list[int] = []
     bad_tokens: list[tuple[int, int]] = []
     n_bad = 0
-    for start in range(0, x.shape[0], 256):
-        chunk = x[start : start + 256]
-        bad = ~torch.isfinite(chunk).all(dim=-1) & mask[start : start + 256].to(chunk.device)
+    for start, chunk, chunk_mask in chunks:
+        bad = ~torch.isfinite(chunk).all(dim=-1) & chunk_mask.to(chunk.device)
         if bool(bad.any()):
             where = bad.nonzero().tolist()
             n_bad += len(where)

@@ -47,6 +47,7 @@ from lensprobe.train.fit import fit_members, predict_members, token_scale, unsca
 from lensprobe.train.members import Members
 from lensprobe.train.result import ProtocolResult, SeedRun
 from lensprobe.train.split import stratified_folds, stratified_split
+from lensprobe.train.streaming import StreamedPool, stream_pooled
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +102,24 @@ def run_protocol(
     config = config or ProtocolConfig()
     train = config.resolved_train
     check_budget(memory_estimate(data, labels, config, train), max_memory)  # before padding
-    x, mask, labels, classes, meta = _resolve_data(data, labels, mask)
-    probe_config = _probe_config(config, x.shape[-1], len(classes), meta)
+    streamed = _streams(data, config)
+    padded, mask, labels, classes, meta = _resolve_data(data, labels, mask, pad=not streamed)
+    d_model = int(data.meta.d_model) if padded is None else padded.shape[-1]
+    probe_config = _probe_config(config, d_model, len(classes), meta)
+    stream = stream_pooled(data, probe_config) if padded is None else None
+    if stream is not None:  # pooled features as one-token sequences: nothing padded whole
+        padded = stream.features
+        mask = torch.ones(padded.shape[:2], dtype=torch.bool)
+    x: Tensor = padded  # type: ignore[assignment]
     splits = [_split(labels, config, train, seed) for seed in config.seeds]
     bar = _StepBar.for_protocol(progress, config, train)
     runs: list[SeedRun] = []
     cv_table: list[dict[str, Any]] = []
     try:
         for seed, split in zip(config.seeds, splits, strict=True):
-            cv = _cross_validate(probe_config, config, train, x, mask, labels, seed, split, bar)
+            cv = _cross_validate(
+                probe_config, config, train, x, mask, labels, seed, split, bar, stream
+            )
             chosen = _choose_decay(cv.summary, config.select_by)
             runs.append(_refit_and_test(probe_config, cv, chosen, labels, x.device))
             cv_table += cv.rows
@@ -189,25 +199,33 @@ def _cross_validate(
     seed: int,
     split: _Split,
     bar: _StepBar,
+    stream: StreamedPool | None = None,
 ) -> _SeedCV:
     """Step 2 (with step 3's refit members): train one seed's members, score each fold member.
 
     Every weight decay has one member per fold, trained on the other folds, and one refit
     member trained on the whole training part; all of them train as one batched fit (or one
     at a time with ``execution="sequential"``) on activations divided by the seed's token
-    scale. Each fold member is scored on the fold it did not train on.
+    scale. Each fold member is scored on the fold it did not train on. With ``stream`` (a
+    pooled probe on ragged activations), ``x`` holds each sequence's pooled vector as one token:
+    the members fit it with the BOS rule already applied, and the scale comes from the norms of
+    the tokens the probe reads, as on padded activations.
     """
     n = x.shape[0]
     members, keys = _members_for_seed(seed, config, split, n)
     # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
-    read = tokens_read(probe_config, mask)
-    scale = token_scale(x, read, split.train_rows) if config.normalize == "token_norm" else 1.0
+    fit_config = probe_config if stream is None else replace(probe_config, exclude_bos=False)
+    scale = 1.0
+    if config.normalize == "token_norm" and stream is not None:
+        scale = stream.token_scale(split.train_rows)
+    elif config.normalize == "token_norm":
+        scale = token_scale(x, tokens_read(probe_config, mask), split.train_rows)
     train = replace(train, seed=train.seed + seed)
     # AdamW draws its minibatches from the rows some member trains on: never the test part or
     # the early-stopping slice, so the refit (the reported probe) reads exactly its own rows
     order_rows = members.train.any(dim=0).nonzero().flatten()
     params, steps, best_step = _fit(
-        probe_config,
+        fit_config,
         x,
         mask,
         labels.to(x.device),
@@ -218,7 +236,7 @@ def _cross_validate(
         scale,
         bar,
     )
-    logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
+    logits = predict_members(fit_config, params, x, mask, input_scale=scale).float().cpu()
     params = unscale_params(probe_config, params, scale)
     rows = _fold_scores(keys, logits, labels, split.fold_of(n), seed, steps, best_step)
     summary = _summarise(rows, config.weight_decays)
@@ -382,7 +400,8 @@ def memory_estimate(
     if isinstance(data, Activations):
         n, d = len(data), int(data.meta.d_model)
         pos = int(data.lengths.max()) if n else 0
-        itemsize, pads = torch.empty(0, dtype=data.dtype).element_size(), True
+        itemsize = torch.empty(0, dtype=data.dtype).element_size()
+        pads = not _streams(data, config)  # pooled probes stream: no padded copy
         labels = data.labels if labels is None else labels
     elif isinstance(data, Tensor) and data.ndim == 3:
         (n, pos, d), itemsize, pads = data.shape, data.element_size(), False
@@ -408,18 +427,27 @@ def memory_estimate(
     )
 
 
+def _streams(data: Any, config: ProtocolConfig) -> bool:
+    """Whether the run reads ``data`` in one streaming pass (a pooled probe on ragged acts)."""
+    return isinstance(data, Activations) and issubclass(probe_class(config.probe), PooledProbe)
+
+
 def _resolve_data(
-    data: Any, labels: Any, mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, tuple[Any, ...], dict[str, Any]]:
+    data: Any, labels: Any, mask: Tensor | None, *, pad: bool = True
+) -> tuple[Tensor | None, Tensor | None, Tensor, tuple[Any, ...], dict[str, Any]]:
     """Checked, padded x and mask, class ids ``0..k-1``, the original classes, probe metadata.
 
-    Every check runs here, before any compute (see :mod:`lensprobe.train.checks`).
+    Every check runs here, before any compute (see :mod:`lensprobe.train.checks`). With
+    ``pad=False`` (``Activations`` streamed by :func:`~lensprobe.train.streaming.stream_pooled`,
+    which checks the values as it reads them) x and mask are None.
     """
     meta: dict[str, Any] = {}
     names = None
+    x: Tensor | None = None
     if hasattr(data, "pad") and hasattr(data, "meta"):  # an Activations container
         # Keep the stored dtype (bf16 by default): fits convert a minibatch at a time.
-        x, mask = data.pad(dtype=data.dtype)
+        if pad:
+            x, mask = data.pad(dtype=data.dtype)
         m = data.meta
         if labels is None:
             labels = data.labels
@@ -446,8 +474,10 @@ def _resolve_data(
     if mask is None and isinstance(x, Tensor) and x.ndim == 3:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     try:
-        check_activations(x, mask)  # type: ignore[arg-type]
-        ids, classes, class_names = encode_labels(labels, x.shape[0], names)
+        if x is not None or pad:
+            check_activations(x, mask)
+        n = len(data) if x is None else x.shape[0]
+        ids, classes, class_names = encode_labels(labels, n, names)
     except (TypeError, ValueError) as err:
         raise InputError(str(err)) from None
     if len(classes) < 2:
