@@ -1,14 +1,16 @@
 """The memory a training run will need, checked against a budget before any compute.
 
 :func:`estimate_training_memory` adds up what the protocol holds at its peak: the padded copy of
-the activations (a store-backed capture is padded into RAM whole today), the pooled features of a
-pooled probe in the fit's dtype, and the larger of the row chunks read for scaling and pooling
-and the largest minibatch with what autograd keeps of it for every member. On 2,000 sequences of
-up to 128 tokens x 640 (bfloat16) it is within about 15% of the measured growth of the peak RSS
-(mean 596 vs 637 MB, attention-1 608 vs 662 MB, attention-8 806 vs 709 MB; one thread). :func:`check_budget` compares that with the budget (``max_memory``: bytes or a size
-such as ``"4GB"``; default :data:`DEFAULT_FRACTION` of the memory available when the run starts)
-and raises :class:`~lensprobe.errors.MemoryBudgetError` naming the largest part and the fix, so a
-run that cannot fit stops at once instead of being killed mid-run.
+the activations (an attention probe pads a store-backed capture into RAM whole; pooled probes
+stream it), the pooled features of a pooled probe in the fit's dtype, and the larger of the row
+chunks read for scaling and pooling and the largest minibatch with what autograd keeps of it for
+every member. On 2,000 sequences of up to 128 tokens x 640 (bfloat16, padded path) it is within
+about 15% of the measured growth of the peak RSS (mean 596 vs 637 MB, attention-1 608 vs 662 MB,
+attention-8 806 vs 709 MB; one thread). :func:`check_budget` compares that with the budget
+(``max_memory``: bytes or a size such as ``"4GB"``; default :data:`DEFAULT_FRACTION` of the
+memory available when the run starts) and raises :class:`~lensprobe.errors.MemoryBudgetError`
+naming the largest part and the fix, so a run that cannot fit stops at once instead of being
+killed mid-run.
 """
 
 from __future__ import annotations

@@ -394,8 +394,9 @@ def memory_estimate(
 ) -> MemoryEstimate:
     """What :func:`run_protocol` would hold at its peak on ``data`` (nothing is padded or read).
 
-    Ragged ``Activations`` are padded into RAM whole (a copy in the stored dtype); a padded
-    tensor is used as it is. See :func:`lensprobe.train.budget.estimate_training_memory`.
+    Ragged ``Activations`` are padded into RAM whole for an attention probe (a copy in the
+    stored dtype) and streamed for a pooled one; a padded tensor is used as it is. See
+    :func:`lensprobe.train.budget.estimate_training_memory`.
     """
     if isinstance(data, Activations):
         n, d = len(data), int(data.meta.d_model)
