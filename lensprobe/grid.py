@@ -152,22 +152,20 @@ class Grid:
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
             raise InputError(f"cells {twice} appear twice; a grid holds one cell per key")
-        choices: tuple[LayerChoice, ...] = ()
-        comparisons: dict[str, tuple[Comparison, ...]] = {}
-        if cells:
+        results = {c.key: c.result for c in cells}
+        choices: list[LayerChoice] = []
+        per: dict[str, list[Comparison]] = {}
+        for d in dict.fromkeys(c.dataset for c in cells):
             try:
-                choices = tuple(choose_layers([c.record() for c in cells]))
+                mine = choose_layers([c.record() for c in cells if c.dataset == d])
             except InputError as err:  # e.g. probes of one dataset run on different splits
-                logger.warning("no layer choice or comparison: %s", err)
-            results = {c.key: c.result for c in cells}
-            datasets = list(dict.fromkeys(c.dataset for c in cells))
-            per = {
-                d: compare_choices([c for c in choices if c.dataset == d], results)
-                for d in datasets
-            }
-            family = iter(holm([c for comps in per.values() for c in comps]))
-            comparisons = {d: tuple(next(family) for _ in comps) for d, comps in per.items()}
-        return cls(cells, choices, comparisons, None if folder is None else Path(folder))
+                logger.warning("%s: no layer choice or comparison: %s", d, err)
+                mine = []
+            choices += mine
+            per[d] = compare_choices(mine, results)
+        family = iter(holm([c for comps in per.values() for c in comps]))
+        comparisons = {d: tuple(next(family) for _ in comps) for d, comps in per.items()}
+        return cls(cells, tuple(choices), comparisons, None if folder is None else Path(folder))
 
     @property
     def datasets(self) -> list[str]:

@@ -158,3 +158,22 @@ def test_a_second_cli_train_adds_to_the_folder_or_refuses(tmp_path, capsys):
     assert main([*args[:-1], "3", "--probes", "mean"]) == 1
     assert "split otherwise (seeds" in capsys.readouterr().err
     assert [c.key for c in grids.load(out).cells] == [c.key for c in both.cells]  # untouched
+
+
+def test_one_dataset_that_cannot_be_chosen_leaves_the_others_their_choices(caplog):
+    x, y = torch.randn(40, 4, 6, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 2
+
+    def cell(dataset, hook, seeds):
+        res = lp.run_protocol(x, y, probe="mean", seeds=seeds, weight_decays=(0.0,), n_folds=3)
+        return grids.Cell(dataset, hook, "mean", res)
+
+    grid = grids.Grid.build(
+        [
+            cell("a", "h1", (0, 1)),
+            cell("a", "h2", (0, 1)),
+            cell("b", "h1", (0, 1)),
+            cell("b", "h2", (0, 1, 2)),  # other splits than b's h1: no choice for b
+        ]
+    )
+    assert [(c.dataset, c.probe) for c in grid.choices] == [("a", "mean")]
+    assert "b: no layer choice" in caplog.text
