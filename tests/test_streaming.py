@@ -83,3 +83,24 @@ def test_a_nonfinite_token_is_named_while_streaming():
     bad = Activations(acts.meta, values, acts.offsets, acts.token_ids, acts.labels)
     with pytest.raises(InputError, match=rf"NaN or inf at 1 valid token.*\(row {row}, pos 1\)"):
         lp.run_protocol(bad, probe="mean", **KW)
+
+
+@pytest.mark.parametrize("probe", ["mean", "last", "max"])
+def test_streamed_equals_a_left_padded_tensor(probe):
+    acts = _acts(torch.float32)
+    streamed = lp.run_protocol(acts, probe=probe, bos="drop", **KW)
+    x, mask = acts.pad(padding_side="left")
+    left = lp.run_protocol(x, acts.labels, mask=mask, probe=probe, bos="drop", **KW)
+    for a, b in zip(streamed.runs, left.runs, strict=True):
+        assert a.weight_decay == b.weight_decay and a.input_scale == pytest.approx(b.input_scale)
+        assert torch.allclose(a.test_logits, b.test_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_one_class_is_refused_before_streaming(monkeypatch):
+    import lensprobe.train.protocol as protocol
+
+    base = _acts(torch.float32)
+    one = Activations(base.meta, base.values, base.offsets, base.token_ids, base.labels * 0)
+    monkeypatch.setattr(protocol, "stream_pooled", lambda *a: pytest.fail("streamed"))
+    with pytest.raises(InputError, match="a probe needs at least two classes"):
+        lp.run_protocol(one, probe="mean", **KW)

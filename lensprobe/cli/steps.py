@@ -317,10 +317,10 @@ def finish(cells: list[Any], reports: Sequence[ReportJob], out: str) -> Any:
     failed render loses nothing.
     """
     from lensprobe.experiment import format_choices, format_table
-    from lensprobe.grid import Grid, cell_folders, load_cell, save
+    from lensprobe.grid import Grid, cell_folders, cell_path, load_cell, save
 
-    mine = {c.key for c in cells}
-    earlier = [c for c in map(load_cell, cell_folders(out)) if c.key not in mine]
+    mine = {cell_path(out, *c.key) for c in cells}  # in memory already: not read back
+    earlier = [load_cell(p) for p in cell_folders(out) if p not in mine]
     grid = Grid.build([*earlier, *cells], folder=out)
     save(grid, out)
     say("")

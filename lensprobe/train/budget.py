@@ -190,8 +190,9 @@ def check_budget(estimate: MemoryEstimate, max_memory: int | float | str | None)
         MemoryBudgetError: The run would need more than the budget.
     """
     if max_memory is None:
-        budget = int(DEFAULT_FRACTION * available_memory())
-        source = f"{DEFAULT_FRACTION:.0%} of the {format_bytes(available_memory())} available"
+        available = available_memory()
+        budget = int(DEFAULT_FRACTION * available)
+        source = f"{DEFAULT_FRACTION:.0%} of the {format_bytes(available)} available"
     else:
         budget = parse_memory(max_memory)
         source = "max_memory"

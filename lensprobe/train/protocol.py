@@ -207,14 +207,13 @@ def _cross_validate(
     member trained on the whole training part; all of them train as one batched fit (or one
     at a time with ``execution="sequential"``) on activations divided by the seed's token
     scale. Each fold member is scored on the fold it did not train on. With ``stream`` (a
-    pooled probe on ragged activations), ``x`` holds each sequence's pooled vector as one token:
-    the members fit it with the BOS rule already applied, and the scale comes from the norms of
-    the tokens the probe reads, as on padded activations.
+    pooled probe on ragged activations), ``x`` holds each sequence's pooled vector as one token
+    (the BOS rule already applied; it keeps a sequence's only token) and the scale comes from
+    the norms of the tokens the probe reads, as on padded activations.
     """
     n = x.shape[0]
     members, keys = _members_for_seed(seed, config, split, n)
     # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
-    fit_config = probe_config if stream is None else replace(probe_config, exclude_bos=False)
     scale = 1.0
     if config.normalize == "token_norm" and stream is not None:
         scale = stream.token_scale(split.train_rows)
@@ -225,7 +224,7 @@ def _cross_validate(
     # the early-stopping slice, so the refit (the reported probe) reads exactly its own rows
     order_rows = members.train.any(dim=0).nonzero().flatten()
     params, steps, best_step = _fit(
-        fit_config,
+        probe_config,
         x,
         mask,
         labels.to(x.device),
@@ -236,7 +235,7 @@ def _cross_validate(
         scale,
         bar,
     )
-    logits = predict_members(fit_config, params, x, mask, input_scale=scale).float().cpu()
+    logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
     params = unscale_params(probe_config, params, scale)
     rows = _fold_scores(keys, logits, labels, split.fold_of(n), seed, steps, best_step)
     summary = _summarise(rows, config.weight_decays)
