@@ -412,6 +412,11 @@ class Activations:
         return int(self._offsets[-1])
 
     @property
+    def device(self) -> torch.device:
+        """Where the activations are stored (a batch is padded there unless told otherwise)."""
+        return self._segments[0].device if self._segments else torch.device("cpu")
+
+    @property
     def dtype(self) -> torch.dtype:
         """Storage dtype of the activations."""
         return self._segments[0].dtype if self._segments else getattr(torch, self.meta.dtype)
@@ -594,7 +599,7 @@ class Activations:
         lengths = self._lengths[sel]
         pos = int(lengths.max()) if lengths.numel() else 0
         if device is None:
-            device = self._segments[0].device if self._segments else torch.device("cpu")
+            device = self.device
         steps = torch.arange(pos)
         if padding_side == "right":
             mask = steps[None, :] < lengths[:, None]

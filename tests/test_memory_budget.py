@@ -37,18 +37,18 @@ def test_a_size_that_is_not_one_is_a_named_error(bad):
         parse_memory(bad)
 
 
-def test_the_estimate_counts_the_padded_copy_of_ragged_activations_only():
+def test_ragged_activations_are_streamed_never_padded_whole():
     acts = make_acts(n=30, d=8, max_len=12)
-    pos = int(acts.lengths.max())
     ragged = protocol.memory_estimate(acts, None, FAST, FAST.resolved_train)
-    padded_part = next(v for k, v in ragged.parts.items() if k.startswith("padded activations"))
-    assert padded_part == 30 * pos * (8 * 4 + 1)
+    norms = next(v for k, v in ragged.parts.items() if k.startswith("token norms"))
+    assert norms == 17 * acts.n_tokens  # a float64 norm per token and a seed's selection
+    assert not any("padded" in k for k in ragged.parts)
     x, _ = acts.pad()
     as_tensor = protocol.memory_estimate(x, acts.labels, FAST, FAST.resolved_train)
-    assert not any(k.startswith("padded") for k in as_tensor.parts)  # used as it is
-    assert ragged.total - as_tensor.total == padded_part
+    assert not any(k.startswith("token norms") for k in as_tensor.parts)  # used as it is
+    assert ragged.total - as_tensor.total == norms
     # more heads, more members or longer rows need more; pooled probes hold no token batch
-    kw = dict(n=100, pos=64, d_model=32, stored_itemsize=2, pads=True, batch_size=32, n_outputs=1)
+    kw = dict(n=100, pos=64, d_model=32, batch_size=32, n_outputs=1)
     one = estimate_training_memory(**kw, pooled=False, lbfgs=False, members=24, n_heads=1)
     eight = estimate_training_memory(**kw, pooled=False, lbfgs=False, members=24, n_heads=8)
     pooled = estimate_training_memory(**kw, pooled=True, lbfgs=True, members=24, n_heads=1)

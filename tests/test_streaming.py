@@ -1,4 +1,4 @@
-"""Pooled probes stream ragged (store-backed) activations: the same result as the padded path."""
+"""Ragged (store-backed) activations are streamed, never padded whole: the padded path's result."""
 
 from __future__ import annotations
 
@@ -35,17 +35,23 @@ def _same(streamed: lp.ProtocolResult, padded: lp.ProtocolResult) -> None:
             assert torch.equal(a.probe.state_dict()[k], w), k
 
 
-@pytest.mark.parametrize("probe", ["mean", "last", "max", "mean-adamw", "last-adamw"])
+PROBES = ["mean", "last", "max", "mean-adamw", "last-adamw", "attention-1", "attention-2"]
+
+
+@pytest.mark.parametrize("probe", PROBES)
 @pytest.mark.parametrize("bos", ["keep", "drop"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shards", [None, 37])  # in memory; a store of many small shards
-def test_streamed_pooled_probes_equal_the_padded_path(tmp_path, probe, bos, dtype, shards):
+def test_streamed_probes_equal_the_padded_path(tmp_path, probe, bos, dtype, shards):
     acts = _acts(dtype)
-    if shards is not None:  # shard boundaries fall inside every block of rows the stream reads
+    if shards is not None:  # shard boundaries fall inside every block and minibatch read
         save(acts, tmp_path / "store", shard_tokens=shards)
         acts = load_activations(tmp_path / "store")
-    kind, _, optimizer = probe.partition("-")
-    kw = dict(KW, probe=kind, bos=bos, optimizer=optimizer or "auto", train=SHORT)
+    kind, _, rest = probe.partition("-")
+    if kind == "attention":
+        kw = dict(KW, probe=kind, n_heads=int(rest), bos=bos, train=SHORT)
+    else:
+        kw = dict(KW, probe=kind, bos=bos, optimizer=rest or "auto", train=SHORT)
     streamed = lp.run_protocol(acts, **kw)
     x, mask = acts.pad(dtype=dtype)
     padded = lp.run_protocol(x, acts.labels, mask=mask, **kw)
@@ -58,7 +64,8 @@ def test_streamed_pooled_probes_equal_the_padded_path(tmp_path, probe, bos, dtyp
     assert torch.allclose(logits.double(), run.test_logits.double(), rtol=1e-4, atol=1e-4)
 
 
-def test_the_stream_never_pads_more_than_a_block_of_rows(monkeypatch):
+@pytest.mark.parametrize("probe", ["mean", "attention"])
+def test_the_stream_never_pads_more_than_a_block_of_rows(monkeypatch, probe):
     acts = _acts(torch.float32, n=CHUNK * 2 + 17)
     sizes = []
     real = Activations.pad
@@ -68,11 +75,15 @@ def test_the_stream_never_pads_more_than_a_block_of_rows(monkeypatch):
         return real(self, idx, **kw)
 
     monkeypatch.setattr(Activations, "pad", pad)
-    result = lp.run_protocol(acts, probe="mean", **KW)
+    kw = dict(KW, probe=probe, train=TrainConfig(max_steps=20, batch_size=16))
+    result = lp.run_protocol(acts, **kw)
+    # blocks of rows for the norms and pooling; minibatches and scoring batches for attention
     assert max(sizes) <= CHUNK and result.runs[0].test_logits.shape[0] > 0
+    if probe == "attention":
+        assert 16 in sizes  # the AdamW minibatches are padded from the storage one by one
     monkeypatch.setattr(Activations, "pad", real)
     x, mask = acts.pad()
-    _same(result, lp.run_protocol(x, acts.labels, mask=mask, probe="mean", **KW))
+    _same(result, lp.run_protocol(x, acts.labels, mask=mask, **kw))
 
 
 def test_a_nonfinite_token_is_named_while_streaming():
@@ -101,6 +112,6 @@ def test_one_class_is_refused_before_streaming(monkeypatch):
 
     base = _acts(torch.float32)
     one = Activations(base.meta, base.values, base.offsets, base.token_ids, base.labels * 0)
-    monkeypatch.setattr(protocol, "stream_pooled", lambda *a: pytest.fail("streamed"))
+    monkeypatch.setattr(protocol, "stream_inputs", lambda *a: pytest.fail("streamed"))
     with pytest.raises(InputError, match="a probe needs at least two classes"):
         lp.run_protocol(one, probe="mean", **KW)

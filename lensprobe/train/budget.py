@@ -1,12 +1,11 @@
 """The memory a training run will need, checked against a budget before any compute.
 
-:func:`estimate_training_memory` adds up what the protocol holds at its peak: the padded copy of
-the activations (an attention probe pads a store-backed capture into RAM whole; pooled probes
-stream it), the pooled features of a pooled probe in the fit's dtype, and the larger of the row
-chunks read for scaling and pooling and the largest minibatch with what autograd keeps of it for
-every member. On 2,000 sequences of up to 128 tokens x 640 (bfloat16, padded path) it is within
-about 15% of the measured growth of the peak RSS (mean 596 vs 637 MB, attention-1 608 vs 662 MB,
-attention-8 806 vs 709 MB; one thread). :func:`check_budget` compares that with the budget
+:func:`estimate_training_memory` adds up what the protocol holds at its peak: a float64 norm
+per token of streamed ``Activations`` (never padded whole: pooled probes pool them in one pass,
+attention minibatches are padded from the storage as they are read), the pooled features of a
+pooled probe in the fit's dtype, and the larger of the row chunks read for scaling and pooling and
+the largest minibatch with what autograd keeps of it for every member. A padded tensor passed in
+is used as it is and not counted. :func:`check_budget` compares that with the budget
 (``max_memory``: bytes or a size such as ``"4GB"``; default :data:`DEFAULT_FRACTION` of the
 memory available when the run starts) and raises :class:`~lensprobe.errors.MemoryBudgetError`
 naming the largest part and the fix, so a run that cannot fit stops at once instead of being
@@ -104,7 +103,7 @@ class MemoryEstimate:
     """What a training run holds at its peak, in bytes, part by part."""
 
     parts: dict[str, int]
-    """Named parts, e.g. ``padded activations (2000 x 256 x 640, bfloat16)``."""
+    """Named parts, e.g. ``pooled features (2000 x 640)``."""
 
     @property
     def total(self) -> int:
@@ -125,14 +124,13 @@ def estimate_training_memory(
     n: int,
     pos: int,
     d_model: int,
-    stored_itemsize: int,
-    pads: bool,
     pooled: bool,
     lbfgs: bool,
     members: int,
     batch_size: int,
     n_heads: int,
     n_outputs: int,
+    streamed_tokens: int = 0,
     eval_batch_size: int = 256,
 ) -> MemoryEstimate:
     """The peak memory of one protocol run on ``n`` sequences padded to ``pos`` tokens.
@@ -141,22 +139,20 @@ def estimate_training_memory(
         n: Sequences.
         pos: Longest sequence (the padded length).
         d_model: Width of the activations.
-        stored_itemsize: Bytes per stored value (2 for bfloat16, 4 for float32).
-        pads: Whether the protocol pads a copy of the data (ragged ``Activations``; a padded
-            tensor passed in is used as it is).
         pooled: A pooled probe (mean / last / max): features ``n x d_model``, no token batches.
         lbfgs: Solved by L-BFGS (float64 features and full-batch logits).
         members: Members trained together (weight decays x (folds + refit)).
         batch_size: AdamW minibatch rows.
         n_heads: Attention heads (1 for pooled probes).
         n_outputs: Logits per row.
+        streamed_tokens: Tokens of ragged ``Activations``, which are streamed, never padded
+            whole (0: a padded tensor, used as it is).
         eval_batch_size: Rows per forward when scoring early-stopping and test rows.
     """
     parts: dict[str, int] = {}
-    if pads:
-        parts[f"padded activations ({n} x {pos} x {d_model}, {stored_itemsize} B each)"] = (
-            n * pos * (d_model * stored_itemsize + 1)
-        )
+    if streamed_tokens:
+        # a float64 norm per token for the input scale, and a seed's selection of them
+        parts[f"token norms ({streamed_tokens} tokens)"] = 17 * streamed_tokens
     # Row chunks read for the input scale and for pooling (float64 norms, float32 copies); they
     # are freed before training, so only the larger of them and the training batch counts.
     chunk = min(n, 256) * pos * d_model * 12

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensprobe.activations import Activations
 from lensprobe.errors import InputError
 from lensprobe.probes import Probe, ProbeConfig, probe_class
 from lensprobe.train.adamw import fit_adamw
@@ -29,8 +30,8 @@ from lensprobe.train.split import stratified_split
 
 def fit_members(
     config: ProbeConfig,
-    x: Float[Tensor, "batch pos d_model"],
-    mask: Bool[Tensor, "batch pos"],
+    x: Float[Tensor, "batch pos d_model"] | Activations,
+    mask: Bool[Tensor, "batch pos"] | None,
     labels: Int[Tensor, " batch"],
     members: Members,
     train: TrainConfig | None = None,
@@ -45,9 +46,11 @@ def fit_members(
 
     Args:
         config: The probe every member is an instance of.
-        x: Padded activations of all rows any member uses.
-        mask: Valid tokens of ``x`` as captured; the fit reads the tokens
-            :func:`~lensprobe.probes.base.tokens_read` selects for ``config``.
+        x: Padded activations of all rows any member uses, or ragged ``Activations`` (e.g. a
+            memory-mapped store: each minibatch is padded when it is read; the values are not
+            checked here, see :func:`lensprobe.train.streaming.stream_inputs`).
+        mask: Valid tokens of a padded ``x`` as captured (None for ``Activations``); the fit
+            reads the tokens :func:`~lensprobe.probes.base.tokens_read` selects for ``config``.
         labels: Class of each row.
         members: Per-member weight decay, seed, training and early-stopping rows.
         train: Optimisation settings (AdamW or L-BFGS).
@@ -68,12 +71,12 @@ def fit_members(
         FloatingPointError: A member's loss became NaN or infinite (the error names it).
     """
     train = train or TrainConfig()
-    device = x.device
     cls = probe_class(config.kind)
     # L-BFGS runs in float64: its line search and stopping tests compare objective values that
     # differ in the last float32 digits near the end, where rounding would decide the result.
     dtype = torch.float64 if train.optimizer == "lbfgs" else torch.float32
     data = FitData(config, x, mask, dtype, input_scale)
+    device = data.device
     problem = Problem.build(cls, data, labels.to(device), members)
     start = init if init is not None else cls.init_members(config, list(members.seeds))
     params = {
@@ -91,17 +94,20 @@ def fit_members(
 def predict_members(
     config: ProbeConfig,
     params: dict[str, Tensor],
-    x: Float[Tensor, "batch pos d_model"],
-    mask: Bool[Tensor, "batch pos"],
+    x: Float[Tensor, "batch pos d_model"] | Activations,
+    mask: Bool[Tensor, "batch pos"] | None,
     *,
     batch_size: int = 256,
     input_scale: float = 1.0,
 ) -> Float[Tensor, "member batch n_outputs"]:
-    """Logits of every member for every row (of ``x / input_scale``), in row chunks."""
+    """Logits of every member for every row (of ``x / input_scale``), in row chunks.
+
+    ``x`` is padded activations with their ``mask``, or ragged ``Activations`` (mask None).
+    """
     dtype = next(iter(params.values())).dtype
     data = FitData(config, x, mask, dtype, input_scale)
-    n = x.shape[0]
-    rows = torch.arange(n, device=x.device)
+    n = data.n
+    rows = torch.arange(n, device=data.device)
     return torch.cat(
         [data.logits(params, rows[s : s + batch_size]) for s in range(0, n, batch_size)], dim=1
     )

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensprobe.activations import Activations
 from lensprobe.errors import InputError
 from lensprobe.probes import Probe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
@@ -119,50 +120,78 @@ def member_mean(loss: Tensor, weight: Tensor) -> Tensor:
 
 
 class FitData:
-    """The rows a fit reads: pooled features (computed once), or the padded activations.
+    """The rows a fit reads: pooled features (computed once), or the activations themselves.
 
-    The padded activations are kept as given (e.g. bfloat16 from a capture) and each minibatch
-    is converted, zeroed at padding and scaled when it is read, so a fit never holds a float32
-    copy of the whole capture. The values are the same as converting everything up front.
+    The activations are a padded tensor with its mask, or ragged
+    :class:`~lensprobe.activations.Activations` (e.g. a memory-mapped store), of which only the
+    rows of each minibatch are padded, when they are read. Either way they are kept as given
+    (e.g. bfloat16 from a capture) and each minibatch is converted, zeroed at padding, trimmed to
+    the columns its rows read and scaled when it is read, so a fit never holds a float32 copy of
+    the whole capture. The values are the same as converting everything up front, and a
+    minibatch of a ragged source equals the same rows of the padded tensor.
     """
 
     chunk = 256
     """Rows converted at a time when pooling."""
 
     def __init__(
-        self, config: ProbeConfig, x: Tensor, mask: Tensor, dtype: torch.dtype, scale: float
+        self,
+        config: ProbeConfig,
+        x: Tensor | Activations,
+        mask: Tensor | None,
+        dtype: torch.dtype,
+        scale: float,
     ):
         self.cls = probe_class(config.kind)
         self.config = config
         self.pooled = issubclass(self.cls, PooledProbe)
-        given = mask
-        mask = tokens_read(config, mask)  # the tokens the trained probe's forward reads
-        self.x, self.mask, self.dtype, self.scale = x, mask, dtype, scale
+        self.x, self.dtype, self.scale = x, dtype, scale
+        self.ragged = isinstance(x, Activations)
+        self.n = len(x) if isinstance(x, Activations) else x.shape[0]
+        self.device = x.device
+        self.given: Tensor | None = None
+        self.mask: Tensor | None = None
+        if not isinstance(x, Activations):
+            if mask is None:
+                raise InputError("a padded tensor needs its mask")
+            self.given = mask
+            self.mask = tokens_read(config, mask)  # the tokens the trained probe's forward reads
         if self.pooled:
             # Pooling commutes with the positive scale, so the raw pooled features are shared by
             # every fit and prediction on the same activations (see _pooled).
-            self.features = (_pooled(self, given) / scale).to(dtype)
+            self.features = (_pooled(self) / scale).to(dtype)
+
+    def _rows(self, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
+        """Rows of the activations as stored and the tokens the probe reads in them."""
+        if isinstance(self.x, Activations):
+            idx = rows if isinstance(rows, Tensor) else torch.arange(self.n)[rows]
+            x, given = self.x.pad(idx.cpu(), dtype=self.x.dtype, device=self.device)
+            return x, tokens_read(self.config, given)
+        assert self.mask is not None
+        return self.x[rows], self.mask[rows]
 
     def _read(
-        self, rows: Tensor | slice, cols: slice | None, dtype: torch.dtype, *, scaled: bool = True
-    ) -> Tensor:
-        """Rows (and columns) of ``x`` in ``dtype``, zero at padding, divided by the scale."""
-        x = self.x[rows] if cols is None else self.x[rows, cols]
-        mask = self.mask[rows] if cols is None else self.mask[rows, cols]
+        self, rows: Tensor | slice, dtype: torch.dtype, *, scaled: bool = True, trim: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Rows in ``dtype``, zero at padding, scaled; ``trim``: only the columns they read.
+
+        Returns:
+            The rows and the tokens read in them (both trimmed).
+        """
+        x, mask = self._rows(rows)
+        if trim and mask.any():  # read only the columns some row uses (length-trimmed minibatches)
+            cols = mask.any(dim=0).nonzero().flatten()
+            lo, hi = int(cols[0]), int(cols[-1]) + 1
+            x, mask = x[:, lo:hi], mask[:, lo:hi]
         x = x.to(dtype).masked_fill(~mask[..., None], 0.0)  # a new tensor: x is never changed
-        return x.div_(self.scale) if scaled and self.scale != 1.0 else x
+        return (x.div_(self.scale) if scaled and self.scale != 1.0 else x), mask
 
     def logits(self, params: dict[str, Tensor], rows: Tensor) -> Tensor:
         """Logits ``(member, row, n_outputs)`` of some rows."""
         if self.pooled:
             return self.cls.linear_members(params, self.features[rows])  # type: ignore[attr-defined]
-        mask = self.mask[rows]
-        # Read only the columns some row of this batch uses (length-trimmed minibatches).
-        cols = mask.any(dim=0).nonzero().flatten()
-        lo, hi = int(cols[0]), int(cols[-1]) + 1
-        logits, _ = self.cls.forward_members(
-            self.config, params, self._read(rows, slice(lo, hi), self.dtype), mask[:, lo:hi]
-        )
+        x, mask = self._read(rows, self.dtype)
+        logits, _ = self.cls.forward_members(self.config, params, x, mask)
         return logits
 
 
@@ -170,27 +199,29 @@ _POOLED: list[tuple[tuple, Tensor]] = []
 """The last pooled features and what they were pooled from (see :func:`_pooled`)."""
 
 
-def _pooled(data: FitData, given_mask: Tensor) -> Tensor:
+def _pooled(data: FitData) -> Tensor:
     """Float32 pooled features of ``data.x`` (unscaled), pooled a chunk of rows at a time.
 
-    The last result is kept while the same ``x`` and mask objects live unchanged (same tensor
-    version), so a protocol that fits and then predicts on the same activations pools them once.
+    For a padded tensor the last result is kept while the same ``x`` and mask objects live
+    unchanged (same tensor version), so a protocol that fits and then predicts on the same
+    activations pools them once.
     """
-    key = (data.config.kind, data.config.exclude_bos, data.x._version, given_mask._version)
-    if _POOLED:
-        (x_ref, mask_ref, *old_key), features = _POOLED[0]
-        if x_ref() is data.x and mask_ref() is given_mask and tuple(old_key) == key:
-            return features
-    features = torch.cat(
-        [
-            data.cls.pool(  # type: ignore[attr-defined]
-                data._read(slice(i, i + data.chunk), None, torch.float32, scaled=False),
-                data.mask[i : i + data.chunk],
-            )
-            for i in range(0, data.x.shape[0], data.chunk)
-        ]
-    )
-    _POOLED[:] = [((weakref.ref(data.x), weakref.ref(given_mask), *key), features)]
+    key: tuple = ()
+    if data.given is not None:
+        assert isinstance(data.x, Tensor)
+        given = data.given
+        key = (data.config.kind, data.config.exclude_bos, data.x._version, given._version)
+        if _POOLED:
+            (x_ref, mask_ref, *old_key), features = _POOLED[0]
+            if x_ref() is data.x and mask_ref() is given and tuple(old_key) == key:
+                return features
+    parts = []
+    for i in range(0, data.n, data.chunk):
+        x, mask = data._read(slice(i, i + data.chunk), torch.float32, scaled=False, trim=False)
+        parts.append(data.cls.pool(x, mask))  # type: ignore[attr-defined]
+    features = torch.cat(parts) if parts else torch.empty(0, data.config.d_model)
+    if data.given is not None:
+        _POOLED[:] = [((weakref.ref(data.x), weakref.ref(data.given), *key), features)]
     return features
 
 

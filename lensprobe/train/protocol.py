@@ -47,7 +47,7 @@ from lensprobe.train.fit import fit_members, predict_members, token_scale, unsca
 from lensprobe.train.members import Members
 from lensprobe.train.result import ProtocolResult, SeedRun
 from lensprobe.train.split import stratified_folds, stratified_split
-from lensprobe.train.streaming import StreamedPool, stream_pooled
+from lensprobe.train.streaming import Streamed, stream_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +101,18 @@ def run_protocol(
     config = replace(config or ProtocolConfig(), **overrides) if overrides else config
     config = config or ProtocolConfig()
     train = config.resolved_train
-    check_budget(memory_estimate(data, labels, config, train), max_memory)  # before padding
-    streamed = _streams(data, config)
-    padded, mask, labels, classes, meta = _resolve_data(data, labels, mask, pad=not streamed)
+    check_budget(memory_estimate(data, labels, config, train), max_memory)  # before any read
+    padded, mask, labels, classes, meta = _resolve_data(data, labels, mask)
     d_model = int(data.meta.d_model) if padded is None else padded.shape[-1]
     probe_config = _probe_config(config, d_model, len(classes), meta)
-    stream = stream_pooled(data, probe_config) if padded is None else None
-    if stream is not None:  # pooled features as one-token sequences: nothing padded whole
-        padded = stream.features
-        mask = torch.ones(padded.shape[:2], dtype=torch.bool)
-    x: Tensor = padded  # type: ignore[assignment]
+    # Activations are never padded whole: one streaming pass reads the token norms (and a pooled
+    # probe's features, trained on as one-token sequences); attention minibatches are padded
+    # from the storage as they are read
+    stream = stream_inputs(data, probe_config) if padded is None else None
+    x: Tensor | Activations = data if padded is None else padded
+    if stream is not None and stream.features is not None:
+        x = stream.features
+        mask = torch.ones(x.shape[:2], dtype=torch.bool)
     splits = [_split(labels, config, train, seed) for seed in config.seeds]
     bar = _StepBar.for_protocol(progress, config, train)
     runs: list[SeedRun] = []
@@ -193,25 +195,26 @@ def _cross_validate(
     probe_config: ProbeConfig,
     config: ProtocolConfig,
     train: TrainConfig,
-    x: Tensor,
-    mask: Tensor,
+    x: Tensor | Activations,
+    mask: Tensor | None,
     labels: Tensor,
     seed: int,
     split: _Split,
     bar: _StepBar,
-    stream: StreamedPool | None = None,
+    stream: Streamed | None = None,
 ) -> _SeedCV:
     """Step 2 (with step 3's refit members): train one seed's members, score each fold member.
 
     Every weight decay has one member per fold, trained on the other folds, and one refit
     member trained on the whole training part; all of them train as one batched fit (or one
     at a time with ``execution="sequential"``) on activations divided by the seed's token
-    scale. Each fold member is scored on the fold it did not train on. With ``stream`` (a
-    pooled probe on ragged activations), ``x`` holds each sequence's pooled vector as one token
-    (the BOS rule already applied; it keeps a sequence's only token) and the scale comes from
-    the norms of the tokens the probe reads, as on padded activations.
+    scale. Each fold member is scored on the fold it did not train on. With ``stream``
+    (ragged activations), the scale comes from the streamed norms of the tokens the probe reads,
+    as on padded activations, and ``x`` is the ``Activations`` themselves (mask None), or for a
+    pooled probe each sequence's pooled vector as one token (the BOS rule already applied; it
+    keeps a sequence's only token).
     """
-    n = x.shape[0]
+    n = len(x) if isinstance(x, Activations) else x.shape[0]
     members, keys = _members_for_seed(seed, config, split, n)
     # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
     scale = 1.0
@@ -393,18 +396,18 @@ def memory_estimate(
 ) -> MemoryEstimate:
     """What :func:`run_protocol` would hold at its peak on ``data`` (nothing is padded or read).
 
-    Ragged ``Activations`` are padded into RAM whole for an attention probe (a copy in the
-    stored dtype) and streamed for a pooled one; a padded tensor is used as it is. See
+    Ragged ``Activations`` are streamed (no padded copy; a float64 norm per token for the input
+    scale); a padded tensor is used as it is. See
     :func:`lensprobe.train.budget.estimate_training_memory`.
     """
+    tokens = 0
     if isinstance(data, Activations):
         n, d = len(data), int(data.meta.d_model)
         pos = int(data.lengths.max()) if n else 0
-        itemsize = torch.empty(0, dtype=data.dtype).element_size()
-        pads = not _streams(data, config)  # pooled probes stream: no padded copy
+        tokens = data.n_tokens
         labels = data.labels if labels is None else labels
     elif isinstance(data, Tensor) and data.ndim == 3:
-        (n, pos, d), itemsize, pads = data.shape, data.element_size(), False
+        n, pos, d = data.shape
     else:  # other containers are padded by their own pad(); _resolve_data checks the rest
         return MemoryEstimate({})
     try:
@@ -416,8 +419,7 @@ def memory_estimate(
         n=n,
         pos=pos,
         d_model=d,
-        stored_itemsize=itemsize,
-        pads=pads,
+        streamed_tokens=tokens,
         pooled=issubclass(cls, PooledProbe),
         lbfgs=train.optimizer == "lbfgs",
         members=len(config.weight_decays) * (config.n_folds + 1),
@@ -427,26 +429,21 @@ def memory_estimate(
     )
 
 
-def _streams(data: Any, config: ProtocolConfig) -> bool:
-    """Whether the run reads ``data`` in one streaming pass (a pooled probe on ragged acts)."""
-    return isinstance(data, Activations) and issubclass(probe_class(config.probe), PooledProbe)
-
-
 def _resolve_data(
-    data: Any, labels: Any, mask: Tensor | None, *, pad: bool = True
+    data: Any, labels: Any, mask: Tensor | None
 ) -> tuple[Tensor | None, Tensor | None, Tensor, tuple[Any, ...], dict[str, Any]]:
-    """Checked, padded x and mask, class ids ``0..k-1``, the original classes, probe metadata.
+    """Checked x and mask, class ids ``0..k-1``, the original classes, probe metadata.
 
-    Every check runs here, before any compute (see :mod:`lensprobe.train.checks`). With
-    ``pad=False`` (``Activations`` streamed by :func:`~lensprobe.train.streaming.stream_pooled`,
-    which checks the values as it reads them) x and mask are None.
+    Every check runs here, before any compute (see :mod:`lensprobe.train.checks`), except the
+    values of ``Activations``: they are never padded whole (x and mask are None) and
+    :func:`~lensprobe.train.streaming.stream_inputs` checks them as it reads them.
     """
     meta: dict[str, Any] = {}
     names = None
     x: Tensor | None = None
     if hasattr(data, "pad") and hasattr(data, "meta"):  # an Activations container
-        # Keep the stored dtype (bf16 by default): fits convert a minibatch at a time.
-        if pad:
+        if not isinstance(data, Activations):  # another container with its own pad()
+            # Keep the stored dtype (bf16 by default): fits convert a minibatch at a time.
             x, mask = data.pad(dtype=data.dtype)
         m = data.meta
         if labels is None:
@@ -474,7 +471,7 @@ def _resolve_data(
     if mask is None and isinstance(x, Tensor) and x.ndim == 3:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     try:
-        if x is not None or pad:
+        if x is not None:
             check_activations(x, mask)
         n = len(data) if x is None else x.shape[0]
         ids, classes, class_names = encode_labels(labels, n, names)
@@ -538,8 +535,8 @@ def _members_for_seed(
 
 def _fit(
     config: ProbeConfig,
-    x: Tensor,
-    mask: Tensor,
+    x: Tensor | Activations,
+    mask: Tensor | None,
     labels: Tensor,
     members: Members,
     train: TrainConfig,
