@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "ProtocolConfig": "lensprobe.train",
     "fit": "lensprobe.train",
     "run_protocol": "lensprobe.train",
+    "sweep": "lensprobe.experiment",
     "choose_layer": "lensprobe.train",
     "compare": "lensprobe.train",
     "attention_entropy": "lensprobe.analysis",
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lensprobe.capturing import capture
     from lensprobe.data import load_dataset
     from lensprobe.errors import LensprobeError
+    from lensprobe.experiment import sweep
     from lensprobe.hooks import attach, edit_activations
     from lensprobe.models import load_model
     from lensprobe.patching import patch_positions

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,15 @@ from lensprobe.grid import (
     check_resumable,
     data_fingerprint,
     load_cell,
+    save,
     save_cell,
+    with_saved,
 )
 from lensprobe.specs import ProbeSpec
-from lensprobe.train.budget import check_budget
 from lensprobe.train.compare import Comparison
 from lensprobe.train.config import ProtocolConfig
-from lensprobe.train.protocol import memory_estimate, run_protocol
+from lensprobe.train.protocol import run_sweep
+from lensprobe.train.result import ProtocolResult
 from lensprobe.train.selection import (
     LayerChoice,
     choose_layer,
@@ -56,21 +59,24 @@ def run_grid(
     progress: bool = False,
     max_memory: int | float | str | None = None,
 ) -> list[Cell]:
-    """Run the protocol for every hook and probe; with ``out``, save and resume cell by cell.
+    """Run the protocol for every hook and probe in one sweep; with ``out``, save and resume.
+
+    The cells train through :func:`lensprobe.train.protocol.run_sweep`: every cell on each seed's
+    same split, each hook read once, the AdamW members of every hook of a probe spec in one
+    batched fit. Each cell equals :func:`~lensprobe.train.protocol.run_protocol` on it alone.
 
     Args:
-        activations: Hook name -> ``Activations`` (with labels), e.g. the result of
-            ``lp.capture``.
+        activations: Hook name -> ``Activations`` (with labels), e.g. from ``lp.capture``.
         probes: Probe specs (``"attention-8"``) or :class:`ProbeSpec`.
         dataset: Name recorded in every cell.
         protocol: Base protocol settings; each spec sets probe kind, heads and optimizer.
         out: A results folder. Each cell is written there atomically as soon as it finishes
-            (:func:`lensprobe.grid.save_cell`); a cell already there is read back instead of
-            trained (``cell.resumed``), after checking it was trained with the same settings on
-            the same data.
+            (:func:`lensprobe.grid.save_cell`; a probe spec's hooks finish together); a cell
+            already there is read back instead of trained (``cell.resumed``), after checking it
+            was trained with the same settings on the same data.
         entropy: Add ``entropy_ratio`` (mean attention entropy / uniform on the test rows) to
             attention cells.
-        on_row: Called with each finished (or resumed) cell.
+        on_row: Called with each finished (or resumed: those first) cell.
         progress: Show a progress bar over each fit's optimisation steps.
         max_memory: Most memory a cell may hold (bytes or e.g. ``"4GB"``; default 80% of the
             memory available); every cell is checked against it before the first one trains.
@@ -81,68 +87,137 @@ def run_grid(
     Raises:
         MemoryBudgetError: A cell would need more than ``max_memory`` (before any training).
         OutputPathError: ``out`` holds cells of this dataset split otherwise, or a cell of this
-            grid trained with other settings or on other data (checked before any training for
-            the splits and the data, before each resumed cell for its settings).
+            grid trained with other settings or on other data (before any training).
     """
     specs = [p if isinstance(p, ProbeSpec) else ProbeSpec.parse(p) for p in probes]
     base = protocol or ProtocolConfig()
+    configs = [spec.protocol(base) for spec in specs]
     fingerprint = ""
     if out is not None and activations:
         fingerprint = data_fingerprint(next(iter(activations.values())))
         check_folder(out, dataset, base, fingerprint)  # before any training
-    for acts in activations.values():  # every cell's memory, before any cell trains
-        for spec in specs:
-            config = spec.protocol(base)
-            check_budget(memory_estimate(acts, None, config, config.resolved_train), max_memory)
-    cells = []
-    for hook, acts in activations.items():
-        for spec in specs:
-            config = spec.protocol(base)
-            cell = None
-            if out is not None:
-                path = cell_path(out, dataset, hook, spec.label)
-                if (path / CELL_JSON).is_file():
-                    cell = load_cell(path)
-                    check_resumable(cell, config, fingerprint, path)
-            if cell is None:
-                cell = _train_cell(acts, config, dataset, hook, spec, progress, entropy, max_memory)
-                cell.fingerprint = fingerprint
-                if out is not None:
-                    save_cell(cell, out)
-            logger.info(
-                "%s %s %s: accuracy %.4f%s",
-                dataset,
-                hook,
-                spec.label,
-                cell.result.metrics["accuracy"],
-                " (saved earlier)" if cell.resumed else "",
-            )
-            cells.append(cell)
-            if on_row is not None:
-                on_row(cell)
-    return cells
+    done: dict[tuple[str, int], Cell] = {}
+    if out is not None:  # every saved cell is read and checked before any training
+        done = _saved_cells(out, dataset, list(activations), specs, configs, fingerprint)
+    for cell in done.values():
+        _finished(cell, on_row)
+
+    def trained(hook: str, i: int, result: ProtocolResult) -> None:
+        cell = Cell(dataset=dataset, hook=hook, probe=specs[i].label, result=result)
+        if entropy and result.probe.config.kind == "attention":
+            from lensprobe.analysis import attention_entropy
+
+            ent = attention_entropy(result.probe, activations[hook], rows=result.test_rows)
+            cell.extra["entropy_ratio"] = float(ent.summary()["mean_ratio"])
+        cell.fingerprint = fingerprint
+        if out is not None:
+            save_cell(cell, out)
+        done[hook, i] = cell
+        _finished(cell, on_row)
+
+    todo = [(h, i) for h in activations for i in range(len(specs)) if (h, i) not in done]
+    if todo:
+        run_sweep(
+            activations,
+            configs,
+            cells=todo,
+            progress=progress,
+            max_memory=max_memory,
+            on_result=trained,
+        )
+    return [done[h, i] for h in activations for i in range(len(specs))]
 
 
-def _train_cell(
-    acts: Any,
-    config: ProtocolConfig,
+def sweep(
+    activations: Mapping[str, Any],
+    probes: Sequence[ProbeSpec | str] = ("attention-8", "attention-1", "mean", "last"),
+    *,
+    seeds: Sequence[int] | None = None,
+    dataset: str = "data",
+    protocol: ProtocolConfig | None = None,
+    out: str | Path | None = None,
+    entropy: bool = False,
+    progress: bool = False,
+    max_memory: int | float | str | None = None,
+) -> Grid:
+    """Train every probe at every hook in one pass and compare them: the typed grid result.
+
+    Every cell uses each seed's same split, so layers and probe kinds are compared on the same
+    rows; each hook is read once; the AdamW members of every hook of a probe train as one
+    batched model. Each probe's layer is chosen per split by CV on that split's training part
+    (:attr:`Grid.choices`), and every two probes are compared at their chosen layers, Holm-
+    adjusted over the grid (:attr:`Grid.comparisons`).
+
+    Args:
+        activations: Hook name -> ``Activations`` of the same texts, e.g. ``lp.capture(...)``
+            or a store opened with :func:`lensprobe.storage.load` (streamed, never padded whole).
+        probes: Probe specs (``"attention-8"``, ``"mean"``, ``"last-adamw"``, ...).
+        seeds: The splits (default: ``protocol``'s, one split).
+        dataset: Name recorded in every cell.
+        protocol: Base protocol settings.
+        out: A results folder: cells saved as they finish, a rerun resumes, and the index
+            (``results.json`` / ``.csv``) holds these cells and those earlier runs left there.
+        entropy: Add each attention cell's entropy ratio on its test rows.
+        progress: Show a progress bar per probe.
+        max_memory: Most memory a fit may hold (default 80% of the memory available).
+
+    Example:
+        >>> acts = lp.capture(model, texts, hooks=[f"blocks.{i}.hook_resid_post" for i in
+        ...                   range(0, 18, 3)], labels=labels)  # doctest: +SKIP
+        >>> grid = lp.sweep(acts, ["attention-8", "mean"], seeds=(0, 1, 2))  # doctest: +SKIP
+        >>> print(format_table(grid))  # doctest: +SKIP
+    """
+    base = protocol or ProtocolConfig()
+    if seeds is not None:
+        base = replace(base, seeds=tuple(seeds))
+    cells = run_grid(
+        activations,
+        probes,
+        dataset=dataset,
+        protocol=base,
+        out=out,
+        entropy=entropy,
+        progress=progress,
+        max_memory=max_memory,
+    )
+    if out is None:
+        return Grid.build(cells)
+    grid = Grid.build(with_saved(cells, out), folder=out)
+    save(grid, out)
+    return grid
+
+
+def _saved_cells(
+    out: str | Path,
     dataset: str,
-    hook: str,
-    spec: ProbeSpec,
-    progress: bool,
-    entropy: bool,
-    max_memory: int | float | str | None,
-) -> Cell:
-    """One cell trained now (with its attention entropy when asked and the probe attends)."""
-    label = f"{hook} {spec.label}" if progress else False
-    result = run_protocol(acts, config=config, progress=label, max_memory=max_memory)
-    cell = Cell(dataset=dataset, hook=hook, probe=spec.label, result=result)
-    if entropy and result.probe.config.kind == "attention":
-        from lensprobe.analysis import attention_entropy
+    hooks: list[str],
+    specs: list[ProbeSpec],
+    configs: list[ProtocolConfig],
+    fingerprint: str,
+) -> dict[tuple[str, int], Cell]:
+    """The cells of this grid an earlier run saved in ``out``, each checked to be resumable."""
+    done = {}
+    for hook in hooks:
+        for i, spec in enumerate(specs):
+            path = cell_path(out, dataset, hook, spec.label)
+            if (path / CELL_JSON).is_file():
+                done[hook, i] = cell = load_cell(path)
+                check_resumable(cell, configs[i], fingerprint, path)
+    return done
 
-        ent = attention_entropy(result.probe, acts, rows=result.test_rows)
-        cell.extra["entropy_ratio"] = float(ent.summary()["mean_ratio"])
-    return cell
+
+def _finished(cell: Cell, on_row: Callable[[Cell], None] | None) -> None:
+    """Log a finished (or resumed) cell and hand it to ``on_row``."""
+    logger.info(
+        "%s %s %s: accuracy %.4f%s",
+        cell.dataset,
+        cell.hook,
+        cell.probe,
+        cell.result.metrics["accuracy"],
+        " (saved earlier)" if cell.resumed else "",
+    )
+    if on_row is not None:
+        on_row(cell)
 
 
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (

@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,6 +381,16 @@ def _json_safe(value: Any) -> Any:
 
 
 # --- the whole grid ----------------------------------------------------------------------------------
+
+
+def with_saved(cells: Sequence[Cell], out: str | Path) -> list[Cell]:
+    """``cells`` and the cells earlier runs left in ``out`` (other probes, hooks or datasets).
+
+    The cells of ``cells`` are not read back (they are in memory already); the earlier ones come
+    first, in folder order.
+    """
+    mine = {cell_path(out, *c.key) for c in cells}
+    return [*(load_cell(p) for p in cell_folders(out) if p not in mine), *cells]
 
 
 def save(grid: Grid, out: str | Path) -> Path:

@@ -85,14 +85,17 @@ def test_a_grid_killed_after_its_second_cell_resumes_with_both_kept(tmp_path, mo
     kept = grids.load(tmp_path)
     assert [c.key for c in kept.cells] == seen
     trained = []
-    real = experiment.run_protocol
+    real = experiment.run_sweep
     monkeypatch.setattr(
-        experiment, "run_protocol", lambda *a, **k: trained.append(1) or real(*a, **k)
+        experiment, "run_sweep", lambda *a, **k: trained.extend(k["cells"]) or real(*a, **k)
     )
     cells = run_grid(acts, probes, dataset="toy", protocol=FAST, out=tmp_path)
     assert len(trained) == 2  # only the two unfinished cells trained again
-    assert [c.resumed for c in cells] == [True, True, False, False]
-    for a, b in zip(kept.cells, cells[:2], strict=True):
+    # the sweep trains a probe on every hook at once: both hooks' "mean" cells were saved first
+    assert [c.resumed for c in cells] == [True, False, True, False]
+    resumed = [c for c in cells if c.resumed]
+    assert [c.key for c in resumed] == seen
+    for a, b in zip(kept.cells, resumed, strict=True):
         _same_result(a.result, b.result)
     fresh = run_grid(acts, probes, dataset="toy", protocol=FAST)  # one uninterrupted run
     for a, b in zip(fresh, cells, strict=True):
@@ -102,7 +105,7 @@ def test_a_grid_killed_after_its_second_cell_resumes_with_both_kept(tmp_path, mo
 def test_a_rerun_with_other_settings_or_data_is_refused_before_training(tmp_path, monkeypatch):
     acts = _acts()
     run_grid(acts, ["mean"], dataset="toy", protocol=FAST, out=tmp_path)
-    monkeypatch.setattr(experiment, "run_protocol", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(experiment, "run_sweep", lambda *a, **k: pytest.fail("trained"))
     other_seeds = ProtocolConfig(seeds=(0, 1, 2), weight_decays=(0.0, 0.1), n_folds=3, train=SHORT)
     with pytest.raises(OutputPathError, match=r"split otherwise \(seeds"):
         run_grid(acts, ["last"], dataset="toy", protocol=other_seeds, out=tmp_path)

@@ -317,15 +317,14 @@ def finish(cells: list[Any], reports: Sequence[ReportJob], out: str) -> Any:
     failed render loses nothing.
     """
     from lensprobe.experiment import format_choices, format_table
-    from lensprobe.grid import Grid, cell_folders, cell_path, load_cell, save
+    from lensprobe.grid import Grid, save, with_saved
 
-    mine = {cell_path(out, *c.key) for c in cells}  # in memory already: not read back
-    earlier = [load_cell(p) for p in cell_folders(out) if p not in mine]
-    grid = Grid.build([*earlier, *cells], folder=out)
+    every = with_saved(cells, out)
+    grid = Grid.build(every, folder=out)
     save(grid, out)
     say("")
-    if earlier:
-        say(f"(with {len(earlier)} cell(s) of earlier runs kept in {out})")
+    if len(every) > len(cells):
+        say(f"(with {len(every) - len(cells)} cell(s) of earlier runs kept in {out})")
     say(format_table(grid))
     for dataset in grid.datasets:
         _, choices, comparisons = grid.of(dataset)

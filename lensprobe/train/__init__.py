@@ -6,7 +6,7 @@ from lensprobe.train.compare import Comparison, compare
 from lensprobe.train.config import ProtocolConfig, TrainConfig
 from lensprobe.train.fit import fit, fit_members, predict_members
 from lensprobe.train.members import FitResult, Members
-from lensprobe.train.protocol import run_protocol
+from lensprobe.train.protocol import run_protocol, run_sweep
 from lensprobe.train.result import ProtocolResult, SeedRun
 from lensprobe.train.selection import LayerChoice, choose_layer, choose_layers
 from lensprobe.train.split import stratified_folds, stratified_split
@@ -27,6 +27,7 @@ __all__ = [
     "fit_members",
     "predict_members",
     "run_protocol",
+    "run_sweep",
     "stratified_folds",
     "stratified_split",
 ]

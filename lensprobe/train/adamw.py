@@ -19,6 +19,7 @@ from lensprobe.train.config import TrainConfig
 from lensprobe.train.members import (
     FitData,
     FitResult,
+    HookData,
     Members,
     Problem,
     decay_penalty,
@@ -141,7 +142,8 @@ def _adamw_step(
     else:
         w, wd = problem.train_w[live][:, rows], problem.wd[live]
         member_params = {k: v[live] for k, v in params.items()}
-    loss = per_example_loss(problem.data.logits(member_params, rows), problem.labels[rows])
+    logits = problem.data.logits(member_params, rows, live)
+    loss = per_example_loss(logits, problem.labels[rows])
     member_loss = member_mean(loss, w)
     went_bad = ~torch.isfinite(member_loss.detach())
     if train.decay == "l2":  # wd / 2 * ||W||^2 in each member's loss, as L-BFGS
@@ -181,6 +183,7 @@ def _early_stop_losses(
     losses[idx] = _stop_losses(
         problem.data,
         {k: v[idx] for k, v in params.items()},
+        idx,
         problem.labels,
         problem.stop_w[idx],
         batch,
@@ -194,14 +197,19 @@ def _early_stop_losses(
 
 @torch.no_grad()
 def _stop_losses(
-    data: FitData, params: dict[str, Tensor], labels: Tensor, stop_w: Tensor, batch: int
+    data: FitData | HookData,
+    params: dict[str, Tensor],
+    members: Tensor,
+    labels: Tensor,
+    stop_w: Tensor,
+    batch: int,
 ) -> Tensor:
     """Each member's mean loss over its early-stopping rows, a batch of rows at a time."""
     rows = stop_w.bool().any(dim=0).nonzero().flatten()
     total = torch.zeros(stop_w.shape[0], dtype=stop_w.dtype, device=stop_w.device)
     for start in range(0, rows.numel(), batch):
         r = rows[start : start + batch]
-        loss = per_example_loss(data.logits(params, r), labels[r])
+        loss = per_example_loss(data.logits(params, r, members), labels[r])
         total += member_sum(loss, stop_w[:, r])
     return total / stop_w.sum(dim=1).clamp_min(1.0)
 

@@ -11,7 +11,7 @@ and normalised activations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -24,7 +24,7 @@ from lensprobe.train.adamw import fit_adamw
 from lensprobe.train.checks import check_activations
 from lensprobe.train.config import TrainConfig
 from lensprobe.train.lbfgs import fit_lbfgs
-from lensprobe.train.members import FitData, FitResult, Members, Problem
+from lensprobe.train.members import FitData, FitResult, HookData, Members, Problem
 from lensprobe.train.split import stratified_split
 
 
@@ -88,6 +88,84 @@ def fit_members(
     if order_rows is None:
         order_rows = members.train.any(dim=0).nonzero().flatten()
     return fit_adamw(problem, params, train, order_rows.to(device), eval_batch_size, on_step)
+
+
+def fit_hooks(
+    config: ProbeConfig,
+    sources: Sequence[tuple[Tensor | Activations, Tensor | None, float]],
+    labels: Int[Tensor, " batch"],
+    members: Members,
+    train: TrainConfig | None = None,
+    *,
+    order_rows: Int[Tensor, " rows"] | None = None,
+    eval_batch_size: int = 256,
+    on_step: Callable[[int], None] | None = None,
+) -> list[FitResult]:
+    """Train the same members on several hooks' activations of the same rows, in one fit.
+
+    With AdamW, every hook's copy of the members trains in one optimizer loop that reads each
+    minibatch of each hook once (:class:`~lensprobe.train.members.HookData`); each copy ends
+    where :func:`fit_members` on its hook alone ends. L-BFGS fits the hooks one after another.
+
+    Args:
+        config: The probe every member is an instance of (the hook it names is not read).
+        sources: Per hook, ``(x, mask, input_scale)`` as :func:`fit_members` takes them.
+        labels: Class of each row (the same rows in every hook).
+        members: The members trained on each hook.
+        train: Optimisation settings.
+        order_rows: As :func:`fit_members`.
+        eval_batch_size: As :func:`fit_members`.
+        on_step: As :func:`fit_members`.
+
+    Returns:
+        One :class:`FitResult` per hook, in the order of ``sources``.
+    """
+    train = train or TrainConfig()
+    if train.optimizer == "lbfgs" or len(sources) == 1:
+        return [
+            fit_members(
+                config,
+                x,
+                mask,
+                labels,
+                members,
+                train,
+                order_rows=order_rows,
+                input_scale=scale,
+                eval_batch_size=eval_batch_size,
+                on_step=on_step,
+            )
+            for x, mask, scale in sources
+        ]
+    cls = probe_class(config.kind)
+    parts = [FitData(config, x, mask, torch.float32, scale) for x, mask, scale in sources]
+    data = HookData(parts, [len(members)] * len(parts))
+    k = len(sources)
+    every = Members(
+        weight_decay=members.weight_decay.repeat(k),
+        seeds=members.seeds * k,
+        train=members.train.repeat(k, 1),
+        stop=members.stop.repeat(k, 1),
+    )
+    problem = Problem.build(cls, data, labels.to(data.device), every)
+    start = cls.init_members(config, list(every.seeds))
+    params = {
+        name: v.detach().to(device=data.device, dtype=torch.float32).clone().requires_grad_(True)
+        for name, v in start.items()
+    }
+    if order_rows is None:
+        order_rows = members.train.any(dim=0).nonzero().flatten()
+    result = fit_adamw(problem, params, train, order_rows.to(data.device), eval_batch_size, on_step)
+    m = len(members)
+    return [
+        FitResult(
+            params={name: v[i * m : (i + 1) * m] for name, v in result.params.items()},
+            steps=result.steps[i * m : (i + 1) * m],
+            best_step=result.best_step[i * m : (i + 1) * m],
+            stop_loss=result.stop_loss[i * m : (i + 1) * m],
+        )
+        for i in range(k)
+    ]
 
 
 @torch.no_grad()

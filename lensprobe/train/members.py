@@ -186,13 +186,56 @@ class FitData:
         x = x.to(dtype).masked_fill(~mask[..., None], 0.0)  # a new tensor: x is never changed
         return (x.div_(self.scale) if scaled and self.scale != 1.0 else x), mask
 
-    def logits(self, params: dict[str, Tensor], rows: Tensor) -> Tensor:
-        """Logits ``(member, row, n_outputs)`` of some rows."""
+    def logits(
+        self, params: dict[str, Tensor], rows: Tensor, members: Tensor | None = None
+    ) -> Tensor:
+        """Logits ``(member, row, n_outputs)`` of some rows.
+
+        ``members``: which members the stacked ``params`` are (read by :class:`HookData`;
+        ignored here).
+        """
         if self.pooled:
             return self.cls.linear_members(params, self.features[rows])  # type: ignore[attr-defined]
         x, mask = self._read(rows, self.dtype)
         logits, _ = self.cls.forward_members(self.config, params, x, mask)
         return logits
+
+
+class HookData:
+    """Several hooks' :class:`FitData` in one fit: member ``i`` reads hook ``hook_of[i]``.
+
+    Every hook has the same rows (the same texts and labels) and its own activations and input
+    scale; the members of one hook form a contiguous block. Each minibatch is read once per hook
+    and each hook's members compute on their own hook's rows, so a member ends where it ends in a
+    fit of its hook alone, while every hook's members share one optimizer loop.
+    """
+
+    def __init__(self, parts: list[FitData], sizes: list[int]):
+        if len(parts) != len(sizes) or not parts:
+            raise InputError("one FitData and one member count per hook")
+        if len({(p.n, p.dtype, p.device, p.pooled) for p in parts}) != 1:
+            raise InputError("hooks of one fit need the same rows, dtype, device and probe kind")
+        self.parts = parts
+        self.n, self.dtype, self.device, self.pooled = (
+            parts[0].n,
+            parts[0].dtype,
+            parts[0].device,
+            False,
+        )
+        self.hook_of = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(sizes))
+        self.bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+
+    def logits(
+        self, params: dict[str, Tensor], rows: Tensor, members: Tensor | None = None
+    ) -> Tensor:
+        """Logits ``(member, row, n_outputs)``; ``members`` (ascending) are the stacked ones."""
+        hook_of = self.hook_of if members is None else self.hook_of[members.cpu()]
+        out, start = [], 0
+        for h, count in zip(*torch.unique_consecutive(hook_of, return_counts=True), strict=True):
+            block = {k: v[start : start + int(count)] for k, v in params.items()}
+            out.append(self.parts[int(h)].logits(block, rows))
+            start += int(count)
+        return torch.cat(out)
 
 
 _POOLED: list[tuple[tuple, Tensor]] = []
@@ -245,7 +288,7 @@ class Problem:
     """
 
     probe_cls: type[Probe]
-    data: FitData
+    data: FitData | HookData
     labels: Int[Tensor, " batch"]
     members: Members
     wd: Float[Tensor, " member"]
@@ -255,7 +298,9 @@ class Problem:
     """1.0 on each member's early-stopping rows."""
 
     @classmethod
-    def build(cls, probe: type[Probe], data: FitData, labels: Tensor, members: Members) -> Problem:
+    def build(
+        cls, probe: type[Probe], data: FitData | HookData, labels: Tensor, members: Members
+    ) -> Problem:
         """The problem of ``members`` on ``data`` (tables moved to the labels' device)."""
         device, dtype = labels.device, data.dtype
         return cls(

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,7 +44,13 @@ from lensprobe.probes.base import tokens_read
 from lensprobe.train.budget import MemoryEstimate, check_budget, estimate_training_memory
 from lensprobe.train.checks import check_activations, encode_labels
 from lensprobe.train.config import ProtocolConfig, TrainConfig
-from lensprobe.train.fit import fit_members, predict_members, token_scale, unscale_params
+from lensprobe.train.fit import (
+    fit_hooks,
+    fit_members,
+    predict_members,
+    token_scale,
+    unscale_params,
+)
 from lensprobe.train.members import Members
 from lensprobe.train.result import ProtocolResult, SeedRun
 from lensprobe.train.split import stratified_folds, stratified_split
@@ -100,34 +107,234 @@ def run_protocol(
     start = time.perf_counter()
     config = replace(config or ProtocolConfig(), **overrides) if overrides else config
     config = config or ProtocolConfig()
-    train = config.resolved_train
-    check_budget(memory_estimate(data, labels, config, train), max_memory)  # before any read
-    padded, mask, labels, classes, meta = _resolve_data(data, labels, mask)
-    d_model = int(data.meta.d_model) if padded is None else padded.shape[-1]
-    probe_config = _probe_config(config, d_model, len(classes), meta)
+    check_budget(memory_estimate(data, labels, config, config.resolved_train), max_memory)
+    hook, labels, classes = _prepare(data, labels, mask, config)
     # Activations are never padded whole: one streaming pass reads the token norms (and a pooled
     # probe's features, trained on as one-token sequences); attention minibatches are padded
     # from the storage as they are read
-    stream = stream_inputs(data, probe_config) if padded is None else None
-    x: Tensor | Activations = data if padded is None else padded
-    if stream is not None and stream.features is not None:
-        x = stream.features
-        mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    inputs = _Input.of(hook, config, stream_inputs if hook.streamed else None)
+    label = progress if isinstance(progress, str) else (config.probe if progress else None)
+    (result,) = _train_hooks([inputs], config, labels, classes, label)
+    return replace(result, seconds=time.perf_counter() - start)
+
+
+def run_sweep(
+    data: Mapping[str, Any],
+    configs: Sequence[ProtocolConfig],
+    *,
+    labels: Any = None,
+    masks: Mapping[str, Tensor] | None = None,
+    cells: Collection[tuple[str, int]] | None = None,
+    progress: bool = False,
+    max_memory: int | float | str | None = None,
+    on_result: Callable[[str, int, ProtocolResult], None] | None = None,
+) -> dict[tuple[str, int], ProtocolResult]:
+    """:func:`run_protocol` for every hook x config, in one pass over the hooks.
+
+    Every cell uses each seed's same split, folds and early-stopping slice (they depend only on
+    the labels and the split settings, which every config must share), so hooks and probe kinds
+    are compared on the same rows. Each hook is read once for its token norms and the pooled
+    features of every pooled kind; per config, the AdamW members of every hook train as one
+    batched model that reads each minibatch of each hook once
+    (:func:`~lensprobe.train.fit.fit_hooks`). Each cell's result is :func:`run_protocol`'s on
+    that cell alone (tests/test_sweep.py).
+
+    Args:
+        data: Hook name -> ``Activations`` (labels stored), all of the same texts and labels, or
+            padded ``(batch, pos, d_model)`` tensors with ``labels``.
+        configs: Protocol settings per probe, e.g. ``spec.protocol(base)`` for each spec.
+        labels: One label per sequence for every hook (default: each hook's stored labels).
+        masks: Hook name -> valid tokens of its padded tensor (default: all valid).
+        cells: Only these ``(hook, config index)`` cells (default: all); a hook is read only
+            when one of its cells is trained.
+        progress: Show a progress bar over each config's optimisation steps.
+        max_memory: As :func:`run_protocol`; every cell is checked before any compute.
+        on_result: Called with (hook, config index, result) as each cell finishes.
+
+    Returns:
+        ``(hook, config index) -> ProtocolResult``.
+
+    Raises:
+        InputError: The hooks disagree on their labels, or the configs on their splits.
+    """
+    configs = list(configs)
+    todo = {(h, i) for h in data for i in range(len(configs))} if cells is None else set(cells)
+    data = {h: v for h, v in data.items() if any((h, i) in todo for i in range(len(configs)))}
+    if not data or not configs:
+        return {}
+    _check_sweep(configs)
+    for i, config in enumerate(configs):  # every cell's memory, before anything is read
+        train = config.resolved_train
+        names = [h for h in data if (h, i) in todo]
+        together = 1 if train.optimizer == "lbfgs" else len(names)
+        for name in names:
+            estimate = memory_estimate(data[name], labels, config, train, hooks=together)
+            check_budget(estimate, max_memory)
+    hooks, labels, classes = _sweep_hooks(data, labels, masks, configs[0])
+    streams = {
+        name: stream_inputs(
+            h.data,
+            _probe_config(configs[0], h.d_model, len(classes), h.meta),  # type: ignore[arg-type]
+            [c.probe for i, c in enumerate(configs) if (name, i) in todo],
+        )
+        for name, h in hooks.items()
+        if h.streamed
+    }
+    out: dict[tuple[str, int], ProtocolResult] = {}
+    for i, config in enumerate(configs):
+        names = [h for h in hooks if (h, i) in todo]
+        if not names:
+            continue
+        start = time.perf_counter()
+        inputs = [_Input.of(hooks[h], config, streams.get(h)) for h in names]
+        label = f"{config.probe} x {len(names)} hook(s)" if progress else None
+        results = _train_hooks(inputs, config, labels, classes, label)
+        seconds = (time.perf_counter() - start) / len(results)
+        for name, result in zip(names, results, strict=True):
+            out[name, i] = replace(result, seconds=seconds)
+            if on_result is not None:
+                on_result(name, i, out[name, i])
+    return out
+
+
+def _sweep_hooks(
+    data: Mapping[str, Any], labels: Any, masks: Mapping[str, Tensor] | None, config: ProtocolConfig
+) -> tuple[dict[str, _Hook], Tensor, tuple[Any, ...]]:
+    """Every hook's checked data, and the class ids and classes all of them share."""
+    hooks: dict[str, _Hook] = {}
+    ids = classes = None
+    for name, acts in data.items():
+        mask = None if masks is None else masks.get(name)
+        hooks[name], hook_ids, names = _prepare(acts, labels, mask, config)
+        if ids is None:
+            ids, classes = hook_ids, names
+        elif not (torch.equal(hook_ids, ids) and names == classes):
+            raise InputError(
+                f"hook {name!r} has other labels than {next(iter(data))!r}: a sweep trains every "
+                "hook on the same texts; capture all hooks in one lp.capture call"
+            )
+    assert ids is not None and classes is not None
+    return hooks, ids, classes
+
+
+def _check_sweep(configs: list[ProtocolConfig]) -> None:
+    """Every config of a sweep splits the rows alike (the same seeds, split seed, folds, ...)."""
+    for name in SPLIT_FIELDS:
+        values = {getattr(c, name) for c in configs}
+        if len(values) > 1:
+            raise InputError(
+                f"the configs of a sweep differ in {name} ({sorted(values, key=str)}): every "
+                "cell of a sweep must use the same splits; run the others in their own sweep"
+            )
+
+
+SPLIT_FIELDS = ("seeds", "split_seed", "test_fraction", "n_folds", "bos", "normalize")
+"""The settings every config of a sweep shares: the rows and tokens each cell reads."""
+
+
+@dataclass
+class _Hook:
+    """One hook's checked activations, before any probe is chosen."""
+
+    data: Any
+    """The caller's data: ``Activations`` (streamed) or a padded tensor."""
+    x: Tensor | None
+    """The padded tensor (None for ``Activations``)."""
+    mask: Tensor | None
+    d_model: int
+    n_classes: int
+    meta: dict[str, Any]
+    scales: dict[tuple[int, bool], float] = field(default_factory=dict)
+    """Input scale per (split seed, BOS excluded), computed once for every probe kind."""
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the hook is streamed (ragged ``Activations``)."""
+        return self.x is None
+
+
+@dataclass(frozen=True)
+class _Input:
+    """What one cell's fits read: a hook's rows for one probe config."""
+
+    hook: _Hook
+    probe_config: ProbeConfig
+    x: Tensor | Activations
+    """Padded activations, the ``Activations`` themselves, or a pooled probe's streamed
+    features as one-token sequences."""
+    mask: Tensor | None
+    stream: Streamed | None
+
+    @classmethod
+    def of(cls, hook: _Hook, config: ProtocolConfig, stream: Any) -> _Input:
+        """The input of ``config`` on ``hook``.
+
+        ``stream``: a :class:`Streamed` of the hook, :func:`stream_inputs` to stream it now, or
+        None (a padded tensor).
+        """
+        probe_config = _probe_config(config, hook.d_model, hook.n_classes, hook.meta)
+        if callable(stream):
+            stream = stream(hook.data, probe_config)
+        x: Tensor | Activations = hook.data if hook.x is None else hook.x
+        mask = hook.mask
+        if stream is not None and probe_config.kind in stream.features:
+            x = stream.features[probe_config.kind]
+            mask = torch.ones(x.shape[:2], dtype=torch.bool)
+        return cls(hook, probe_config, x, mask, stream)
+
+    @property
+    def n(self) -> int:
+        return len(self.x) if isinstance(self.x, Activations) else self.x.shape[0]
+
+    def scale(self, config: ProtocolConfig, split: _Split) -> float:
+        """The input scale of a seed's training rows (1.0 without ``token_norm``)."""
+        if config.normalize != "token_norm":
+            return 1.0
+        key = (split.split_seed, self.probe_config.exclude_bos)
+        if key not in self.hook.scales:
+            if self.stream is not None:
+                value = self.stream.token_scale(split.train_rows)
+            else:
+                assert self.hook.x is not None and self.hook.mask is not None
+                read = tokens_read(self.probe_config, self.hook.mask)
+                value = token_scale(self.hook.x, read, split.train_rows)
+            self.hook.scales[key] = value
+        return self.hook.scales[key]
+
+
+def _prepare(
+    data: Any, labels: Any, mask: Tensor | None, config: ProtocolConfig
+) -> tuple[_Hook, Tensor, tuple[Any, ...]]:
+    """One hook's checked data, class ids ``0..k-1`` and the original classes."""
+    padded, mask, ids, classes, meta = _resolve_data(data, labels, mask)
+    d_model = int(data.meta.d_model) if padded is None else padded.shape[-1]
+    return _Hook(data, padded, mask, d_model, len(classes), meta), ids, classes
+
+
+def _train_hooks(
+    inputs: list[_Input],
+    config: ProtocolConfig,
+    labels: Tensor,
+    classes: tuple[Any, ...],
+    label: str | None,
+) -> list[ProtocolResult]:
+    """Steps 1-4 of every seed for one config on several hooks (their fits batched)."""
+    train = config.resolved_train
     splits = [_split(labels, config, train, seed) for seed in config.seeds]
-    bar = _StepBar.for_protocol(progress, config, train)
-    runs: list[SeedRun] = []
-    cv_table: list[dict[str, Any]] = []
+    bar = _StepBar.for_protocol(label, config, train, len(inputs))
+    runs: list[list[SeedRun]] = [[] for _ in inputs]
+    tables: list[list[dict[str, Any]]] = [[] for _ in inputs]
     try:
         for seed, split in zip(config.seeds, splits, strict=True):
-            cv = _cross_validate(
-                probe_config, config, train, x, mask, labels, seed, split, bar, stream
-            )
-            chosen = _choose_decay(cv.summary, config.select_by)
-            runs.append(_refit_and_test(probe_config, cv, chosen, labels, x.device))
-            cv_table += cv.rows
+            cvs = _cross_validate(inputs, config, train, labels, seed, split, bar)
+            for i, (inp, cv) in enumerate(zip(inputs, cvs, strict=True)):
+                chosen = _choose_decay(cv.summary, config.select_by)
+                device = inp.x.device
+                runs[i].append(_refit_and_test(inp.probe_config, cv, chosen, labels, device))
+                tables[i] += cv.rows
     finally:
         bar.close()
-    return _protocol_result(config, runs, classes, cv_table, time.perf_counter() - start)
+    return [_protocol_result(config, r, classes, t, 0.0) for r, t in zip(runs, tables, strict=True)]
 
 
 # --- 1. split --------------------------------------------------------------------------------
@@ -192,57 +399,50 @@ class _SeedCV:
 
 
 def _cross_validate(
-    probe_config: ProbeConfig,
+    inputs: list[_Input],
     config: ProtocolConfig,
     train: TrainConfig,
-    x: Tensor | Activations,
-    mask: Tensor | None,
     labels: Tensor,
     seed: int,
     split: _Split,
     bar: _StepBar,
-    stream: Streamed | None = None,
-) -> _SeedCV:
+) -> list[_SeedCV]:
     """Step 2 (with step 3's refit members): train one seed's members, score each fold member.
 
     Every weight decay has one member per fold, trained on the other folds, and one refit
     member trained on the whole training part; all of them train as one batched fit (or one
     at a time with ``execution="sequential"``) on activations divided by the seed's token
-    scale. Each fold member is scored on the fold it did not train on. With ``stream``
-    (ragged activations), the scale comes from the streamed norms of the tokens the probe reads,
-    as on padded activations, and ``x`` is the ``Activations`` themselves (mask None), or for a
-    pooled probe each sequence's pooled vector as one token (the BOS rule already applied; it
-    keeps a sequence's only token).
+    scale. Each fold member is scored on the fold it did not train on. Several hooks' members
+    train in one fit, each on its own hook's activations and scale (one result per hook).
     """
-    n = len(x) if isinstance(x, Activations) else x.shape[0]
+    n = inputs[0].n
     members, keys = _members_for_seed(seed, config, split, n)
-    # mask stays as captured: fits and predictions read tokens_read(probe_config, mask) themselves
-    scale = 1.0
-    if config.normalize == "token_norm" and stream is not None:
-        scale = stream.token_scale(split.train_rows)
-    elif config.normalize == "token_norm":
-        scale = token_scale(x, tokens_read(probe_config, mask), split.train_rows)
+    # masks stay as captured: fits and predictions read tokens_read(probe_config, mask) themselves
+    scales = [inp.scale(config, split) for inp in inputs]
     train = replace(train, seed=train.seed + seed)
     # AdamW draws its minibatches from the rows some member trains on: never the test part or
     # the early-stopping slice, so the refit (the reported probe) reads exactly its own rows
     order_rows = members.train.any(dim=0).nonzero().flatten()
-    params, steps, best_step = _fit(
-        probe_config,
-        x,
-        mask,
-        labels.to(x.device),
+    sources = [(inp.x, inp.mask, scale) for inp, scale in zip(inputs, scales, strict=True)]
+    fits = _fit(
+        inputs[0].probe_config,
+        sources,
+        labels.to(inputs[0].x.device),
         members,
         train,
         order_rows,
         config.execution,
-        scale,
         bar,
     )
-    logits = predict_members(probe_config, params, x, mask, input_scale=scale).float().cpu()
-    params = unscale_params(probe_config, params, scale)
-    rows = _fold_scores(keys, logits, labels, split.fold_of(n), seed, steps, best_step)
-    summary = _summarise(rows, config.weight_decays)
-    return _SeedCV(seed, split, keys, logits, params, scale, rows, summary)
+    out = []
+    for inp, scale, (params, steps, best_step) in zip(inputs, scales, fits, strict=True):
+        logits = predict_members(inp.probe_config, params, inp.x, inp.mask, input_scale=scale)
+        logits = logits.float().cpu()
+        params = unscale_params(inp.probe_config, params, scale)
+        rows = _fold_scores(keys, logits, labels, split.fold_of(n), seed, steps, best_step)
+        summary = _summarise(rows, config.weight_decays)
+        out.append(_SeedCV(seed, split, keys, logits, params, scale, rows, summary))
+    return out
 
 
 def _fold_scores(
@@ -392,9 +592,12 @@ def _summarise(cv_rows: list[dict[str, Any]], weight_decays: tuple[float, ...]) 
 
 
 def memory_estimate(
-    data: Any, labels: Any, config: ProtocolConfig, train: TrainConfig
+    data: Any, labels: Any, config: ProtocolConfig, train: TrainConfig, *, hooks: int = 1
 ) -> MemoryEstimate:
     """What :func:`run_protocol` would hold at its peak on ``data`` (nothing is padded or read).
+
+    ``hooks``: how many hooks' members train in one fit (:func:`run_sweep`); their minibatches
+    and members count that many times.
 
     Ragged ``Activations`` are streamed (no padded copy; a float64 norm per token for the input
     scale); a padded tensor is used as it is. See
@@ -422,7 +625,7 @@ def memory_estimate(
         streamed_tokens=tokens,
         pooled=issubclass(cls, PooledProbe),
         lbfgs=train.optimizer == "lbfgs",
-        members=len(config.weight_decays) * (config.n_folds + 1),
+        members=len(config.weight_decays) * (config.n_folds + 1) * hooks,
         batch_size=train.batch_size,
         n_heads=config.n_heads if not issubclass(cls, PooledProbe) else 1,
         n_outputs=1 if n_classes <= 2 else n_classes,
@@ -535,46 +738,66 @@ def _members_for_seed(
 
 def _fit(
     config: ProbeConfig,
-    x: Tensor | Activations,
-    mask: Tensor | None,
+    sources: list[tuple[Tensor | Activations, Tensor | None, float]],
     labels: Tensor,
     members: Members,
     train: TrainConfig,
     order_rows: Tensor,
     execution: str,
-    scale: float,
     bar: _StepBar,
-) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """Fit all members batched, or one at a time; returns params, steps and best steps.
+) -> list[tuple[dict[str, Tensor], Tensor, Tensor]]:
+    """Fit all members of every hook batched, or one member of one hook at a time.
 
-    One at a time, each member keeps its number in the whole sweep for errors, and the results
-    are stacked in member order, as the batched fit returns them.
+    Returns params, steps and best steps per hook. One at a time, each member keeps its number
+    in the whole sweep for errors, and the results are stacked in member order, as the batched
+    fit returns them.
     """
-    if execution == "batched":
-        groups = [members]
-    else:
-        groups = [members.select(i) for i in range(len(members))]
-    parts = []
-    for group in groups:
-        parts.append(
-            fit_members(
-                config,
-                x,
-                mask,
-                labels,
-                group,
-                train,
-                order_rows=order_rows,
-                input_scale=scale,
-                on_step=bar.step,
-            )
+    if execution == "batched" and train.optimizer == "adamw":
+        fits = fit_hooks(
+            config, sources, labels, members, train, order_rows=order_rows, on_step=bar.step
         )
         bar.fit_done()
-    if len(parts) == 1:
-        return parts[0].params, parts[0].steps, parts[0].best_step
-    params = {k: torch.cat([p.params[k] for p in parts]) for k in parts[0].params}
-    steps = torch.cat([p.steps for p in parts])
-    return params, steps, torch.cat([p.best_step for p in parts])
+        return [(f.params, f.steps, f.best_step) for f in fits]
+    if execution == "batched":  # L-BFGS: one batched fit per hook
+        fits = []
+        for x, mask, scale in sources:
+            fits.append(
+                fit_members(
+                    config,
+                    x,
+                    mask,
+                    labels,
+                    members,
+                    train,
+                    order_rows=order_rows,
+                    input_scale=scale,
+                    on_step=bar.step,
+                )
+            )
+            bar.fit_done()
+        return [(f.params, f.steps, f.best_step) for f in fits]
+    out = []
+    for x, mask, scale in sources:
+        parts = []
+        for i in range(len(members)):
+            parts.append(
+                fit_members(
+                    config,
+                    x,
+                    mask,
+                    labels,
+                    members.select(i),
+                    train,
+                    order_rows=order_rows,
+                    input_scale=scale,
+                    on_step=bar.step,
+                )
+            )
+            bar.fit_done()
+        params = {k: torch.cat([p.params[k] for p in parts]) for k in parts[0].params}
+        steps = torch.cat([p.steps for p in parts])
+        out.append((params, steps, torch.cat([p.best_step for p in parts])))
+    return out
 
 
 class _StepBar:
@@ -595,14 +818,18 @@ class _StepBar:
 
     @classmethod
     def for_protocol(
-        cls, progress: bool | str, config: ProtocolConfig, train: TrainConfig
+        cls, label: str | None, config: ProtocolConfig, train: TrainConfig, hooks: int = 1
     ) -> _StepBar:
-        """The bar of a protocol run: one fit per seed (batched) or per member (sequential)."""
+        """The bar of a protocol run (no bar without a ``label``).
+
+        One fit per seed (batched AdamW), per seed and hook (batched L-BFGS), or per member and
+        hook (sequential).
+        """
         budget = train.max_steps if train.optimizer == "adamw" else train.lbfgs_max_iter
-        per_seed = len(config.weight_decays) * (config.n_folds + 1)
-        n_fits = len(config.seeds) * (1 if config.execution == "batched" else per_seed)
-        label = progress if isinstance(progress, str) else (config.probe if progress else None)
-        return cls(label, n_fits, budget)
+        per_seed = len(config.weight_decays) * (config.n_folds + 1) * hooks
+        if config.execution == "batched":  # L-BFGS fits the hooks one after another
+            per_seed = hooks if train.optimizer == "lbfgs" else 1
+        return cls(label, len(config.seeds) * per_seed, budget)
 
     def step(self, done: int) -> None:
         if self.bar is not None:

@@ -17,7 +17,7 @@ Both give the results of the in-RAM path (tests/test_streaming.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +48,9 @@ class Streamed:
     counts: Int[Tensor, " batch"]
     """Tokens read per sequence (how :attr:`norms` splits into sequences)."""
     d_model: int
-    features: Float[Tensor, "batch 1 d_model"] | None = None
-    """A pooled probe's raw (unscaled) pooled vector of each sequence in float32, as a one-token
-    sequence; None for other probes."""
+    features: dict[str, Float[Tensor, "batch 1 d_model"]]
+    """Per pooled kind read, each sequence's raw (unscaled) pooled vector in float32, as a
+    one-token sequence."""
 
     def token_scale(self, rows: Tensor) -> float:
         """The protocol's input scale on ``rows``: median token norm / sqrt(d_model)."""
@@ -73,33 +73,43 @@ def _chunks(acts: Activations, pos: int) -> Iterator[tuple[int, Tensor, Tensor]]
         yield start, x, mask
 
 
-def stream_inputs(acts: Activations, config: ProbeConfig) -> Streamed:
-    """Token norms (and a pooled probe's features) of ``acts`` for the probe ``config``.
+def stream_inputs(
+    acts: Activations, config: ProbeConfig, kinds: Sequence[str] | None = None
+) -> Streamed:
+    """Token norms (and pooled features) of ``acts`` for the probe ``config``, in one pass.
+
+    Args:
+        acts: The activations, read :data:`CHUNK` sequences at a time.
+        config: Which tokens count (:func:`~lensprobe.probes.base.tokens_read`).
+        kinds: The probe kinds whose pooled features to keep (default: ``config``'s, when it is
+            pooled); kinds that do not pool are skipped.
 
     Raises:
         InputError: A valid token is NaN or infinite (named by row and position).
     """
-    cls = probe_class(config.kind)
-    pooled = issubclass(cls, PooledProbe)
+    kinds = [config.kind] if kinds is None else list(dict.fromkeys(kinds))
+    pools = {k: probe_class(k) for k in kinds if issubclass(probe_class(k), PooledProbe)}
     n = len(acts)
     pos = int(acts.lengths.max())
     check_finite_chunks(_chunks(acts, pos))
-    features, norms, counts = [], [], []
+    features: dict[str, list[Tensor]] = {k: [] for k in pools}
+    norms, counts = [], []
     for _, x, given in _chunks(acts, pos):
         read = tokens_read(config, given)
-        if pooled:
+        if pools:
             xf = x.to(torch.float32).masked_fill(~read[..., None], 0.0)
-            features.append(cls.pool(xf, read))  # type: ignore[attr-defined]
+            for kind, cls in pools.items():
+                features[kind].append(cls.pool(xf, read))  # type: ignore[attr-defined]
         for i in range(0, x.shape[0], _NORM_ROWS):  # float64 a few rows at a time
             block = torch.linalg.vector_norm(x[i : i + _NORM_ROWS].double(), dim=-1)
             norms.append(block[read[i : i + _NORM_ROWS]])
         counts.append(read.sum(dim=1))
-    pooled_features = None
-    if pooled:
-        pooled_features = torch.cat(features)[:, None, :] if n else torch.empty(0, 1, acts.d_model)
     return Streamed(
         norms=torch.cat(norms),
         counts=torch.cat(counts),
         d_model=acts.d_model,
-        features=pooled_features,
+        features={
+            k: torch.cat(v)[:, None, :] if n else torch.empty(0, 1, acts.d_model)
+            for k, v in features.items()
+        },
     )

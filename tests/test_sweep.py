@@ -1,0 +1,111 @@
+"""One pass over hooks x probe kinds: every cell equals run_protocol on that cell alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from test_analysis import make_acts
+
+import lensprobe as lp
+from lensprobe.activations import Activations
+from lensprobe.errors import InputError
+from lensprobe.specs import ProbeSpec
+from lensprobe.storage import load_activations, save
+from lensprobe.train import ProtocolConfig, TrainConfig
+from lensprobe.train.protocol import run_sweep
+
+BASE = ProtocolConfig(
+    seeds=(0, 1), weight_decays=(0.0, 0.1), n_folds=3, train=TrainConfig(max_steps=40)
+)
+SPECS = ["attention-1", "attention-2", "mean", "last", "max", "mean-adamw"]
+
+
+def _hooks(n=48, n_hooks=3, dtype=torch.float32, n_classes=2):
+    """Hooks of the same texts (same lengths and labels), each with its own values."""
+    base = make_acts(n=n, d=8, max_len=10, seed=5, n_classes=n_classes)
+    out = {}
+    for h in range(n_hooks):
+        gen = torch.Generator().manual_seed(h)
+        values = base.values + 0.5 * h * torch.randn(base.values.shape, generator=gen)
+        # a class signal of a different size at every hook
+        values[:, 0] += (h + 1) * 0.4 * base.labels.repeat_interleave(base.lengths).float()
+        meta = dataclasses.replace(
+            base.meta, hook=f"blocks.{h}.hook_resid_post", dtype=str(dtype).split(".")[-1]
+        )
+        out[meta.hook] = Activations(
+            meta, values.to(dtype), base.offsets, base.token_ids, base.labels
+        )
+    return out
+
+
+def _same(a: lp.ProtocolResult, b: lp.ProtocolResult) -> None:
+    assert len(a.runs) == len(b.runs)
+    for x, y in zip(a.runs, b.runs, strict=True):
+        assert torch.equal(x.train_rows, y.train_rows) and torch.equal(x.test_rows, y.test_rows)
+        assert x.weight_decay == y.weight_decay and x.input_scale == y.input_scale
+        assert torch.equal(x.test_logits, y.test_logits)
+        assert torch.equal(x.cv_logits, y.cv_logits)
+        for k, w in y.probe.state_dict().items():
+            assert torch.equal(x.probe.state_dict()[k], w), k
+    assert a.cv_table == b.cv_table
+
+
+@pytest.mark.parametrize("where", ["memory", "store", "padded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_cell_of_a_sweep_equals_run_protocol_alone(tmp_path, where, dtype):
+    hooks = _hooks(dtype=dtype)
+    if where == "store":  # shard boundaries inside every minibatch
+        for i, (name, acts) in enumerate(hooks.items()):
+            save(acts, tmp_path / str(i), shard_tokens=29)
+            hooks[name] = load_activations(tmp_path / str(i))
+    configs = [ProbeSpec.parse(s).protocol(BASE) for s in SPECS]
+    if where == "padded":
+        padded = {name: a.pad(dtype=dtype) for name, a in hooks.items()}
+        labels = next(iter(hooks.values())).labels
+        # padded tensors carry no labels: they are passed in, with the masks
+        data = {name: x for name, (x, _) in padded.items()}
+        kw = dict(labels=labels, masks={name: m for name, (_, m) in padded.items()})
+    else:
+        data, kw = hooks, {}
+    seen = []
+    results = run_sweep(data, configs, on_result=lambda h, i, r: seen.append((h, i)), **kw)
+    assert sorted(seen) == sorted(results) and len(results) == len(hooks) * len(SPECS)
+    for (name, i), result in results.items():
+        if where == "padded":
+            x, m = padded[name]
+            alone = lp.run_protocol(x, labels, mask=m, config=configs[i])
+        else:
+            alone = lp.run_protocol(hooks[name], config=configs[i])
+        _same(result, alone)
+    # hooks differ, so their probes do
+    first, second = results[next(iter(hooks)), 0], results[list(hooks)[1], 0]
+    assert not torch.equal(first.runs[0].test_logits, second.runs[0].test_logits)
+
+
+def test_a_sweep_shares_every_seeds_split_and_reads_each_hook_once(monkeypatch):
+    import lensprobe.train.protocol as protocol
+
+    hooks = _hooks()
+    calls = []
+    real = protocol.stream_inputs
+    monkeypatch.setattr(
+        protocol, "stream_inputs", lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    )
+    configs = [ProbeSpec.parse(s).protocol(BASE) for s in SPECS]
+    results = run_sweep(hooks, configs)
+    assert len(calls) == len(hooks)  # one pass per hook for the norms and every pooled kind
+    for seed in range(2):
+        rows = {tuple(r.runs[seed].test_rows.tolist()) for r in results.values()}
+        assert len(rows) == 1
+
+
+def test_hooks_with_other_labels_or_configs_with_other_splits_are_refused():
+    hooks = _hooks()
+    name = list(hooks)[1]
+    hooks[name] = hooks[name].with_labels(1 - hooks[name].labels)
+    with pytest.raises(InputError, match="other labels"):
+        run_sweep(hooks, [BASE])
+    with pytest.raises(InputError, match="differ in n_folds"):
+        run_sweep(_hooks(), [BASE, dataclasses.replace(BASE, n_folds=4)])
