@@ -335,6 +335,7 @@ def load_cell(path: str | Path) -> Cell:
             cv_table=[_floats(row) for row in res["cv_table"]],
             cv_summary=[_floats(row) for row in res["cv_summary"]],
             seconds=float(res["seconds"]),
+            precision=str(res.get("precision", "fp32")),
         )
         return Cell(
             dataset=str(d["dataset"]),

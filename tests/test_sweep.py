@@ -109,3 +109,26 @@ def test_hooks_with_other_labels_or_configs_with_other_splits_are_refused():
         run_sweep(hooks, [BASE])
     with pytest.raises(InputError, match="differ in n_folds"):
         run_sweep(_hooks(), [BASE, dataclasses.replace(BASE, n_folds=4)])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_bf16_products_keep_batched_equal_to_sequential_and_are_recorded(precision):
+    acts = _hooks(n_hooks=1)["blocks.0.hook_resid_post"]
+    train = TrainConfig(max_steps=40, precision=precision)
+    kw = dict(BASE.__dict__, train=train, probe="attention", n_heads=2)
+    batched = lp.run_protocol(acts, config=ProtocolConfig(**kw))
+    alone = lp.run_protocol(acts, config=ProtocolConfig(**{**kw, "execution": "sequential"}))
+    assert batched.precision == alone.precision == precision
+    for a, b in zip(batched.runs, alone.runs, strict=True):
+        assert a.weight_decay == b.weight_decay
+        torch.testing.assert_close(a.test_logits, b.test_logits, rtol=1e-3, atol=1e-3)
+    fp32 = lp.run_protocol(acts, config=ProtocolConfig(**{**kw, "train": replace_precision(train)}))
+    gap = (fp32.runs[0].test_logits - batched.runs[0].test_logits).abs().max()
+    assert (gap == 0) == (precision == "fp32")  # bf16 products change the fit, a little
+    assert gap < 0.1
+    mean = ProtocolConfig(**{**kw, "probe": "mean", "n_heads": 1})
+    assert lp.run_protocol(acts, config=mean).precision == "fp64"  # L-BFGS
+
+
+def replace_precision(train: TrainConfig) -> TrainConfig:
+    return dataclasses.replace(train, precision="fp32")

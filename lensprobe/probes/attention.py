@@ -110,24 +110,47 @@ class AttentionProbe(Probe):
         params: Mapping[str, Tensor],
         x: Float[Tensor, "batch pos d_model"],
         mask: Bool[Tensor, "batch pos"],
+        *,
+        matmul_dtype: torch.dtype | None = None,
     ) -> tuple[
         Float[Tensor, "member batch n_outputs"], Float[Tensor, "member batch pos probe_head"]
     ]:
-        """Logits and attention of every member (see the module docstring for the math)."""
-        # Members and heads are merged into one axis k = (member, head), so each contraction is
-        # one large matrix product over the shared activations (this is what makes a sweep cheap).
+        """Logits and attention of every member (see the module docstring for the math).
+
+        Members and heads are merged into one axis ``k = (member, head)``, so each contraction is
+        one large matrix product over the shared activations (what makes a sweep cheap). With
+        one output the values come first: ``x @ [Q | V]`` is one product ``(batch * pos,
+        d_model) x (d_model, 2k)`` and the attention then weighs per-token values, the same
+        number of operations as pooling ``x`` per head but without a ``(batch, k, d_model)``
+        intermediate and in one large product instead of a product per sequence. With several
+        outputs that would cost ``n_outputs + 1`` products, so ``x`` is pooled per head first.
+        ``matmul_dtype`` (e.g. bfloat16) applies to the products over ``x`` only.
+        """
         m = params["query"].shape[0]
+        n_out = params["value"].shape[-1]
+        dt = matmul_dtype or x.dtype
         query = rearrange(params["query"], "m d h -> d (m h)")
-        scores = einsum(x, query, "b p d, d k -> b p k")
+        k = query.shape[1]
         slope = rearrange(params["position_weight"], "m h -> (m h)")
+        if n_out == 1:
+            value = rearrange(params["value"], "m d h c -> d (m h c)")
+            both = (x.to(dt) @ torch.cat([query, value], dim=1).to(dt)).to(x.dtype)
+            scores, per_token = both[..., :k], both[..., k:]
+        else:
+            scores = (x.to(dt) @ query.to(dt)).to(x.dtype)
         distance = token_distance(mask, config.position).to(scores.dtype)
         scores = scores - distance[..., None] * slope
         scores = scores.masked_fill(~mask[..., None], float("-inf"))
         attn = scores.softmax(dim=1)
-        pooled = einsum(attn, x, "b p k, b p d -> b k d")
-        pooled = rearrange(pooled, "b (m h) d -> m b (h d)", m=m)
-        value = rearrange(params["value"], "m d h c -> m (h d) c")
-        logits = einsum(pooled, value, "m b j, m j c -> m b c") + params["bias"][:, None, :]
+        if n_out == 1:
+            out = (attn * per_token).sum(dim=1)  # (batch, k): each head's weighted value
+            logits = rearrange(out, "b (m h) -> m b h", m=m).sum(dim=-1, keepdim=True)
+        else:
+            pooled = einsum(attn.to(dt), x.to(dt), "b p k, b p d -> b k d").to(x.dtype)
+            pooled = rearrange(pooled, "b (m h) d -> m b (h d)", m=m)
+            value = rearrange(params["value"], "m d h c -> m (h d) c")
+            logits = einsum(pooled, value, "m b j, m j c -> m b c")
+        logits = logits + params["bias"][:, None, :]
         return logits, rearrange(attn, "b p (m h) -> m b p h", m=m)
 
     def forward(self, x: Acts, mask: Mask, *, return_attention: bool = False):  # type: ignore[override]

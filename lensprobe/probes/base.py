@@ -132,11 +132,20 @@ class Probe(nn.Module):
 
     @classmethod
     def forward_members(
-        cls, config: ProbeConfig, params: Mapping[str, Tensor], x: Tensor, mask: Tensor
+        cls,
+        config: ProbeConfig,
+        params: Mapping[str, Tensor],
+        x: Tensor,
+        mask: Tensor,
+        *,
+        matmul_dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits ``(member, batch, n_outputs)`` and attention (or None) for stacked params.
 
         ``x`` must be zero at masked positions (``forward`` ensures it for user input).
+        ``matmul_dtype``: the dtype of the large products over the activations (e.g. bfloat16
+        where the hardware is fast at it; the rest, and the results, in ``x``'s dtype); None:
+        ``x``'s dtype.
         """
         raise NotImplementedError
 

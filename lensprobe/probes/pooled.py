@@ -90,8 +90,10 @@ class PooledProbe(Probe):
         params: Mapping[str, Tensor],
         x: Float[Tensor, "batch pos d_model"],
         mask: Bool[Tensor, "batch pos"],
+        *,
+        matmul_dtype: torch.dtype | None = None,
     ) -> tuple[Float[Tensor, "member batch n_outputs"], None]:
-        """Pool, then the linear map of every member."""
+        """Pool, then the linear map of every member (small: always in ``x``'s dtype)."""
         return cls.linear_members(params, cls.pool(x, mask)), None
 
 

@@ -10,12 +10,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import torch
+
 from lensprobe._records import check_keys
 from lensprobe.errors import InputError
+from lensprobe.hardware import bf16_is_fast
 from lensprobe.probes import ProbeKind, probe_class
 
 Optimizer = Literal["adamw", "lbfgs"]
 Decay = Literal["decoupled", "l2"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,30 @@ class TrainConfig:
     them 5-30% and 81-90%, with a CV spread of 0.011-0.155."""
     seed: int = 0
     """Data order and the early-stopping slice."""
+    precision: Precision = "fp32"
+    """AdamW: the dtype of the members' products over the activations. ``auto``: bfloat16 where
+    the hardware is fast at it (:func:`lensprobe.hardware.bf16_is_fast`: CUDA, CPUs with AMX or
+    AVX-512 BF16), float32 elsewhere; ``fp32`` (the default until bf16's fidelity is measured on
+    real data) / ``bf16`` force one. Parameters, optimizer state
+    and losses stay float32, predictions and metrics are computed in float32 / float64; L-BFGS
+    always runs in float64. The result records what was used
+    (:attr:`~lensprobe.train.result.ProtocolResult.precision`)."""
+
+    def precision_on(self, device: torch.device | str) -> str:
+        """What a fit on ``device`` computes in: ``bf16``, ``fp32`` (AdamW) or ``fp64`` (L-BFGS)."""
+        if self.optimizer == "lbfgs":
+            return "fp64"
+        if self.precision == "auto":
+            return "bf16" if bf16_is_fast(device) else "fp32"
+        return self.precision
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "lbfgs"):
             raise InputError(f"optimizer must be 'adamw' or 'lbfgs', got {self.optimizer!r}")
         if self.decay not in ("decoupled", "l2"):
             raise InputError(f"decay must be 'decoupled' or 'l2', got {self.decay!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.min_delta < 0:
             raise InputError(f"min_delta must be non-negative, got {self.min_delta}")
         if not 0.0 <= self.early_stop_fraction < 1.0:

@@ -74,9 +74,11 @@ def fit_members(
     cls = probe_class(config.kind)
     # L-BFGS runs in float64: its line search and stopping tests compare objective values that
     # differ in the last float32 digits near the end, where rounding would decide the result.
+    # AdamW keeps float32 parameters; its products over x run in train.precision_on(device).
     dtype = torch.float64 if train.optimizer == "lbfgs" else torch.float32
-    data = FitData(config, x, mask, dtype, input_scale)
-    device = data.device
+    device = x.device
+    matmul = torch.bfloat16 if train.precision_on(device) == "bf16" else None
+    data = FitData(config, x, mask, dtype, input_scale, matmul)
     problem = Problem.build(cls, data, labels.to(device), members)
     start = init if init is not None else cls.init_members(config, list(members.seeds))
     params = {
@@ -138,7 +140,8 @@ def fit_hooks(
             for x, mask, scale in sources
         ]
     cls = probe_class(config.kind)
-    parts = [FitData(config, x, mask, torch.float32, scale) for x, mask, scale in sources]
+    matmul = torch.bfloat16 if train.precision_on(sources[0][0].device) == "bf16" else None
+    parts = [FitData(config, x, mask, torch.float32, s, matmul) for x, mask, s in sources]
     data = HookData(parts, [len(members)] * len(parts))
     k = len(sources)
     every = Members(

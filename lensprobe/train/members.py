@@ -141,8 +141,10 @@ class FitData:
         mask: Tensor | None,
         dtype: torch.dtype,
         scale: float,
+        matmul_dtype: torch.dtype | None = None,
     ):
         self.cls = probe_class(config.kind)
+        self.matmul_dtype = matmul_dtype
         self.config = config
         self.pooled = issubclass(self.cls, PooledProbe)
         self.x, self.dtype, self.scale = x, dtype, scale
@@ -197,7 +199,9 @@ class FitData:
         if self.pooled:
             return self.cls.linear_members(params, self.features[rows])  # type: ignore[attr-defined]
         x, mask = self._read(rows, self.dtype)
-        logits, _ = self.cls.forward_members(self.config, params, x, mask)
+        logits, _ = self.cls.forward_members(
+            self.config, params, x, mask, matmul_dtype=self.matmul_dtype
+        )
         return logits
 
 

@@ -334,7 +334,11 @@ def _train_hooks(
                 tables[i] += cv.rows
     finally:
         bar.close()
-    return [_protocol_result(config, r, classes, t, 0.0) for r, t in zip(runs, tables, strict=True)]
+    precision = train.precision_on(inputs[0].x.device)
+    return [
+        replace(_protocol_result(config, r, classes, t, 0.0), precision=precision)
+        for r, t in zip(runs, tables, strict=True)
+    ]
 
 
 # --- 1. split --------------------------------------------------------------------------------

@@ -116,6 +116,9 @@ class ProtocolResult:
     decay from its own folds: see :attr:`SeedRun.cv_summary`)."""
     seconds: float
     """Wall time of the protocol."""
+    precision: str = "fp32"
+    """What the fits computed in: ``bf16`` or ``fp32`` (AdamW products over the activations),
+    ``fp64`` (L-BFGS); see :attr:`TrainConfig.precision`."""
 
     @property
     def metrics_per_seed(self) -> list[dict[str, float]]:
@@ -219,6 +222,7 @@ class ProtocolResult:
             "n_test": self.n_test,
             "input_scale": self.input_scale,
             "seconds": self.seconds,
+            "precision": self.precision,
         }
 
 

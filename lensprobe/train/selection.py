@@ -165,6 +165,7 @@ def result_record(
         n_test=r.n_test,
         seeds=len(r.runs),
         seconds=round(r.seconds, 2),
+        precision=r.precision,
     )
     row.update({f"cv_{k}": _round(v) for k, v in cv_at_choice(r.runs).items()})
     for name in HEADLINE_METRICS:

@@ -1,0 +1,271 @@
+"""Training at scale, in one run: a store larger than the budget, the sweep, bf16.
+
+Three measurements, each with both sides in the same run:
+
+1. **Streamed vs in RAM.** A synthetic bfloat16 store (``--n`` sequences of 64..``--pos`` tokens x
+   ``--d`` wide, class carried by one token, written shard by shard through the public
+   :class:`~lensprobe.storage.writer.StoreWriter`) at least 4x the memory budget. An attention-1
+   protocol (AdamW, ``--steps`` steps) trains on it in a child process under ``max_memory =
+   budget`` (streamed from the memory-mapped store), and in another child on the same activations
+   padded into RAM first. The parent samples each child's anonymous RSS (``RssAnon``, what the
+   budget governs; the store's file pages the kernel can drop are left out) every 20 ms and
+   reads its peak RSS with file pages (``VmHWM``) at the end. ``metrics_equal``: the two
+   children's test logits are identical.
+2. **Sweep vs loop.** 6 hooks x 4 probe kinds (attention-8, attention-1, mean, last) of synthetic
+   in-memory activations through :func:`lensprobe.train.protocol.run_sweep` vs a loop of
+   :func:`lensprobe.run_protocol` over the same cells, same settings; ``metrics_equal`` compares
+   every cell's test logits.
+3. **bf16 vs fp32.** The AdamW sweep of 6 hooks' attention-8 members, fixed steps, with
+   ``precision="fp32"`` vs ``"bf16"``: seconds per step.
+
+    python benchmarks/scale_train.py             # about 3 minutes on a quiet 2-core CPU
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import lensprobe as lp
+from lensprobe.activations import Activations, ActivationsMeta
+from lensprobe.specs import ProbeSpec
+from lensprobe.train import ProtocolConfig, TrainConfig
+from lensprobe.train.protocol import run_sweep
+
+BASE = ProtocolConfig(weight_decays=(0.0, 1e-2), n_folds=3)
+
+
+def _meta(d: int, hook: str) -> ActivationsMeta:
+    return ActivationsMeta(
+        hook=hook,
+        model_id="synthetic",
+        backend="hf",
+        d_model=d,
+        dtype="bfloat16",
+        tokenizer="synthetic",
+        padding_side="right",
+        max_length=None,
+        n_truncated=0,
+        prepend_bos=False,
+    )
+
+
+def _block(gen: torch.Generator, lengths: torch.Tensor, labels: torch.Tensor, d: int):
+    """Packed values of some sequences: noise, the class on one random token's first coordinate."""
+    values = torch.randn(int(lengths.sum()), d, generator=gen)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    where = starts + (torch.rand(len(lengths), generator=gen) * lengths).long()
+    values[where, 0] += 2.0 * (2 * labels.float() - 1)
+    return values.bfloat16()
+
+
+def write_store(path: Path, n: int, pos: int, d: int, shard: int = 256) -> int:
+    """A synthetic store written shard by shard (never whole in RAM); returns its bytes."""
+    from lensprobe.storage.writer import StoreWriter
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(64, pos + 1, (n,), generator=gen)
+    labels = torch.arange(n) % 2
+    plan = [(s, min(s + shard, n)) for s in range(0, n, shard)]
+    hook = "blocks.9.hook_resid_post"
+    writer = StoreWriter.open(
+        path,
+        hooks=[hook],
+        plan=plan,
+        n_tokens=int(lengths.sum()),
+        has_labels=True,
+        fingerprint=None,
+    )
+    for k, (a, b) in enumerate(plan):
+        values = _block(gen, lengths[a:b], labels[a:b], d)
+        writer.write_shard(
+            k,
+            token_ids=torch.zeros(values.shape[0], dtype=torch.long),
+            lengths=lengths[a:b],
+            labels=labels[a:b],
+            values={hook: values},
+            metas={hook: _meta(d, hook)},
+        )
+    writer.finish()
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def child(mode: str, store: str, budget: int, steps: int, out: str) -> None:
+    """Train attention-1 on the store, streamed or padded into RAM first; save the test logits."""
+    from lensprobe.storage import load_activations
+
+    acts = load_activations(store)
+    config = replace(BASE, train=TrainConfig(max_steps=steps, early_stop_fraction=0.0))
+    start = time.perf_counter()
+    if mode == "streamed":
+        result = lp.run_protocol(acts, config=config, max_memory=budget)
+    else:
+        x, mask = acts.pad(dtype=acts.dtype)
+        result = lp.run_protocol(
+            x, acts.labels, mask=mask, config=replace(config, bos="keep"), max_memory=None
+        )
+    seconds = time.perf_counter() - start
+    torch.save({"logits": result.runs[0].test_logits, "seconds": seconds}, out)
+
+
+def _watch(args: list[str]) -> tuple[int, int, int]:
+    """Run a child; return (exit code, peak RssAnon sampled, VmHWM) in bytes."""
+    proc = subprocess.Popen(args)
+    peak_anon = hwm = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+            peak_anon = max(peak_anon, int(fields["RssAnon"].split()[0]) * 1024)
+            hwm = max(hwm, int(fields["VmHWM"].split()[0]) * 1024)
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.02)
+    return proc.returncode, peak_anon, hwm
+
+
+def streamed_vs_ram(args: argparse.Namespace, tmp: Path) -> dict:
+    store = tmp / "store"
+    store_bytes = write_store(store, args.n, args.pos, args.d)
+    budget = store_bytes // 4
+    out = {"store_bytes": store_bytes, "budget_bytes": budget}
+    shape = f"{args.n} x 64..{args.pos} x {args.d} bf16"
+    print(f"store {store_bytes / 1e9:.2f} GB ({shape}), budget {budget / 1e9:.2f} GB", flush=True)
+    logits = {}
+    for mode in ("streamed", "ram"):
+        file = tmp / f"{mode}.pt"
+        cmd = [sys.executable, __file__, "--child", mode, "--store", str(store)]
+        cmd += ["--budget", str(budget), "--steps", str(args.steps), "--out", str(file)]
+        code, anon, hwm = _watch(cmd)
+        if code != 0:
+            raise SystemExit(f"{mode} child failed with exit code {code}")
+        saved = torch.load(file)
+        logits[mode] = saved["logits"]
+        out[f"{mode}_seconds"] = round(saved["seconds"], 2)
+        out[f"{mode}_peak_anon_bytes"] = anon
+        out[f"{mode}_peak_rss_bytes"] = hwm
+        print(f"  {mode}: {saved['seconds']:.1f} s, peak anon {anon / 1e9:.2f} GB, ", end="")
+        print(f"peak rss with file pages {hwm / 1e9:.2f} GB", flush=True)
+    out["peak_rss_bytes"] = out["streamed_peak_anon_bytes"]
+    out["streamed_vs_ram"] = round(out["ram_seconds"] / out["streamed_seconds"], 3)
+    out["streamed_metrics_equal"] = bool(torch.equal(logits["streamed"], logits["ram"]))
+    out["rss_within_budget_plus_1gb"] = out["peak_rss_bytes"] <= budget + 10**9
+    out["shape"] = shape
+    return out
+
+
+def synthetic_hooks(n: int, n_hooks: int, d: int, pos: int) -> dict[str, Activations]:
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(pos // 2, pos + 1, (n,), generator=gen)
+    labels = torch.arange(n) % 2
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    ids = torch.zeros(int(lengths.sum()), dtype=torch.long)
+    hooks = {}
+    for h in range(n_hooks):
+        hook = f"blocks.{h}.hook_resid_post"
+        values = _block(gen, lengths, labels, d)
+        hooks[hook] = Activations(_meta(d, hook), values, offsets, ids, labels)
+    return hooks
+
+
+def sweep_vs_loop(args: argparse.Namespace) -> dict:
+    hooks = synthetic_hooks(args.sweep_n, 6, args.d, 64)
+    train = TrainConfig(max_steps=args.steps)
+    base = replace(BASE, train=train)
+    configs = [
+        ProbeSpec.parse(s).protocol(base) for s in ("attention-8", "attention-1", "mean", "last")
+    ]
+    start = time.perf_counter()
+    swept = run_sweep(hooks, configs)
+    sweep_s = time.perf_counter() - start
+    start = time.perf_counter()
+    loop = {
+        (h, i): lp.run_protocol(a, config=c)
+        for h, a in hooks.items()
+        for i, c in enumerate(configs)
+    }
+    loop_s = time.perf_counter() - start
+    equal = all(
+        torch.equal(swept[k].runs[0].test_logits, loop[k].runs[0].test_logits) for k in loop
+    )
+    print(f"sweep {sweep_s:.1f} s, loop {loop_s:.1f} s (6 hooks x 4 kinds, n={args.sweep_n})")
+    return {
+        "sweep_seconds": round(sweep_s, 2),
+        "loop_seconds": round(loop_s, 2),
+        "sweep_speedup": round(loop_s / sweep_s, 3),
+        "sweep_metrics_equal": equal,
+    }
+
+
+def bf16_vs_fp32(args: argparse.Namespace) -> dict:
+    from lensprobe.probes import ProbeConfig
+    from lensprobe.train.fit import fit_hooks
+    from lensprobe.train.members import Members
+
+    hooks = synthetic_hooks(args.sweep_n, 6, args.d, 64)
+    n = args.sweep_n
+    config = ProbeConfig(kind="attention", d_model=args.d, n_outputs=1, n_heads=8)
+    members = Members(
+        weight_decay=torch.tensor([0.0, 1e-2] * 4),
+        seeds=tuple(range(8)),
+        train=torch.rand(8, n, generator=torch.Generator().manual_seed(2)) < 0.75,
+        stop=torch.zeros(8, n, dtype=torch.bool),
+    )
+    labels = next(iter(hooks.values())).labels
+    sources = [(a, None, 1.0) for a in hooks.values()]
+    out = {}
+    for precision in ("fp32", "bf16", "fp32", "bf16"):  # each twice, interleaved (load)
+        train = TrainConfig(max_steps=30, early_stop_fraction=0.0, precision=precision)
+        start = time.perf_counter()
+        fit_hooks(config, sources, labels, members, train)
+        step = (time.perf_counter() - start) / 30
+        out[precision] = min(out.get(precision, float("inf")), step)
+    print(
+        f"AdamW sweep step (6 hooks x 8 members x 8 heads): fp32 {out['fp32'] * 1e3:.0f} ms, "
+        f"bf16 {out['bf16'] * 1e3:.0f} ms"
+    )
+    return {
+        "fp32_step_ms": round(out["fp32"] * 1e3, 1),
+        "bf16_step_ms": round(out["bf16"] * 1e3, 1),
+        "bf16_speedup": round(out["fp32"] / out["bf16"], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=12000, help="sequences in the store")
+    parser.add_argument("--pos", type=int, default=192, help="longest sequence in the store")
+    parser.add_argument("--d", type=int, default=640, help="width")
+    parser.add_argument("--steps", type=int, default=60, help="AdamW steps per fit")
+    parser.add_argument("--sweep-n", type=int, default=400, help="sequences for parts 2 and 3")
+    parser.add_argument("--child", choices=["streamed", "ram"], help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.store, args.budget, args.steps, args.out)
+        return
+    result = {"threads": torch.get_num_threads(), "load": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        result.update(streamed_vs_ram(args, Path(tmp)))
+    result.update(sweep_vs_loop(args))
+    result.update(bf16_vs_fp32(args))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
