@@ -1,4 +1,4 @@
-"""What the hardware is fast at: where bfloat16 matrix products beat float32 ones.
+"""What the machine is fast at (bfloat16 products) and how it keeps memory (freed buffers).
 
 CUDA GPUs with bf16 support, and CPUs with AMX (``amx_bf16``) or AVX-512 BF16 instructions, run
 a bfloat16 matrix product several times faster than a float32 one (about 6x for a 2048^2 product
@@ -9,10 +9,11 @@ float32 there.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
-__all__ = ["bf16_is_fast"]
+__all__ = ["bf16_is_fast", "return_freed_memory"]
 
 _CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -40,3 +41,35 @@ def _cpu_has_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags.split() for flag in _CPU_FLAGS)
+
+
+def return_freed_memory() -> bool:
+    """Hand the memory glibc keeps after frees back to the OS (``malloc_trim``), on Linux.
+
+    glibc raises its mmap threshold to the largest block freed (up to 32 MB), so a loop that
+    allocates and frees row blocks of varying size (streaming a store, padded minibatches) keeps
+    the freed memory in its heap: an attention-1 protocol on a 2 GB store under a 0.5 GB budget
+    held 2.80 GB of anonymous memory at its peak without trimming, 0.62 GB with it, at the same
+    speed (benchmarks/scale_train.py). Streamed training calls this after each block of rows and
+    every 32 padded minibatches; it does nothing off glibc.
+
+    Returns:
+        Whether memory was handed back.
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """Glibc's ``malloc_trim``, or None."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

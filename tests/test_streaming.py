@@ -115,3 +115,16 @@ def test_one_class_is_refused_before_streaming(monkeypatch):
     monkeypatch.setattr(protocol, "stream_inputs", lambda *a: pytest.fail("streamed"))
     with pytest.raises(InputError, match="a probe needs at least two classes"):
         lp.run_protocol(one, probe="mean", **KW)
+
+
+def test_streaming_hands_freed_memory_back(monkeypatch):
+    import lensprobe.train.members as members
+    import lensprobe.train.streaming as streaming
+
+    calls = []
+    monkeypatch.setattr(streaming, "return_freed_memory", lambda: calls.append("block"))
+    monkeypatch.setattr(members, "return_freed_memory", lambda: calls.append("minibatch"))
+    acts = _acts(torch.float32, n=CHUNK + 40)
+    lp.run_protocol(acts, probe="attention", **KW, train=TrainConfig(max_steps=40, batch_size=8))
+    assert calls.count("block") == 2  # after each block of rows read for the norms
+    assert calls.count("minibatch") >= 40 * len(KW["seeds"]) // members.TRIM_EVERY

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError
+from lensprobe.hardware import return_freed_memory
 from lensprobe.probes import Probe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
 from lensprobe.probes.pooled import PooledProbe
@@ -119,6 +120,10 @@ def member_mean(loss: Tensor, weight: Tensor) -> Tensor:
     return member_sum(loss, weight) / weight.sum(dim=1).clamp_min(1.0)
 
 
+TRIM_EVERY = 32
+"""Reads of padded rows from ragged activations between two hand-backs of freed memory."""
+
+
 class FitData:
     """The rows a fit reads: pooled features (computed once), or the activations themselves.
 
@@ -149,6 +154,7 @@ class FitData:
         self.pooled = issubclass(self.cls, PooledProbe)
         self.x, self.dtype, self.scale = x, dtype, scale
         self.ragged = isinstance(x, Activations)
+        self._reads = 0
         self.n = len(x) if isinstance(x, Activations) else x.shape[0]
         self.device = x.device
         self.given: Tensor | None = None
@@ -166,6 +172,9 @@ class FitData:
     def _rows(self, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
         """Rows of the activations as stored and the tokens the probe reads in them."""
         if isinstance(self.x, Activations):
+            self._reads += 1
+            if self._reads % TRIM_EVERY == 0:  # minibatches of varying size (see hardware)
+                return_freed_memory()
             idx = rows if isinstance(rows, Tensor) else torch.arange(self.n)[rows]
             x, given = self.x.pad(idx.cpu(), dtype=self.x.dtype, device=self.device)
             return x, tokens_read(self.config, given)

@@ -17,6 +17,11 @@ All members of a seed (decays x (folds + refit)) are trained as one batched mode
 minibatch once (``execution="batched"``); ``execution="sequential"`` trains the same members one at
 a time with identical settings, for comparison. AdamW members early-stop on a stratified slice of
 the training part that no member trains on.
+
+:func:`run_sweep` runs the protocol for several hooks x configs in one pass: the same splits for
+every cell, each hook read once, every hook's AdamW members of a config in one batched fit; each
+cell equals :func:`run_protocol` on it alone. ``Activations`` are streamed, never padded whole
+(:mod:`lensprobe.train.streaming`).
 """
 
 from __future__ import annotations

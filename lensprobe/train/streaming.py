@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensprobe.activations import Activations
+from lensprobe.hardware import return_freed_memory
 from lensprobe.probes import PooledProbe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
 from lensprobe.train.checks import check_finite_chunks
@@ -104,6 +105,8 @@ def stream_inputs(
             block = torch.linalg.vector_norm(x[i : i + _NORM_ROWS].double(), dim=-1)
             norms.append(block[read[i : i + _NORM_ROWS]])
         counts.append(read.sum(dim=1))
+        del x, given, read
+        return_freed_memory()  # blocks of varying size: what glibc keeps goes back to the OS
     return Streamed(
         norms=torch.cat(norms),
         counts=torch.cat(counts),
