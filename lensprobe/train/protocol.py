@@ -769,19 +769,9 @@ def _fit(
         return [(f.params, f.steps, f.best_step) for f in fits]
     if execution == "batched":  # L-BFGS: one batched fit per hook
         fits = []
-        for x, mask, scale in sources:
-            fits.append(
-                fit_members(
-                    config,
-                    x,
-                    mask,
-                    labels,
-                    members,
-                    train,
-                    order_rows=order_rows,
-                    input_scale=scale,
-                    on_step=bar.step,
-                )
+        for source in sources:
+            fits += fit_hooks(
+                config, [source], labels, members, train, order_rows=order_rows, on_step=bar.step
             )
             bar.fit_done()
         return [(f.params, f.steps, f.best_step) for f in fits]
