@@ -17,8 +17,15 @@ Three measurements, each with both sides in the same run:
    every cell's test logits.
 3. **bf16 vs fp32.** The AdamW sweep of 6 hooks' attention-8 members, fixed steps, with
    ``precision="fp32"`` vs ``"bf16"``: seconds per step.
+4. **attention-8 vs before.** The whole default protocol for attention-8 on ``--real-n`` real
+   texts of ``../shared/data`` (sst2, a stratified subsample), captured once from the bundled
+   Gemma 3 270M at layer 9 and padded to 128 positions, in a child process running this checkout
+   and in one running ``--before`` (default: main before the train-at-scale work), checked out
+   beside it with ``git worktree``; both read the same saved tensors. Seconds and test accuracy
+   of each, and this checkout again with ``precision="bf16"``.
 
-    python benchmarks/scale_train.py             # about 3 minutes on a quiet 2-core CPU
+    python benchmarks/scale_train.py             # about 10 minutes on a quiet 2-core CPU
+    python benchmarks/scale_train.py --skip-before   # parts 1-3 only
 
 The last line printed is one JSON object.
 """
@@ -41,7 +48,6 @@ import lensprobe as lp
 from lensprobe.activations import Activations, ActivationsMeta
 from lensprobe.specs import ProbeSpec
 from lensprobe.train import ProtocolConfig, TrainConfig
-from lensprobe.train.protocol import run_sweep
 
 BASE = ProtocolConfig(weight_decays=(0.0, 1e-2), n_folds=3)
 
@@ -182,12 +188,16 @@ def synthetic_hooks(n: int, n_hooks: int, d: int, pos: int) -> dict[str, Activat
 
 
 def sweep_vs_loop(args: argparse.Namespace) -> dict:
+    from lensprobe.train.protocol import run_sweep
+
     hooks = synthetic_hooks(args.sweep_n, 6, args.d, 64)
     train = TrainConfig(max_steps=args.steps)
     base = replace(BASE, train=train)
     configs = [
         ProbeSpec.parse(s).protocol(base) for s in ("attention-8", "attention-1", "mean", "last")
     ]
+    # first AdamW fit of the process pays one-off costs (torch.optim imports torch._dynamo, ~1 s)
+    run_sweep({h: hooks[h] for h in list(hooks)[:1]}, configs[1:2])
     start = time.perf_counter()
     swept = run_sweep(hooks, configs)
     sweep_s = time.perf_counter() - start
@@ -244,6 +254,92 @@ def bf16_vs_fp32(args: argparse.Namespace) -> dict:
     }
 
 
+REPO = Path(__file__).resolve().parent.parent
+BEFORE = "0bd55b0"
+"""Main before the train-at-scale work (issue 22's first commit is its child)."""
+
+
+def real_texts(args: argparse.Namespace, path: Path) -> None:
+    """Capture ``--real-n`` sst2 texts at layer 9 and save them padded to 128 positions."""
+    from lensprobe.data import load_dataset
+
+    hook = "blocks.9.hook_resid_post"
+    ds = load_dataset("sst2", data_dir=args.data_dir).subsample(args.real_n, seed=0)
+    model = lp.load_model("gemma-3-270m")
+    acts = lp.capture(
+        model, list(ds.texts), [hook], labels=ds.label_tensor(), max_length=128, progress=False
+    )
+    x, mask = acts[hook].pad(dtype=torch.float32)
+    pad = 128 - x.shape[1]
+    x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    mask = torch.nn.functional.pad(mask, (0, pad))
+    torch.save({"x": x, "mask": mask, "labels": acts[hook].labels}, path)
+
+
+def child_attention8(path: str, precision: str, out: str) -> None:
+    """The default attention-8 protocol on saved tensors (runs under either checkout)."""
+    from lensprobe.specs import ProbeSpec
+    from lensprobe.train import ProtocolConfig
+
+    saved = torch.load(path)
+    config = ProbeSpec.parse("attention-8").protocol(ProtocolConfig())
+    if precision != "default":
+        config = replace(config, train=replace(config.train, precision=precision))
+    start = time.perf_counter()
+    result = lp.run_protocol(saved["x"], saved["labels"], mask=saved["mask"], config=config)
+    seconds = time.perf_counter() - start
+    info = {"seconds": seconds, "accuracy": result.metrics["accuracy"], "n_test": result.n_test}
+    info["package"] = str(Path(lp.__file__).resolve().parent.parent)
+    info["logits"] = result.runs[0].test_logits.tolist()
+    Path(out).write_text(json.dumps(info))
+
+
+def attention8_vs_before(args: argparse.Namespace, tmp: Path) -> dict:
+    acts = tmp / "sst2_layer9.pt"
+    real_texts(args, acts)
+    before = tmp / "before"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
+        check=True,
+        capture_output=True,
+    )
+    runs = {}
+    try:
+        for name, root, precision in [
+            ("before", before, "default"),
+            ("now", REPO, "default"),
+            ("now_bf16", REPO, "bf16"),
+        ]:
+            file = tmp / f"{name}.json"
+            cmd = [sys.executable, __file__, "--child-attention8", str(acts)]
+            cmd += ["--precision", precision, "--out", str(file)]
+            env = {**os.environ, "PYTHONPATH": str(root)}
+            subprocess.run(cmd, check=True, env=env)
+            runs[name] = json.loads(file.read_text())
+            if Path(runs[name]["package"]) != root.resolve():
+                raise SystemExit(f"{name} ran {runs[name]['package']}, not {root}")
+            print(
+                f"  attention-8 {name}: {runs[name]['seconds']:.1f} s, test accuracy "
+                f"{runs[name]['accuracy']:.3f} (n_test={runs[name]['n_test']})",
+                flush=True,
+            )
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)],
+            capture_output=True,
+        )
+    out = {"attention8_before_commit": args.before, "attention8_n": args.real_n}
+    for name, run in runs.items():
+        out[f"attention8_{name}_seconds"] = round(run["seconds"], 2)
+        out[f"attention8_{name}_accuracy"] = run["accuracy"]
+    out["attention8_n_test"] = runs["now"]["n_test"]
+    out["attention8_vs_before"] = round(runs["before"]["seconds"] / runs["now"]["seconds"], 3)
+    out["attention8_bf16_vs_before"] = round(
+        runs["before"]["seconds"] / runs["now_bf16"]["seconds"], 3
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=12000, help="sequences in the store")
@@ -251,7 +347,13 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=640, help="width")
     parser.add_argument("--steps", type=int, default=60, help="AdamW steps per fit")
     parser.add_argument("--sweep-n", type=int, default=400, help="sequences for parts 2 and 3")
+    parser.add_argument("--real-n", type=int, default=300, help="real texts for part 4")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--before", default=BEFORE, help="the commit part 4 compares against")
+    parser.add_argument("--skip-before", action="store_true", help="leave part 4 out")
     parser.add_argument("--child", choices=["streamed", "ram"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-attention8", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -259,11 +361,17 @@ def main() -> None:
     if args.child:
         child(args.child, args.store, args.budget, args.steps, args.out)
         return
+    if args.child_attention8:
+        child_attention8(args.child_attention8, args.precision, args.out)
+        return
     result = {"threads": torch.get_num_threads(), "load": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         result.update(streamed_vs_ram(args, Path(tmp)))
     result.update(sweep_vs_loop(args))
     result.update(bf16_vs_fp32(args))
+    if not args.skip_before:
+        with tempfile.TemporaryDirectory() as tmp:
+            result.update(attention8_vs_before(args, Path(tmp)))
     print(json.dumps(result))
 
 

@@ -270,3 +270,44 @@ def test_a_subclass_reusing_a_kind_does_not_replace_it():
 
     assert probe_class("mean") is MeanProbe
     assert MyMean.kind == "mean"
+
+
+def test_packed_products_equal_the_padded_product_and_its_gradient():
+    from lensprobe.probes.attention import _products
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, 8, generator=gen)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 1, 5])[:, None]
+    x = x.masked_fill(~mask[..., None], 0.0)  # the contract: zero where not read
+    w1 = torch.randn(8, 5, generator=gen, requires_grad=True)
+    w2 = w1.detach().clone().requires_grad_(True)
+    packed = _products(x, mask, w1, torch.float32, torch.float32)
+    dense = x @ w2
+    torch.testing.assert_close(packed, dense, rtol=1e-6, atol=1e-6)
+    weight = torch.randn(4, 7, 5, generator=gen)
+    (packed * weight).sum().backward()
+    (dense * weight).sum().backward()
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-5)
+    assert bool((packed[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_input_scale_is_the_probe_reading_scaled_activations(n_outputs):
+    probe = randomised("attention", 8, n_outputs, seed=3)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 6, 8, generator=gen) * 50.0
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 2, 4])[:, None]
+    x = x.masked_fill(~mask[..., None], 0.0)
+    grads = []
+    for inputs, scale in ((x, 50.0), (x / 50.0, 1.0)):
+        params = {
+            k: v.detach().clone().requires_grad_(True) for k, v in probe.member_params().items()
+        }
+        logits, _ = AttentionProbe.forward_members(
+            probe.config, params, inputs, mask, input_scale=scale
+        )
+        logits.square().sum().backward()
+        grads.append((logits.detach(), {k: v.grad for k, v in params.items()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+    for k in grads[0][1]:
+        torch.testing.assert_close(grads[0][1][k], grads[1][1][k], rtol=1e-4, atol=1e-5)

@@ -41,6 +41,26 @@ def token_distance(
     return (n_valid - 1 - rank).float()
 
 
+def _products(
+    x: Float[Tensor, "batch pos d_model"],
+    mask: Bool[Tensor, "batch pos"],
+    weight: Float[Tensor, "d_model k"],
+    dtype: torch.dtype,
+    out_dtype: torch.dtype,
+) -> Float[Tensor, "batch pos k"]:
+    """``x @ weight`` in ``dtype``, returned in ``out_dtype``; zero at masked positions.
+
+    On CPU the product runs over the valid tokens only (packed, then put back in place), so the
+    padding of short texts in a long batch costs no multiplications; on other devices the
+    padded product avoids the host sync that packing needs.
+    """
+    if x.device.type != "cpu" or bool(mask.all()):
+        return (x.to(dtype) @ weight.to(dtype)).to(out_dtype)
+    valid = (x[mask].to(dtype) @ weight.to(dtype)).to(out_dtype)
+    out = valid.new_zeros(*mask.shape, weight.shape[1])
+    return out.index_put((mask,), valid)
+
+
 class AttentionProbe(Probe):
     """Multi-head attention probe: learned query, position bias, per-head values to logits.
 
@@ -112,6 +132,7 @@ class AttentionProbe(Probe):
         mask: Bool[Tensor, "batch pos"],
         *,
         matmul_dtype: torch.dtype | None = None,
+        input_scale: float = 1.0,
     ) -> tuple[
         Float[Tensor, "member batch n_outputs"], Float[Tensor, "member batch pos probe_head"]
     ]:
@@ -124,20 +145,25 @@ class AttentionProbe(Probe):
         number of operations as pooling ``x`` per head but without a ``(batch, k, d_model)``
         intermediate and in one large product instead of a product per sequence. With several
         outputs that would cost ``n_outputs + 1`` products, so ``x`` is pooled per head first.
-        ``matmul_dtype`` (e.g. bfloat16) applies to the products over ``x`` only.
+        ``matmul_dtype`` (e.g. bfloat16) applies to the products over ``x`` only; everything
+        else is in the parameters' dtype. ``input_scale`` divides the products' outputs.
         """
         m = params["query"].shape[0]
         n_out = params["value"].shape[-1]
-        dt = matmul_dtype or x.dtype
+        dt, pt = matmul_dtype or x.dtype, params["query"].dtype
         query = rearrange(params["query"], "m d h -> d (m h)")
         k = query.shape[1]
         slope = rearrange(params["position_weight"], "m h -> (m h)")
         if n_out == 1:
             value = rearrange(params["value"], "m d h c -> d (m h c)")
-            both = (x.to(dt) @ torch.cat([query, value], dim=1).to(dt)).to(x.dtype)
+            both = _products(x, mask, torch.cat([query, value], dim=1), dt, pt)
+            if input_scale != 1.0:
+                both = both / input_scale
             scores, per_token = both[..., :k], both[..., k:]
         else:
-            scores = (x.to(dt) @ query.to(dt)).to(x.dtype)
+            scores = _products(x, mask, query, dt, pt)
+            if input_scale != 1.0:
+                scores = scores / input_scale
         distance = token_distance(mask, config.position).to(scores.dtype)
         scores = scores - distance[..., None] * slope
         scores = scores.masked_fill(~mask[..., None], float("-inf"))
@@ -146,7 +172,9 @@ class AttentionProbe(Probe):
             out = (attn * per_token).sum(dim=1)  # (batch, k): each head's weighted value
             logits = rearrange(out, "b (m h) -> m b h", m=m).sum(dim=-1, keepdim=True)
         else:
-            pooled = einsum(attn.to(dt), x.to(dt), "b p k, b p d -> b k d").to(x.dtype)
+            pooled = einsum(attn.to(dt), x.to(dt), "b p k, b p d -> b k d").to(pt)
+            if input_scale != 1.0:
+                pooled = pooled / input_scale
             pooled = rearrange(pooled, "b (m h) d -> m b (h d)", m=m)
             value = rearrange(params["value"], "m d h c -> m (h d) c")
             logits = einsum(pooled, value, "m b j, m j c -> m b c")

@@ -139,13 +139,15 @@ class Probe(nn.Module):
         mask: Tensor,
         *,
         matmul_dtype: torch.dtype | None = None,
+        input_scale: float = 1.0,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits ``(member, batch, n_outputs)`` and attention (or None) for stacked params.
 
         ``x`` must be zero at masked positions (``forward`` ensures it for user input).
         ``matmul_dtype``: the dtype of the large products over the activations (e.g. bfloat16
-        where the hardware is fast at it; the rest, and the results, in ``x``'s dtype); None:
-        ``x``'s dtype.
+        where the hardware is fast at it); None: ``x``'s dtype. Everything else, and the
+        results, is in the parameters' dtype. ``input_scale``: the probe reads ``x /
+        input_scale`` (applied to the products' outputs: the same math on fewer numbers).
         """
         raise NotImplementedError
 

@@ -92,9 +92,11 @@ class PooledProbe(Probe):
         mask: Bool[Tensor, "batch pos"],
         *,
         matmul_dtype: torch.dtype | None = None,
+        input_scale: float = 1.0,
     ) -> tuple[Float[Tensor, "member batch n_outputs"], None]:
-        """Pool, then the linear map of every member (small: always in ``x``'s dtype)."""
-        return cls.linear_members(params, cls.pool(x, mask)), None
+        """Pool, then the linear map of every member (small: in the parameters' dtype)."""
+        pooled = cls.pool(x.to(params["weight"].dtype), mask)
+        return cls.linear_members(params, pooled / input_scale), None
 
 
 class MeanProbe(PooledProbe):

@@ -204,12 +204,17 @@ def _stop_losses(
     stop_w: Tensor,
     batch: int,
 ) -> Tensor:
-    """Each member's mean loss over its early-stopping rows, a batch of rows at a time."""
+    """Each member's mean loss over its early-stopping rows, a batch of rows at a time.
+
+    The products run in the fit's dtype even when training's run in bfloat16: the rounding of a
+    bfloat16 loss is larger than ``min_delta``, so members would train on past their best.
+    """
     rows = stop_w.bool().any(dim=0).nonzero().flatten()
     total = torch.zeros(stop_w.shape[0], dtype=stop_w.dtype, device=stop_w.device)
     for start in range(0, rows.numel(), batch):
         r = rows[start : start + batch]
-        loss = per_example_loss(data.logits(params, r, members), labels[r])
+        logits = data.logits(params, r, members, full_precision=True)
+        loss = per_example_loss(logits, labels[r])
         total += member_sum(loss, stop_w[:, r])
     return total / stop_w.sum(dim=1).clamp_min(1.0)
 

@@ -130,10 +130,11 @@ class FitData:
     The activations are a padded tensor with its mask, or ragged
     :class:`~lensprobe.activations.Activations` (e.g. a memory-mapped store), of which only the
     rows of each minibatch are padded, when they are read. Either way they are kept as given
-    (e.g. bfloat16 from a capture) and each minibatch is converted, zeroed at padding, trimmed to
-    the columns its rows read and scaled when it is read, so a fit never holds a float32 copy of
-    the whole capture. The values are the same as converting everything up front, and a
-    minibatch of a ragged source equals the same rows of the padded tensor.
+    (e.g. bfloat16 from a capture) and each minibatch is converted to the products' dtype, zeroed
+    where the probe does not read and trimmed to the columns its rows read when it is read (the
+    probe's forward applies the input scale to its products' outputs), so a fit never holds a
+    float32 copy of the whole capture. The values are the same as converting everything up front,
+    and a minibatch of a ragged source equals the same rows of the padded tensor.
     """
 
     chunk = 256
@@ -169,49 +170,81 @@ class FitData:
             # every fit and prediction on the same activations (see _pooled).
             self.features = (_pooled(self) / scale).to(dtype)
 
-    def _rows(self, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
-        """Rows of the activations as stored and the tokens the probe reads in them."""
+    def _rows(self, rows: Tensor | slice, trim: bool) -> tuple[Tensor, Tensor, bool]:
+        """Some rows as stored, the tokens the probe reads in them, and whether they are ours.
+
+        Ours: a new tensor, zero wherever the probe does not read (ragged sources), not the
+        caller's tensor. ``trim``: only the columns some row reads.
+        """
         if isinstance(self.x, Activations):
             self._reads += 1
             if self._reads % TRIM_EVERY == 0:  # minibatches of varying size (see hardware)
                 return_freed_memory()
             idx = rows if isinstance(rows, Tensor) else torch.arange(self.n)[rows]
             x, given = self.x.pad(idx.cpu(), dtype=self.x.dtype, device=self.device)
-            return x, tokens_read(self.config, given)
+            read = tokens_read(self.config, given)
+            if not torch.equal(read, given):  # BOS left out: zero it (a few tokens, in place)
+                x[given & ~read] = 0.0
+            lo, hi = _columns(read) if trim else (0, read.shape[1])
+            return x[:, lo:hi], read[:, lo:hi], True
         assert self.mask is not None
-        return self.x[rows], self.mask[rows]
+        read = self.mask[rows]
+        lo, hi = _columns(read) if trim else (0, read.shape[1])
+        x = self.x[:, lo:hi]  # only the columns read are gathered
+        return (
+            (x.index_select(0, rows) if isinstance(rows, Tensor) else x[rows]),
+            read[:, lo:hi],
+            False,
+        )
 
     def _read(
-        self, rows: Tensor | slice, dtype: torch.dtype, *, scaled: bool = True, trim: bool = True
+        self, rows: Tensor | slice, dtype: torch.dtype, *, trim: bool = True
     ) -> tuple[Tensor, Tensor]:
-        """Rows in ``dtype``, zero at padding, scaled; ``trim``: only the columns they read.
+        """Rows in ``dtype``, zero at every token the probe does not read, unscaled.
+
+        ``trim``: only the columns they read.
 
         Returns:
             The rows and the tokens read in them (both trimmed).
         """
-        x, mask = self._rows(rows)
-        if trim and mask.any():  # read only the columns some row uses (length-trimmed minibatches)
-            cols = mask.any(dim=0).nonzero().flatten()
-            lo, hi = int(cols[0]), int(cols[-1]) + 1
-            x, mask = x[:, lo:hi], mask[:, lo:hi]
-        x = x.to(dtype).masked_fill(~mask[..., None], 0.0)  # a new tensor: x is never changed
-        return (x.div_(self.scale) if scaled and self.scale != 1.0 else x), mask
+        x, mask, zeroed = self._rows(rows, trim)
+        if zeroed:
+            return x.to(dtype), mask
+        return x.to(dtype).masked_fill(~mask[..., None], 0.0), mask  # x is never changed
 
     def logits(
-        self, params: dict[str, Tensor], rows: Tensor, members: Tensor | None = None
+        self,
+        params: dict[str, Tensor],
+        rows: Tensor,
+        members: Tensor | None = None,
+        *,
+        full_precision: bool = False,
     ) -> Tensor:
         """Logits ``(member, row, n_outputs)`` of some rows.
 
         ``members``: which members the stacked ``params`` are (read by :class:`HookData`;
-        ignored here).
+        ignored here). The activations are read in the products' dtype (``matmul_dtype``, else
+        the fit's), so a bfloat16 store feeds bfloat16 products without a round trip through
+        float32, and the input scale is applied by the forward to the products' outputs.
+        ``full_precision``: products in the fit's dtype whatever ``matmul_dtype`` (the
+        early-stopping losses: bfloat16 rounding there is larger than ``min_delta``).
         """
         if self.pooled:
             return self.cls.linear_members(params, self.features[rows])  # type: ignore[attr-defined]
-        x, mask = self._read(rows, self.dtype)
+        matmul = None if full_precision else self.matmul_dtype
+        x, mask = self._read(rows, matmul or self.dtype)
         logits, _ = self.cls.forward_members(
-            self.config, params, x, mask, matmul_dtype=self.matmul_dtype
+            self.config, params, x, mask, matmul_dtype=matmul, input_scale=self.scale
         )
         return logits
+
+
+def _columns(read: Tensor) -> tuple[int, int]:
+    """The first and one past the last column some row reads (all columns when none does)."""
+    cols = read.any(dim=0).nonzero().flatten()
+    if not cols.numel():
+        return 0, read.shape[1]
+    return int(cols[0]), int(cols[-1]) + 1
 
 
 class HookData:
@@ -239,15 +272,25 @@ class HookData:
         self.bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
 
     def logits(
-        self, params: dict[str, Tensor], rows: Tensor, members: Tensor | None = None
+        self,
+        params: dict[str, Tensor],
+        rows: Tensor,
+        members: Tensor | None = None,
+        *,
+        full_precision: bool = False,
     ) -> Tensor:
         """Logits ``(member, row, n_outputs)``; ``members`` (ascending) are the stacked ones."""
         hook_of = self.hook_of if members is None else self.hook_of[members.cpu()]
-        out, start = [], 0
-        for h, count in zip(*torch.unique_consecutive(hook_of, return_counts=True), strict=True):
-            block = {k: v[start : start + int(count)] for k, v in params.items()}
-            out.append(self.parts[int(h)].logits(block, rows))
-            start += int(count)
+        hooks, counts = torch.unique_consecutive(hook_of, return_counts=True)
+        # split, not slices: its backward writes each block's gradient once, where a slice's
+        # backward zero-fills a whole parameter stack per block
+        blocks = {k: v.split(counts.tolist()) for k, v in params.items()}
+        out = [
+            self.parts[int(h)].logits(
+                {k: b[i] for k, b in blocks.items()}, rows, full_precision=full_precision
+            )
+            for i, h in enumerate(hooks)
+        ]
         return torch.cat(out)
 
 
@@ -273,7 +316,7 @@ def _pooled(data: FitData) -> Tensor:
                 return features
     parts = []
     for i in range(0, data.n, data.chunk):
-        x, mask = data._read(slice(i, i + data.chunk), torch.float32, scaled=False, trim=False)
+        x, mask = data._read(slice(i, i + data.chunk), torch.float32, trim=False)
         parts.append(data.cls.pool(x, mask))  # type: ignore[attr-defined]
     features = torch.cat(parts) if parts else torch.empty(0, data.config.d_model)
     if data.given is not None:
