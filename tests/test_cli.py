@@ -209,3 +209,18 @@ def test_named_errors_read_as_one_line_and_bugs_keep_their_traceback(
         assert "bug in lensprobe" in err and "report it" in err
     with pytest.raises(type(error)):  # --debug shows every error with its traceback
         main(["--debug", "datasets"])
+
+
+def test_errors_under_the_cli_name_its_flags_and_an_empty_dataset_is_refused(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_news.csv").write_text("headline,topic\nhello world,a\nbye now,b\n")
+    out = tmp_path / "out"
+    assert main(["run", "--dataset", "my_news.csv", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--text-column / --label-column" in err and "text_column=" not in err
+    # an unset variable ("$UNSET") would otherwise read every CSV of the current folder
+    assert main(["run", "--dataset", "", "--out", str(out)]) == 1
+    assert "dataset name is empty" in capsys.readouterr().err
+    assert not out.exists()

@@ -94,6 +94,16 @@ def test_run_then_train_then_report_on_a_tiny_model(
     (saved,) = load(out2).cells
     assert saved.result.test_rows.numel() == int(row["n_test"]) == 12
 
+    # the products' precision is one flag, recorded per cell (L-BFGS always runs in fp64)
+    out3 = tmp_path / "bf16"
+    flags = ["--hooks", "blocks.3.hook_resid_post", "--probes", "attention-1,mean"]
+    flags += ["--max-steps", "5", "--precision", "bf16", "--out", str(out3)]
+    assert main(["train", "--acts", str(out / "activations"), *flags]) == 0
+    assert {r["probe"]: r["precision"] for r in _records(out3)} == {
+        "attention-1": "bf16",
+        "mean": "fp64",
+    }
+
     # and rebuild the report from the saved results
     assert main(["report", "--results", str(out2)]) == 0
     assert "last" in (out2 / "report.html").read_text()

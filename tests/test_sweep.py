@@ -132,3 +132,13 @@ def test_bf16_products_keep_batched_equal_to_sequential_and_are_recorded(precisi
 
 def replace_precision(train: TrainConfig) -> TrainConfig:
     return dataclasses.replace(train, precision="fp32")
+
+
+def test_a_sweeps_progress_counts_the_probes_it_trains(capsys):
+    hooks = _hooks(n=30, n_hooks=2)
+    configs = [ProbeSpec.parse(s).protocol(BASE) for s in ("mean", "last", "max")]
+    run_sweep(hooks, configs, cells=[(h, i) for h in hooks for i in (0, 2)], progress=True)
+    err = capsys.readouterr().err
+    assert "probe 1 of 2: mean x 2 hook(s)" in err
+    assert "probe 2 of 2: max x 2 hook(s)" in err
+    assert "last" not in err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,6 +140,19 @@ def is_user_error(err: BaseException) -> bool:
     return False
 
 
+def cli_spelling(text: str, namespace: argparse.Namespace) -> str:
+    """An error's keyword arguments spelled as this command's flags.
+
+    ``text_column=`` -> ``--text-column`` for each option the command has; a keyword inside a
+    call (``run_protocol(max_memory=...)``) is left as written.
+    """
+    for dest in vars(namespace):
+        flag = "--" + dest.replace("_", "-")
+        text = re.sub(rf"(?<![\w(-]){re.escape(dest)}=(?=\S)", flag + " ", text)
+        text = re.sub(rf"(?<![\w(-]){re.escape(dest)}=", flag, text)
+    return text
+
+
 BUG_REPORT = (
     "this is a bug in lensprobe, not in your input: please report it with the command and the "
     "traceback above"
@@ -166,7 +180,7 @@ def _run(command: Command, namespace: argparse.Namespace) -> int:
             traceback.print_exc()
             say(f"lensprobe {command.name}: internal error: {BUG_REPORT}", err=True)
             return 70  # EX_SOFTWARE
-        text = " ".join(str(err).split()) or type(err).__name__
+        text = cli_spelling(" ".join(str(err).split()) or type(err).__name__, namespace)
         say(f"lensprobe {command.name}: error: {text}", err=True)
         return 1
 

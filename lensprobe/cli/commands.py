@@ -129,7 +129,7 @@ def run_demo(options: DemoOptions) -> int:
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     steps.memory_flag(options.max_memory)
     options, n, hooks = _demo_settings(options)
-    protocol = steps.protocol(options.seeds, options.max_steps)
+    protocol = steps.protocol(options)
     steps.check_out_folder(options.out)
     tasks = {task: load_dataset(task, n=n) for task in options.tasks}
     if not tasks:
@@ -163,7 +163,7 @@ def run_run(options: RunOptions) -> int:
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     steps.memory_flag(options.max_memory)
     hooks = steps.hooks_flag(options.hooks)
-    protocol = steps.protocol(options.seeds, options.max_steps)
+    protocol = steps.protocol(options)
     steps.check_out_folder(options.out)
     store = steps.run_store(options.out)
     ds = steps.load_text_dataset(options)
@@ -204,7 +204,7 @@ def run_train(options: TrainOptions) -> int:
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     steps.memory_flag(options.max_memory)
-    protocol = steps.protocol(options.seeds, options.max_steps)
+    protocol = steps.protocol(options)
     out = steps.check_out_folder(options.out)  # before training: a bad --out must not cost work
     acts = steps.open_store(options.acts, options.hooks)
     name = options.name or os.path.basename(os.path.normpath(options.acts))

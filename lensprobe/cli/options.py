@@ -116,6 +116,9 @@ class TrainingOptions:
     max_memory: str | None = None
     """Most memory one probe's training may hold, e.g. 4GB or 512MiB (default: 0.8 x the memory
     available); a probe estimated above it stops the run before any training."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """What AdamW probes' products over the activations compute in: fp32, bf16, or auto (bf16
+    on CUDA and on CPUs with AMX / AVX-512 BF16); recorded in the results."""
 
 
 # --- the commands --------------------------------------------------------------------------------

@@ -113,12 +113,15 @@ def memory_flag(max_memory: str | None) -> None:
         parse_memory(max_memory)
 
 
-def protocol(seeds: int, max_steps: int | None) -> Any:
-    """The protocol of ``--seeds`` and ``--max-steps`` (the library's defaults otherwise)."""
+def protocol(options: Any) -> Any:
+    """The protocol of ``--seeds``, ``--max-steps`` and ``--precision`` (the library's defaults
+    otherwise)."""
     from lensprobe.train import ProtocolConfig, TrainConfig
 
-    train = TrainConfig() if max_steps is None else TrainConfig(max_steps=max_steps)
-    return ProtocolConfig(seeds=tuple(range(seeds)), train=train)
+    train = TrainConfig(precision=options.precision)
+    if options.max_steps is not None:
+        train = TrainConfig(max_steps=options.max_steps, precision=options.precision)
+    return ProtocolConfig(seeds=tuple(range(options.seeds)), train=train)
 
 
 def _min_rows_per_class(protocol: Any) -> int:
@@ -290,7 +293,7 @@ def train_grid(activations: Any, dataset: str, options: Any) -> list[Any]:
         activations,
         parse_probes(options.probes),  # already checked by the command; cheap
         dataset=dataset,
-        protocol=protocol(options.seeds, options.max_steps),
+        protocol=protocol(options),
         out=options.out,
         entropy=True,
         on_row=show,

@@ -333,6 +333,10 @@ def load_dataset(
         (8, ('instrument', 'animal'))
     """
     name = os.fspath(name_or_path)
+    if not name.strip():  # "" would read every data file of the current folder
+        raise InputError(
+            "the dataset name is empty: pass a registry name, a hub id, a file or a folder"
+        )
     _check_arguments(source, n, data_dir)
     builtin = BUILTIN_TASKS.get(name.lower().removeprefix("builtin/"))
     if builtin is not None:

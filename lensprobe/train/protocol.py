@@ -186,13 +186,14 @@ def run_sweep(
         if h.streamed
     }
     out: dict[tuple[str, int], ProtocolResult] = {}
-    for i, config in enumerate(configs):
+    todo_configs = [i for i in range(len(configs)) if any((h, i) in todo for h in hooks)]
+    for k, i in enumerate(todo_configs, 1):
+        config = configs[i]
         names = [h for h in hooks if (h, i) in todo]
-        if not names:
-            continue
         start = time.perf_counter()
         inputs = [_Input.of(hooks[h], config, streams.get(h)) for h in names]
-        label = f"{config.probe} x {len(names)} hook(s)" if progress else None
+        label = f"probe {k} of {len(todo_configs)}: {config.probe}" if progress else None
+        label = label and f"{label} x {len(names)} hook(s)"
         results = _train_hooks(inputs, config, labels, classes, label)
         seconds = (time.perf_counter() - start) / len(results)
         for name, result in zip(names, results, strict=True):
