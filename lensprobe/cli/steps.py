@@ -114,8 +114,7 @@ def memory_flag(max_memory: str | None) -> None:
 
 
 def protocol(options: Any) -> Any:
-    """The protocol of ``--seeds``, ``--max-steps`` and ``--precision`` (the library's defaults
-    otherwise)."""
+    """The protocol of ``--seeds``, ``--max-steps`` and ``--precision`` (else the defaults)."""
     from lensprobe.train import ProtocolConfig, TrainConfig
 
     train = TrainConfig(precision=options.precision)
