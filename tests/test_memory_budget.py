@@ -95,3 +95,12 @@ def test_cli_max_memory(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "budget is 1.0 KB" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_a_sweep_step_counts_every_hooks_minibatch():
+    kw = dict(n=2000, pos=64, d_model=640, batch_size=32, n_outputs=1, n_heads=1)
+    kw.update(pooled=False, lbfgs=False, members=8 * 12)
+    one_read = estimate_training_memory(**kw)
+    every_hook = estimate_training_memory(**kw, hooks=12)  # 12 x 32 rows held until backward
+    extra = 4 * 64 * (12 * 32 - 256) * 3 * 640  # beyond the 256 rows a scoring batch reads
+    assert every_hook.total - one_read.total == extra

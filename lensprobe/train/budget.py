@@ -132,6 +132,7 @@ def estimate_training_memory(
     n_outputs: int,
     streamed_tokens: int = 0,
     eval_batch_size: int = 256,
+    hooks: int = 1,
 ) -> MemoryEstimate:
     """The peak memory of one protocol run on ``n`` sequences padded to ``pos`` tokens.
 
@@ -148,6 +149,8 @@ def estimate_training_memory(
         streamed_tokens: Tokens of ragged ``Activations``, which are streamed, never padded
             whole (0: a padded tensor, used as it is).
         eval_batch_size: Rows per forward when scoring early-stopping and test rows.
+        hooks: Hooks whose members train in one fit (``members`` counts all of them): a
+            training step holds each hook's minibatch until its backward.
     """
     parts: dict[str, int] = {}
     if streamed_tokens:
@@ -163,10 +166,12 @@ def estimate_training_memory(
         parts[f"row chunks read ({min(n, 256)} x {pos} tokens)"] = chunk
     else:
         rows = min(n, max(batch_size, eval_batch_size))
-        # a float32 read of the rows (converted, masked, scaled), kept by autograd, and every
-        # member's per-token scores and values of each head (forward and backward)
-        per_token = 3 * d_model + 3 * members * n_heads * (2 + n_outputs)
-        batch = 4 * rows * pos * per_token
+        # a float32 read of the rows (converted, masked), kept by autograd, and every member's
+        # per-token scores and values of each head (forward and backward); a training step
+        # keeps every hook's read (scoring reads one hook at a time)
+        read_rows = min(n, max(batch_size * hooks, eval_batch_size))
+        per_token = 3 * members * n_heads * (2 + n_outputs)
+        batch = 4 * pos * (read_rows * 3 * d_model + rows * per_token)
         name = f"largest token batch ({rows} x {pos} tokens, {members} members)"
         if chunk > batch:
             name, batch = f"row chunks read ({min(n, 256)} x {pos} tokens)", chunk

@@ -639,6 +639,7 @@ def memory_estimate(
         batch_size=train.batch_size,
         n_heads=config.n_heads if not issubclass(cls, PooledProbe) else 1,
         n_outputs=1 if n_classes <= 2 else n_classes,
+        hooks=hooks,
     )
 
 
