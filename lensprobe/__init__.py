@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "fit": "lensprobe.train",
     "run_protocol": "lensprobe.train",
     "sweep": "lensprobe.experiment",
+    "load_results": "lensprobe.grid",
     "choose_layer": "lensprobe.train",
     "compare": "lensprobe.train",
     "attention_entropy": "lensprobe.analysis",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lensprobe.data import load_dataset
     from lensprobe.errors import LensprobeError
     from lensprobe.experiment import sweep
+    from lensprobe.grid import load_results
     from lensprobe.hooks import attach, edit_activations
     from lensprobe.models import load_model
     from lensprobe.patching import patch_positions

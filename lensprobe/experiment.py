@@ -367,7 +367,7 @@ def write_report(
     title: str,
     description: str | None = None,
 ) -> Path:
-    """One HTML report for one dataset of a grid (trained now or read back by ``grid.load``).
+    """One HTML report for one dataset of a grid (trained now or read back by ``grid.load_results``).
 
     Args:
         grid: The grid.

@@ -38,7 +38,13 @@ from typing import Any
 
 import torch
 
-from lensprobe.errors import InputError, MissingFileError, OutputPathError, ResultsFileError
+from lensprobe.errors import (
+    InputError,
+    MissingDependencyError,
+    MissingFileError,
+    OutputPathError,
+    ResultsFileError,
+)
 from lensprobe.metrics import Estimate
 from lensprobe.train.compare import Comparison, comparison_to_dict, holm
 from lensprobe.train.config import ProtocolConfig
@@ -62,8 +68,8 @@ __all__ = [
     "check_resumable",
     "data_fingerprint",
     "ensure_folder",
-    "load",
     "load_cell",
+    "load_results",
     "probe_path",
     "save",
     "save_cell",
@@ -192,6 +198,20 @@ class Grid:
     def records(self) -> list[dict[str, Any]]:
         """Every cell's :meth:`Cell.record`, in run order."""
         return [c.record() for c in self.cells]
+
+    def to_pandas(self) -> Any:
+        """One row per cell (:meth:`records`) as a ``pandas.DataFrame``.
+
+        Raises:
+            MissingDependencyError: pandas is not installed.
+        """
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise MissingDependencyError(
+                "Grid.to_pandas needs pandas: pip install 'lensprobe[data]'"
+            ) from err
+        return pd.DataFrame(self.records())
 
 
 # --- the data a cell was trained on ---------------------------------------------------------------
@@ -446,7 +466,7 @@ def cell_folders(out: str | Path) -> list[Path]:
     )
 
 
-def load(out: str | Path) -> Grid:
+def load_results(out: str | Path) -> Grid:
     """Read a results folder written by :func:`save` (or by a run that stopped) into a grid.
 
     The choices and comparisons are computed again from the cells (the same functions, so the

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lensprobe.cli import main
-from lensprobe.grid import load, probe_path
+from lensprobe.grid import load_results, probe_path
 from lensprobe.probes import load_probe
 
 
@@ -91,7 +91,7 @@ def test_run_then_train_then_report_on_a_tiny_model(
     )
     (row,) = _records(out2)
     assert row["probe"] == "last" and row["hook"] == "blocks.3.hook_resid_post"
-    (saved,) = load(out2).cells
+    (saved,) = load_results(out2).cells
     assert saved.result.test_rows.numel() == int(row["n_test"]) == 12
 
     # the products' precision is one flag, recorded per cell (L-BFGS always runs in fp64)

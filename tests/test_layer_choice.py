@@ -175,7 +175,7 @@ def test_results_files_round_trip_the_cv_score_and_the_choice(grid, tmp_path):
     _, rows = grid
     built = grids.Grid.build(rows)
     grids.save(built, tmp_path)
-    saved = grids.load(tmp_path)
+    saved = grids.load_results(tmp_path)
     with (tmp_path / "results.csv").open() as f:
         from_csv = list(csv.DictReader(f))
     for rec, back, row in zip(built.records(), saved.records(), from_csv, strict=True):
@@ -275,7 +275,7 @@ def test_cli_train_chooses_per_split_and_prints_n_intervals_and_holm(tmp_path, c
     args = ["train", "--acts", str(store), "--probes", "mean,last", "--out", str(out)]
     assert main([*args, "--seeds", "2"]) == 0
     printed = capsys.readouterr().out
-    saved = grids.load(out)
+    saved = grids.load_results(out)
     for cell in saved.cells:  # every per-row line and table row: n_test and the corrected t
         acc = cell.result.summary["accuracy"]
         line = next(ln for ln in printed.splitlines() if f"  {cell.hook}  {cell.probe} " in ln)

@@ -1,4 +1,4 @@
-"""A grid's results folder: every cell saved atomically as it finishes, read back by ``grid.load``,
+"""A grid's results folder: every cell saved atomically as it finishes, read back by ``grid.load_results``,
 resumed by a rerun, refused when it would mix settings or data, never written outside ``--out``."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_a_grid_round_trips_through_its_folder(tmp_path):
     cells = run_grid(_acts(), ["mean", "attention-1"], dataset="toy", protocol=FAST, entropy=True)
     grid = grids.Grid.build(cells)
     grids.save(grid, tmp_path)
-    back = grids.load(tmp_path)
+    back = grids.load_results(tmp_path)
     assert [c.key for c in back.cells] == [c.key for c in cells] and back.folder == tmp_path
     for a, b in zip(cells, back.cells, strict=True):
         _same_result(a.result, b.result)
@@ -68,7 +68,10 @@ def test_a_grid_round_trips_through_its_folder(tmp_path):
     for k, w in cells[0].result.runs[1].probe.state_dict().items():
         assert torch.equal(probe.state_dict()[k], w)
     assert json.loads((tmp_path / "results.json").read_text())["schema"] == grids.SCHEMA
-    assert grids.load(tmp_path / "results.json").folder == tmp_path
+    assert grids.load_results(tmp_path / "results.json").folder == tmp_path
+    table = lp.load_results(tmp_path).to_pandas()  # the top-level name, one row per cell
+    assert list(zip(table["hook"], table["probe"], strict=True)) == [c.key[1:] for c in cells]
+    assert table["accuracy"].tolist() == [c.record()["accuracy"] for c in cells]
 
 
 def test_a_grid_killed_after_its_second_cell_resumes_with_both_kept(tmp_path, monkeypatch):
@@ -82,7 +85,7 @@ def test_a_grid_killed_after_its_second_cell_resumes_with_both_kept(tmp_path, mo
 
     with pytest.raises(KeyboardInterrupt):
         run_grid(acts, probes, dataset="toy", protocol=FAST, out=tmp_path, on_row=stop_after_two)
-    kept = grids.load(tmp_path)
+    kept = grids.load_results(tmp_path)
     assert [c.key for c in kept.cells] == seen
     trained = []
     real = experiment.run_sweep
@@ -130,15 +133,15 @@ def test_names_cannot_leave_the_folder_and_damaged_cells_are_named(tmp_path):
     path = grids.cell_path(out, *cell.key)
     (path / "cell.json").write_text("{not json")
     with pytest.raises(ResultsFileError, match="not valid JSON"):
-        grids.load(out)
+        grids.load_results(out)
     (path / "cell.json").write_text(json.dumps({"schema": 1}))
     with pytest.raises(ResultsFileError, match="schema 1"):
-        grids.load(out)
+        grids.load_results(out)
     (path / "cell.json").write_text(json.dumps({"schema": grids.SCHEMA, "dataset": "d"}))
     with pytest.raises(ResultsFileError, match="damaged cell"):
-        grids.load(out)
+        grids.load_results(out)
     with pytest.raises(FileNotFoundError, match="holds no finished cell"):
-        grids.load(tmp_path / "nothing")
+        grids.load_results(tmp_path / "nothing")
 
 
 def test_a_second_cli_train_adds_to_the_folder_or_refuses(tmp_path, capsys):
@@ -149,18 +152,20 @@ def test_a_second_cli_train_adds_to_the_folder_or_refuses(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["train", "--acts", str(store), "--out", str(out), "--seeds", "2"]
     assert main([*args, "--probes", "mean"]) == 0
-    first = grids.load(out)
+    first = grids.load_results(out)
     assert main([*args, "--probes", "mean,last"]) == 0
     printed = capsys.readouterr().out
     assert "[saved earlier: resumed]" in printed
-    both = grids.load(out)
+    both = grids.load_results(out)
     assert sorted({c.probe for c in both.cells}) == ["last", "mean"] and len(both.cells) == 4
     for c in first.cells:
         _same_result(c.result, both.cell(*c.key).result)
     assert len(both.comparisons["acts"]) == 1  # mean vs last, each at its per-split picks
     assert main([*args[:-1], "3", "--probes", "mean"]) == 1
     assert "split otherwise (seeds" in capsys.readouterr().err
-    assert [c.key for c in grids.load(out).cells] == [c.key for c in both.cells]  # untouched
+    assert [c.key for c in grids.load_results(out).cells] == [
+        c.key for c in both.cells
+    ]  # untouched
 
 
 def test_one_dataset_that_cannot_be_chosen_leaves_the_others_their_choices(caplog):

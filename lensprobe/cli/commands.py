@@ -259,7 +259,7 @@ def _report_path(options: ReportOptions, dataset: str, several: bool, results_di
 def run_report(options: ReportOptions) -> int:
     """Rebuild the HTML report from saved results, probes and the activation store.
 
-    The grid is read back from its cell folders (``lensprobe.grid.load``): the layer choices
+    The grid is read back from its cell folders (``lensprobe.grid.load_results``): the layer choices
     and comparisons are the same functions of the same cells as when it was trained.
     """
     from lensprobe import grid as grids
@@ -268,7 +268,7 @@ def run_report(options: ReportOptions) -> int:
     results_dir = Path(options.results)
     if options.out and Path(options.out).is_dir():
         raise InputError(f"--out {options.out} is a folder; pass the HTML file to write")
-    grid = grids.load(results_dir)
+    grid = grids.load_results(results_dir)
     store = options.acts or steps.recorded_store(results_dir)
     datasets = _report_datasets(options, grid.datasets, results_dir)
     # A store belongs to one dataset: attach it only when the report covers one.

@@ -405,7 +405,7 @@ def _hooks_with_scores(rows: Sequence[Mapping[str, Any]], by: str) -> list[str]:
     if missing:
         raise InputError(
             f"the records of hooks {missing} carry no per-split scores ('splits'); read the "
-            "results folder back with lensprobe.grid.load (results.csv has none)"
+            "results folder back with lensprobe.grid.load_results (results.csv has none)"
         )
     metric = by.removeprefix("cv_")
     lacking = [h for h, r in zip(hooks, rows, strict=True) if metric not in r["splits"][0]["cv"]]
