@@ -751,8 +751,14 @@ def test_one_class_and_empty_texts_are_errors(tmp_path, hf_cache):
     good.write_text('{"body": "yes", "y": "pos"}\n{"body": "no", "y": "neg"}\n')
     ds = load_dataset(good, text_column="body", label_column="y", cache_dir=hf_cache)
     assert ds.class_names == ("neg", "pos") and ds.labels.tolist() == [1, 0]
+    assert ds.name == "good"  # named by the file without its data suffix (reports, results)
     with pytest.raises(ValueError, match="not found"):
         load_dataset(good, cache_dir=hf_cache)  # default columns text / label are absent
+    packed = tmp_path / "news.v2.csv.gz"
+    pd.DataFrame({"text": ["a b", "c d"], "label": [0, 1]}).to_csv(packed, index=False)
+    assert load_dataset(packed, cache_dir=hf_cache).name == "news.v2"
+    with pytest.raises(ValueError, match="dataset name is empty"):
+        load_dataset(" ", cache_dir=hf_cache)
 
 
 def test_unknown_label_is_an_error(tmp_path, hf_cache):

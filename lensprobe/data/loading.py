@@ -159,7 +159,11 @@ def _adhoc_local(path: Path, text_column: str | None, label_column: str | None) 
     builder, options = kind
     group = LocalFiles(builder, splits={"train": (path.name,)}, options=options)
     local = LocalSource(path.parent.name, (group,), columns)
-    return DatasetSpec(path.name, "local file", None, local=local)
+    # named by the file without its data suffixes (my_news.csv.gz -> my_news): results and
+    # reports are named after the dataset
+    data_suffixes = 1 + (len(path.suffixes) > len(suffixes))  # .csv, or .csv.gz
+    name = path.name[: len(path.name) - len("".join(path.suffixes[-data_suffixes:]))]
+    return DatasetSpec(name or path.name, "local file", None, local=local)
 
 
 def _looks_like_path(name: str) -> bool:
