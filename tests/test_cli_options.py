@@ -134,3 +134,18 @@ def test_the_parser_loads_no_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_seed_draws_the_subsample_and_seeds_the_splits():
+    import lensprobe as lp
+    from lensprobe.cli import steps
+
+    def texts(*flags: str) -> tuple[str, ...]:
+        options = parse_options(
+            COMMANDS["run"].options, _parser(COMMANDS["run"].options).parse_args(flags)
+        )
+        return steps.load_text_dataset(options).texts
+
+    base = ("--dataset", "topics", "--n", "24")
+    assert texts(*base, "--seed", "3") == lp.load_dataset("topics", n=24, seed=3).texts
+    assert texts(*base, "--seed", "3") != texts(*base)  # default seed 0

@@ -79,6 +79,8 @@ class DataOptions:
     """Folder of the offline data collection (default: $LENSPROBE_DATA_DIR)."""
     n: int | None = None
     """Subsample to N texts (stratified)."""
+    seed: int = 0
+    """Seed of the --n subsample (the splits' seeds are --seeds)."""
     split: str | None = None
     """Dataset split (default: all local splits)."""
     text_column: str | None = None

@@ -209,6 +209,7 @@ def load_text_dataset(options: Any, n: int | None = None) -> Any:
         data_dir=options.data_dir,
         split=options.split,
         n=n if n is not None else options.n,
+        seed=options.seed,
         text_column=options.text_column,
         label_column=options.label_column,
     )
