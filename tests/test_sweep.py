@@ -142,3 +142,25 @@ def test_a_sweeps_progress_counts_the_probes_it_trains(capsys):
     assert "probe 1 of 2: mean x 2 hook(s)" in err
     assert "probe 2 of 2: max x 2 hook(s)" in err
     assert "last" not in err
+
+
+def test_bf16_training_early_stops_on_fp32_losses(monkeypatch):
+    from lensprobe.train.members import FitData
+
+    seen = []
+    logits = FitData.logits
+
+    def spy(self, params, rows, members=None, *, full_precision=False):
+        seen.append((torch.is_grad_enabled(), full_precision, self.matmul_dtype))
+        return logits(self, params, rows, members, full_precision=full_precision)
+
+    monkeypatch.setattr(FitData, "logits", spy)
+    acts = _hooks(n_hooks=1)["blocks.0.hook_resid_post"]
+    train = TrainConfig(max_steps=60, eval_every=10, precision="bf16")
+    lp.run_protocol(
+        acts, config=ProtocolConfig(**dict(BASE.__dict__, train=train, probe="attention"))
+    )
+    steps = {(full, dtype) for grad, full, dtype in seen if grad}
+    evals = {(full, dtype) for grad, full, dtype in seen if not grad}
+    assert steps == {(False, torch.bfloat16)}  # training steps: bf16 products
+    assert (True, torch.bfloat16) in evals  # early-stopping losses: fp32 products
