@@ -54,6 +54,9 @@ def test_run_then_train_then_report_on_a_tiny_model(
     assert code == 0
     printed = capsys.readouterr().out
     assert "attention-2" in printed and "H/H_unif" in printed
+    # the texts' source and class counts are shown before the model is loaded
+    counts = "classes (in label order): sports 15, cooking 15, weather 15, technology 15"
+    assert counts in printed.split("\n")[1]
     # every accuracy printed with its n and interval; the layer chosen by CV, then compared
     assert printed.count("(95% Wilson, test rows of 1 split, n_test=12)") == 4 + 2  # rows + choices
     assert "attention-2: blocks." in printed and "each split by its own CV accuracy" in printed

@@ -175,6 +175,7 @@ def run_run(options: RunOptions) -> int:
         f"lensprobe run: {options.model} ({options.backend}), {ds.name}: {len(ds)} texts, "
         f"hooks {', '.join(hooks)}"
     )
+    say(steps.describe_dataset(ds))
     model = steps.load_model(options.model, options.backend)
     acts = steps.capture_texts(model, ds, hooks, options, store)
     description = f"{ds.name}: {len(ds)} texts ({ds.source})"
@@ -190,6 +191,7 @@ def run_capture(options: CaptureOptions) -> int:
     hooks = steps.hooks_flag(options.hooks)
     check_store_target(options.out)  # a file or a folder of other things: before reading data
     ds = steps.load_text_dataset(options)
+    say(steps.describe_dataset(ds))
     steps.check_capture_out(ds, hooks, options, options.out)
     steps.check_model(options.model)
     model = steps.load_model(options.model, options.backend)

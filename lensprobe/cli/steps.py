@@ -22,6 +22,7 @@ __all__ = [
     "check_classes",
     "check_model",
     "check_out_folder",
+    "describe_dataset",
     "finish",
     "hooks_flag",
     "load_model",
@@ -213,6 +214,12 @@ def load_text_dataset(options: Any, n: int | None = None) -> Any:
         text_column=options.text_column,
         label_column=options.label_column,
     )
+
+
+def describe_dataset(ds: Any) -> str:
+    """Where a dataset's texts came from and how many of each class (shown before capture)."""
+    counts = ", ".join(f"{name} {count}" for name, count in ds.class_counts().items())
+    return f"  {ds.name}: {len(ds)} texts from {ds.source}; classes (in label order): {counts}"
 
 
 def capture_texts(model: Any, ds: Any, hooks: list[str], options: Any, out: str | None) -> Any:
