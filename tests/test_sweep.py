@@ -128,6 +128,9 @@ def test_bf16_products_keep_batched_equal_to_sequential_and_are_recorded(precisi
     assert gap < 0.1
     mean = ProtocolConfig(**{**kw, "probe": "mean", "n_heads": 1})
     assert lp.run_protocol(acts, config=mean).precision == "fp64"  # L-BFGS
+    adamw = ProbeSpec.parse("mean-adamw").protocol(mean)
+    assert adamw.resolved_train.precision == precision  # asked for, but pooled features are
+    assert lp.run_protocol(acts, config=adamw).precision == "fp32"  # small: always fp32
 
 
 def replace_precision(train: TrainConfig) -> TrainConfig:

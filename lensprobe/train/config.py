@@ -85,10 +85,16 @@ class TrainConfig:
     always runs in float64. The result records what was used
     (:attr:`~lensprobe.train.result.ProtocolResult.precision`)."""
 
-    def precision_on(self, device: torch.device | str) -> str:
-        """What a fit on ``device`` computes in: ``bf16``, ``fp32`` (AdamW) or ``fp64`` (L-BFGS)."""
+    def precision_on(self, device: torch.device | str, *, pooled: bool = False) -> str:
+        """What a fit on ``device`` computes in: ``bf16``, ``fp32`` (AdamW) or ``fp64`` (L-BFGS).
+
+        ``pooled``: a pooled probe, whose AdamW products read ``n x d_model`` pooled features
+        (small: always float32).
+        """
         if self.optimizer == "lbfgs":
             return "fp64"
+        if pooled:
+            return "fp32"
         if self.precision == "auto":
             return "bf16" if bf16_is_fast(device) else "fp32"
         return self.precision

@@ -340,7 +340,8 @@ def _train_hooks(
                 tables[i] += cv.rows
     finally:
         bar.close()
-    precision = train.precision_on(inputs[0].x.device)
+    pooled = issubclass(probe_class(inputs[0].probe_config.kind), PooledProbe)
+    precision = train.precision_on(inputs[0].x.device, pooled=pooled)
     return [
         replace(_protocol_result(config, r, classes, t, 0.0), precision=precision)
         for r, t in zip(runs, tables, strict=True)
