@@ -198,19 +198,20 @@ class FitData:
         )
 
     def _read(
-        self, rows: Tensor | slice, dtype: torch.dtype, *, trim: bool = True
+        self, rows: Tensor | slice, dtype: torch.dtype | None, *, trim: bool = True
     ) -> tuple[Tensor, Tensor]:
-        """Rows in ``dtype``, zero at every token the probe does not read, unscaled.
+        """Rows in ``dtype`` (None: as stored), zero at every token the probe does not read.
 
-        ``trim``: only the columns they read.
+        Unscaled; ``trim``: only the columns they read.
 
         Returns:
             The rows and the tokens read in them (both trimmed).
         """
         x, mask, zeroed = self._rows(rows, trim)
+        x = x if dtype is None else x.to(dtype)
         if zeroed:
-            return x.to(dtype), mask
-        return x.to(dtype).masked_fill(~mask[..., None], 0.0), mask  # x is never changed
+            return x, mask
+        return x.masked_fill(~mask[..., None], 0.0), mask  # x is never changed
 
     def logits(
         self,
@@ -223,16 +224,17 @@ class FitData:
         """Logits ``(member, row, n_outputs)`` of some rows.
 
         ``members``: which members the stacked ``params`` are (read by :class:`HookData`;
-        ignored here). The activations are read in the products' dtype (``matmul_dtype``, else
-        the fit's), so a bfloat16 store feeds bfloat16 products without a round trip through
-        float32, and the input scale is applied by the forward to the products' outputs.
+        ignored here). The activations are read as stored and converted to the products' dtype
+        (``matmul_dtype``, else the fit's) by the forward, where it packs the valid tokens first:
+        a bfloat16 store feeds bfloat16 products without a round trip through float32, and
+        padding is never converted. The forward applies the input scale to its products' outputs.
         ``full_precision``: products in the fit's dtype whatever ``matmul_dtype`` (the
         early-stopping losses: bfloat16 rounding there is larger than ``min_delta``).
         """
         if self.pooled:
             return self.cls.linear_members(params, self.features[rows])  # type: ignore[attr-defined]
-        matmul = None if full_precision else self.matmul_dtype
-        x, mask = self._read(rows, matmul or self.dtype)
+        matmul = self.dtype if full_precision else self.matmul_dtype or self.dtype
+        x, mask = self._read(rows, None)
         logits, _ = self.cls.forward_members(
             self.config, params, x, mask, matmul_dtype=matmul, input_scale=self.scale
         )
