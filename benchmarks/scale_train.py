@@ -16,7 +16,8 @@ Three measurements, each with both sides in the same run:
    :func:`lensprobe.run_protocol` over the same cells, same settings; ``metrics_equal`` compares
    every cell's test logits.
 3. **bf16 vs fp32.** The AdamW sweep of 6 hooks' attention-8 members, fixed steps, with
-   ``precision="fp32"`` vs ``"bf16"``: seconds per step.
+   ``precision="fp32"`` vs ``"bf16"``: seconds per step; and one product of the step's shape
+   in each dtype (``bf16_matmul_speedup``: what the hardware allows at best).
 4. **attention-8 vs before.** The whole default protocol for attention-8 on ``--real-n`` real
    texts of ``../shared/data`` (sst2, a stratified subsample), captured once from the bundled
    Gemma 3 270M at layer 9 and padded to 128 positions, in a child process running this checkout
@@ -24,7 +25,7 @@ Three measurements, each with both sides in the same run:
    beside it with ``git worktree``; both read the same saved tensors. Seconds and test accuracy
    of each, and this checkout again with ``precision="bf16"``.
 
-    python benchmarks/scale_train.py             # about 10 minutes on a quiet 2-core CPU
+    python benchmarks/scale_train.py             # about 4 minutes on a quiet 2-core CPU
     python benchmarks/scale_train.py --skip-before   # parts 1-3 only
 
 The last line printed is one JSON object.
@@ -247,11 +248,27 @@ def bf16_vs_fp32(args: argparse.Namespace) -> dict:
         f"AdamW sweep step (6 hooks x 8 members x 8 heads): fp32 {out['fp32'] * 1e3:.0f} ms, "
         f"bf16 {out['bf16'] * 1e3:.0f} ms"
     )
+    matmul = _matmul_speedup(args.d)
+    print(f"one product of the step's shape: bf16 {matmul:.2f}x fp32 (the hardware's ceiling)")
     return {
         "fp32_step_ms": round(out["fp32"] * 1e3, 1),
         "bf16_step_ms": round(out["bf16"] * 1e3, 1),
         "bf16_speedup": round(out["fp32"] / out["bf16"], 3),
+        "bf16_matmul_speedup": round(matmul, 3),
     }
+
+
+def _matmul_speedup(d: int, repeats: int = 50) -> float:
+    """fp32 / bf16 time of one (2048 x d) @ (d x 128) product, the step's largest shape."""
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(2048, d).to(dtype), torch.randn(d, 128).to(dtype)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        seconds[dtype] = time.perf_counter() - start
+    return seconds[torch.float32] / seconds[torch.bfloat16]
 
 
 REPO = Path(__file__).resolve().parent.parent

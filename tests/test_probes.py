@@ -311,3 +311,28 @@ def test_input_scale_is_the_probe_reading_scaled_activations(n_outputs):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
     for k in grads[0][1]:
         torch.testing.assert_close(grads[0][1][k], grads[1][1][k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_garbage_at_the_padding_of_a_padded_tensor_never_reaches_training(n_classes):
+    import lensprobe as lp
+    from lensprobe.train import ProtocolConfig, TrainConfig
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 9, 8, generator=gen)
+    y = torch.arange(60) % n_classes
+    x[:, :, 0] += y[:, None] * 1.5
+    mask = torch.arange(9)[None, :] < torch.randint(3, 10, (60,), generator=gen)[:, None]
+    config = ProtocolConfig(
+        probe="attention",
+        n_heads=2,
+        n_folds=3,
+        weight_decays=(0.0,),
+        train=TrainConfig(max_steps=30),
+    )
+    clean = lp.run_protocol(x.masked_fill(~mask[..., None], 0.0), y, mask=mask, config=config)
+    for garbage in (float("nan"), 7.5):
+        dirty = lp.run_protocol(
+            x.masked_fill(~mask[..., None], garbage), y, mask=mask, config=config
+        )
+        assert torch.equal(clean.runs[0].test_logits, dirty.runs[0].test_logits), garbage

@@ -50,15 +50,23 @@ def _products(
 ) -> Float[Tensor, "batch pos k"]:
     """``x @ weight`` in ``dtype``, returned in ``out_dtype``; zero at masked positions.
 
-    On CPU the product runs over the valid tokens only (packed, then put back in place), so the
-    padding of short texts in a long batch costs no multiplications; on other devices the
-    padded product avoids the host sync that packing needs.
+    ``x`` at masked positions is never read. On CPU the product runs over the valid tokens only
+    (packed, then put back in place), so the padding of short texts in a long batch costs no
+    multiplications; on other devices the padded product (``x`` zeroed where masked) avoids the
+    host sync that packing needs.
     """
-    if x.device.type != "cpu" or bool(mask.all()):
+    if bool(mask.all()):
         return (x.to(dtype) @ weight.to(dtype)).to(out_dtype)
+    if x.device.type != "cpu":
+        return (_zeroed(x, mask).to(dtype) @ weight.to(dtype)).to(out_dtype)
     valid = (x[mask].to(dtype) @ weight.to(dtype)).to(out_dtype)
     out = valid.new_zeros(*mask.shape, weight.shape[1])
     return out.index_put((mask,), valid)
+
+
+def _zeroed(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with zeros at masked positions (``x`` itself when every position is valid)."""
+    return x if bool(mask.all()) else x.masked_fill(~mask[..., None], 0.0)
 
 
 class AttentionProbe(Probe):
@@ -80,6 +88,7 @@ class AttentionProbe(Probe):
 
     kind = "attention"
     decay_params = ("query", "value")
+    ignores_masked = True
 
     def __init__(
         self,
@@ -146,7 +155,8 @@ class AttentionProbe(Probe):
         intermediate and in one large product instead of a product per sequence. With several
         outputs that would cost ``n_outputs + 1`` products, so ``x`` is pooled per head first.
         ``matmul_dtype`` (e.g. bfloat16) applies to the products over ``x`` only; everything
-        else is in the parameters' dtype. ``input_scale`` divides the products' outputs.
+        else is in the parameters' dtype. ``input_scale`` divides the products' outputs. ``x``
+        at masked positions is never read (:attr:`ignores_masked`).
         """
         m = params["query"].shape[0]
         n_out = params["value"].shape[-1]
@@ -172,7 +182,7 @@ class AttentionProbe(Probe):
             out = (attn * per_token).sum(dim=1)  # (batch, k): each head's weighted value
             logits = rearrange(out, "b (m h) -> m b h", m=m).sum(dim=-1, keepdim=True)
         else:
-            pooled = einsum(attn.to(dt), x.to(dt), "b p k, b p d -> b k d").to(pt)
+            pooled = einsum(attn.to(dt), _zeroed(x, mask).to(dt), "b p k, b p d -> b k d").to(pt)
             if input_scale != 1.0:
                 pooled = pooled / input_scale
             pooled = rearrange(pooled, "b (m h) d -> m b (h d)", m=m)

@@ -73,6 +73,9 @@ class Probe(nn.Module):
     kind: ClassVar[str]
     decay_params: ClassVar[tuple[str, ...]]
     """Parameters weight decay applies to (weight matrices; never biases or position slopes)."""
+    ignores_masked: ClassVar[bool] = False
+    """Whether :meth:`forward_members` never reads ``x`` at masked positions, so callers need not
+    zero them (a training minibatch is then not zeroed first)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Record a subclass that names a new ``kind`` in :data:`PROBE_CLASSES` (loading reads it).
@@ -143,7 +146,8 @@ class Probe(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Logits ``(member, batch, n_outputs)`` and attention (or None) for stacked params.
 
-        ``x`` must be zero at masked positions (``forward`` ensures it for user input).
+        ``x`` must be zero at masked positions (``forward`` ensures it for user input), unless
+        the class :attr:`ignores_masked`.
         ``matmul_dtype``: the dtype of the large products over the activations (e.g. bfloat16
         where the hardware is fast at it); None: ``x``'s dtype. Everything else, and the
         results, is in the parameters' dtype. ``input_scale``: the probe reads ``x /

@@ -198,18 +198,24 @@ class FitData:
         )
 
     def _read(
-        self, rows: Tensor | slice, dtype: torch.dtype | None, *, trim: bool = True
+        self,
+        rows: Tensor | slice,
+        dtype: torch.dtype | None,
+        *,
+        trim: bool = True,
+        zero: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Rows in ``dtype`` (None: as stored), zero at every token the probe does not read.
 
-        Unscaled; ``trim``: only the columns they read.
+        Unscaled; ``trim``: only the columns they read; ``zero=False``: a padded tensor's rows
+        are left as they are where not read (for a probe that :attr:`ignores_masked`).
 
         Returns:
             The rows and the tokens read in them (both trimmed).
         """
         x, mask, zeroed = self._rows(rows, trim)
         x = x if dtype is None else x.to(dtype)
-        if zeroed:
+        if zeroed or not zero:
             return x, mask
         return x.masked_fill(~mask[..., None], 0.0), mask  # x is never changed
 
@@ -234,7 +240,7 @@ class FitData:
         if self.pooled:
             return self.cls.linear_members(params, self.features[rows])  # type: ignore[attr-defined]
         matmul = self.dtype if full_precision else self.matmul_dtype or self.dtype
-        x, mask = self._read(rows, None)
+        x, mask = self._read(rows, None, zero=not self.cls.ignores_masked)
         logits, _ = self.cls.forward_members(
             self.config, params, x, mask, matmul_dtype=matmul, input_scale=self.scale
         )
