@@ -55,9 +55,7 @@ def _products(
     multiplications; on other devices the padded product (``x`` zeroed where masked) avoids the
     host sync that packing needs.
     """
-    if bool(mask.all()):
-        return (x.to(dtype) @ weight.to(dtype)).to(out_dtype)
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or bool(mask.all()):
         return (_zeroed(x, mask).to(dtype) @ weight.to(dtype)).to(out_dtype)
     valid = (x[mask].to(dtype) @ weight.to(dtype)).to(out_dtype)
     out = valid.new_zeros(*mask.shape, weight.shape[1])
@@ -65,8 +63,14 @@ def _products(
 
 
 def _zeroed(x: Tensor, mask: Tensor) -> Tensor:
-    """``x`` with zeros at masked positions (``x`` itself when every position is valid)."""
-    return x if bool(mask.all()) else x.masked_fill(~mask[..., None], 0.0)
+    """``x`` with zeros at masked positions.
+
+    On CPU ``x`` itself when every position is valid; elsewhere always a zeroed copy, as checking
+    would wait for the device.
+    """
+    if x.device.type == "cpu" and bool(mask.all()):
+        return x
+    return x.masked_fill(~mask[..., None], 0.0)
 
 
 class AttentionProbe(Probe):

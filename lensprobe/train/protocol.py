@@ -192,8 +192,9 @@ def run_sweep(
         names = [h for h in hooks if (h, i) in todo]
         start = time.perf_counter()
         inputs = [_Input.of(hooks[h], config, streams.get(h)) for h in names]
-        label = f"probe {k} of {len(todo_configs)}: {config.probe}" if progress else None
-        label = label and f"{label} x {len(names)} hook(s)"
+        label = None
+        if progress:
+            label = f"probe {k} of {len(todo_configs)}: {config.probe} x {len(names)} hook(s)"
         results = _train_hooks(inputs, config, labels, classes, label)
         seconds = (time.perf_counter() - start) / len(results)
         for name, result in zip(names, results, strict=True):
