@@ -134,6 +134,21 @@ def test_help_explains_every_option(name):
     assert not silent, f"lensprobe {name}: options without help: {silent}"
 
 
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_shows_what_it_does_and_an_example_that_parses(name, capsys):
+    import shlex
+
+    from lensprobe.cli import build_parser
+
+    assert main([name, "--help"]) == 0
+    shown = capsys.readouterr().out
+    command = COMMANDS[name]
+    assert command.help[1:] in shown and f"example:\n  {command.example}" in shown
+    argv = shlex.split(command.example)
+    assert argv[:2] == ["lensprobe", name]
+    assert build_parser().parse_args(argv[1:]).command == name
+
+
 def test_report_writes_one_page_per_dataset(tmp_path, capsys):
     import torch
 

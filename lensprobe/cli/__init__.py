@@ -55,6 +55,9 @@ class Command:
     run: Callable[[Any], int]
     """Runs the subcommand on its options and returns the exit status."""
 
+    example: str = ""
+    """A typical command line, shown at the end of the subcommand's ``--help`` (tested to parse)."""
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add one flag per field of :attr:`options` (help, default and kind from the field)."""
         add_flags(parser, self.options)
@@ -68,36 +71,44 @@ COMMANDS: dict[str, Command] = {
             "list built-in tasks and datasets, with sizes and classes",
             DatasetsOptions,
             commands.run_datasets,
+            "lensprobe datasets --data-dir ../shared/data",
         ),
         Command(
             "demo",
             "the bundled Gemma 3 270M on the built-in tasks: probes, table and HTML report",
             opts.DemoOptions,
             commands.run_demo,
+            "lensprobe demo --quick",
         ),
         Command(
             "run",
             "capture any model at hooks on a dataset, train probes, write results and a report",
             opts.RunOptions,
             commands.run_run,
+            "lensprobe run --dataset my_news.csv --text-column title --label-column topic "
+            "--hooks blocks.6.hook_resid_post,blocks.9.hook_resid_post --probes attention-8,mean",
         ),
         Command(
             "capture",
             "capture a dataset at hooks into an on-disk activation store",
             opts.CaptureOptions,
             commands.run_capture,
+            "lensprobe capture --dataset sst2 --n 2000 --hooks blocks.9.hook_resid_post --out acts/",
         ),
         Command(
             "train",
             "train probes on a stored capture (results, probes, report)",
             opts.TrainOptions,
             commands.run_train,
+            "lensprobe train --acts acts/ --probes attention-8,attention-1,mean,last --seeds 3 "
+            "--max-memory 4GB",
         ),
         Command(
             "report",
             "rebuild the HTML report from saved results and the activation store",
             opts.ReportOptions,
             commands.run_report,
+            "lensprobe report --results lensprobe-run",
         ),
     )
 }
@@ -114,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS.values():
-        subparser = sub.add_parser(command.name, help=command.help)
+        subparser = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help[:1].upper() + command.help[1:] + ".",
+            epilog=f"example:\n  {command.example}" if command.example else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_arguments(subparser)
         # also accepted after the command name; SUPPRESS keeps a top-level --debug
         subparser.add_argument(
