@@ -32,7 +32,7 @@ from lensprobe.grid import (
 )
 from lensprobe.specs import ProbeSpec
 from lensprobe.train.compare import Comparison
-from lensprobe.train.config import ProtocolConfig
+from lensprobe.train.config import ProtocolConfig, seed_tuple
 from lensprobe.train.protocol import run_sweep
 from lensprobe.train.result import ProtocolResult
 from lensprobe.train.selection import (
@@ -132,7 +132,7 @@ def sweep(
     activations: Mapping[str, Any],
     probes: Sequence[ProbeSpec | str] = ("attention-8", "attention-1", "mean", "last"),
     *,
-    seeds: Sequence[int] | None = None,
+    seeds: Sequence[int] | int | None = None,
     dataset: str = "data",
     protocol: ProtocolConfig | None = None,
     out: str | Path | None = None,
@@ -152,7 +152,8 @@ def sweep(
         activations: Hook name -> ``Activations`` of the same texts, e.g. ``lp.capture(...)``
             or a store opened with :func:`lensprobe.storage.load` (streamed, never padded whole).
         probes: Probe specs (``"attention-8"``, ``"mean"``, ``"last-adamw"``, ...).
-        seeds: The splits (default: ``protocol``'s, one split).
+        seeds: The splits, or how many (``3``: seeds 0, 1, 2; default: ``protocol``'s, one
+            split).
         dataset: Name recorded in every cell.
         protocol: Base protocol settings.
         out: A results folder: cells saved as they finish, a rerun resumes, and the index
@@ -169,7 +170,7 @@ def sweep(
     """
     base = protocol or ProtocolConfig()
     if seeds is not None:
-        base = replace(base, seeds=tuple(seeds))
+        base = replace(base, seeds=seed_tuple(seeds))
     cells = run_grid(
         activations,
         probes,

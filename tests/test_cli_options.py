@@ -102,7 +102,7 @@ def test_help_shows_the_docstring_and_the_default(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--quick a one-minute run (80 texts per task, 300 AdamW steps, one layer)" in out
     assert "--max-length MAX_LENGTH tokens kept per text, BOS included (default: 160)" in out
-    assert "--seeds SEEDS seeds per probe; metrics are averaged (default: 1)" in out
+    assert "--seeds SEEDS splits per probe: a count (3 means seeds 0,1,2) or a list" in out
 
 
 def test_flag_metadata_adds_what_the_type_does_not_say():
@@ -149,3 +149,18 @@ def test_seed_draws_the_subsample_and_seeds_the_splits():
     base = ("--dataset", "topics", "--n", "24")
     assert texts(*base, "--seed", "3") == lp.load_dataset("topics", n=24, seed=3).texts
     assert texts(*base, "--seed", "3") != texts(*base)  # default seed 0
+
+
+def test_seeds_is_a_count_or_a_list_in_the_cli_and_in_python():
+    import lensprobe as lp
+    from lensprobe.cli.steps import seeds_flag
+    from lensprobe.errors import InputError
+
+    assert seeds_flag("3") == lp.ProtocolConfig(seeds=3).seeds == (0, 1, 2)
+    assert seeds_flag("0,4,7") == lp.ProtocolConfig(seeds=(0, 4, 7)).seeds == (0, 4, 7)
+    assert seeds_flag("5,") == (5,)  # a trailing comma makes a list of one seed
+    for bad in ("0", "x", "", "1.5"):
+        with pytest.raises(InputError, match="seed"):
+            seeds_flag(bad)
+    with pytest.raises(InputError, match="at least one seed"):
+        lp.ProtocolConfig(seeds=0)

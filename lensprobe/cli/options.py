@@ -111,8 +111,9 @@ class TrainingOptions:
     probes: tuple[str, ...] = DEFAULT_PROBES
     """Comma-separated probe specs KIND[-HEADS][-OPTIMIZER]: attention-8, mean, last, max,
     mean-adamw, ..."""
-    seeds: int = 1
-    """Seeds per probe; metrics are averaged."""
+    seeds: str = "1"
+    """Splits per probe: a count (3 means seeds 0,1,2) or a list of seeds such as 0,4,7; metrics
+    are averaged with a corrected interval."""
     max_steps: int | None = None
     """Most AdamW steps per fit (default: the protocol's, 1500)."""
     max_memory: str | None = None

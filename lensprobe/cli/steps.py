@@ -121,7 +121,21 @@ def protocol(options: Any) -> Any:
     train = TrainConfig(precision=options.precision)
     if options.max_steps is not None:
         train = TrainConfig(max_steps=options.max_steps, precision=options.precision)
-    return ProtocolConfig(seeds=tuple(range(options.seeds)), train=train)
+    return ProtocolConfig(seeds=seeds_flag(options.seeds), train=train)
+
+
+def seeds_flag(text: str) -> tuple[int, ...]:
+    """``--seeds``: a count (``3``: seeds 0, 1, 2) or comma-separated seeds (``0,4,7``)."""
+    from lensprobe.train.config import seed_tuple
+
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputError(f"--seeds {text!r}: pass a count (3) or comma-separated seeds (0,4,7)")
+    return seed_tuple(values[0] if "," not in str(text) else values)
 
 
 def _min_rows_per_class(protocol: Any) -> int:

@@ -6,7 +6,7 @@ protocol that splits, cross-validates, chooses the weight decay, refits and test
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -20,6 +20,21 @@ from lensprobe.probes import ProbeKind, probe_class
 Optimizer = Literal["adamw", "lbfgs"]
 Decay = Literal["decoupled", "l2"]
 Precision = Literal["auto", "fp32", "bf16"]
+
+
+def seed_tuple(seeds: int | Iterable[int]) -> tuple[int, ...]:
+    """Seeds as a tuple: an integer ``k`` is ``k`` seeds ``(0, ..., k - 1)``, else the seeds given.
+
+    Raises:
+        InputError: A count below 1 (the seeds themselves are checked by the config).
+    """
+    if isinstance(seeds, bool):
+        raise InputError(f"seeds must be a count or seeds, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise InputError(f"seeds={seeds}: need at least one seed (a count >= 1, or seeds)")
+        return tuple(range(seeds))
+    return tuple(int(s) for s in seeds)
 
 
 @dataclass(frozen=True)
@@ -155,11 +170,12 @@ class ProtocolConfig:
     """Cross-validation folds of the training part."""
     test_fraction: float = 0.2
     """Share of the sequences held out for the test metrics."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] | int = (0,)
     """Repeated random splits: each seed is a full, independent run of the protocol (its own
     stratified split, folds, weight-decay choice, initialisation and data order, as one batched
     sweep); metrics are averaged over seeds, with a corrected resampled t interval. Seeds must
-    differ (a repeated seed repeats its split)."""
+    differ (a repeated seed repeats its split). An integer ``k`` means ``k`` seeds,
+    ``(0, ..., k - 1)``, as ``--seeds k`` on the command line; the config holds a tuple."""
     split_seed: int = 0
     """Seed of the first split: seed ``s`` draws its train/test split, folds and early-stopping
     slice with ``split_seed + s``."""
@@ -194,7 +210,7 @@ class ProtocolConfig:
             raise InputError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not self.weight_decays or any(w < 0 for w in self.weight_decays):
             raise InputError(f"weight_decays must be non-negative, got {self.weight_decays}")
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "seeds", seed_tuple(self.seeds))
         if not self.seeds:
             raise InputError("seeds must name at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
