@@ -149,6 +149,17 @@ def test_seed_draws_the_subsample_and_seeds_the_splits():
     base = ("--dataset", "topics", "--n", "24")
     assert texts(*base, "--seed", "3") == lp.load_dataset("topics", n=24, seed=3).texts
     assert texts(*base, "--seed", "3") != texts(*base)  # default seed 0
+    # --classes fixes the class order (probe output i is the i-th name)
+    flags = [*base, "--classes", "weather,sports,technology,cooking"]
+    options = parse_options(
+        COMMANDS["run"].options, _parser(COMMANDS["run"].options).parse_args(flags)
+    )
+    ds = steps.load_text_dataset(options)
+    assert ds.class_names == ("weather", "sports", "technology", "cooking")
+    default = lp.load_dataset("topics", n=24)
+    assert [ds.class_names[i] for i in ds.labels] == [
+        default.class_names[i] for i in default.labels
+    ]
 
 
 def test_seeds_is_a_count_or_a_list_in_the_cli_and_in_python():

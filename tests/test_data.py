@@ -754,6 +754,12 @@ def test_one_class_and_empty_texts_are_errors(tmp_path, hf_cache):
     assert ds.name == "good"  # named by the file without its data suffix (reports, results)
     with pytest.raises(ValueError, match="not found"):
         load_dataset(good, cache_dir=hf_cache)  # default columns text / label are absent
+    fixed = load_dataset(good, text_column="body", label_column="y", classes=["pos", "neg"])
+    assert fixed.class_names == ("pos", "neg") and fixed.labels.tolist() == [0, 1]  # same rows
+    assert [fixed.class_names[i] for i in fixed.labels] == [ds.class_names[i] for i in ds.labels]
+    for bad in (["pos"], ["pos", "neg", "neg"], ["pos", "other"]):
+        with pytest.raises(ValueError, match="class order must name each class once"):
+            load_dataset(good, text_column="body", label_column="y", classes=bad)
     packed = tmp_path / "news.v2.csv.gz"
     pd.DataFrame({"text": ["a b", "c d"], "label": [0, 1]}).to_csv(packed, index=False)
     assert load_dataset(packed, cache_dir=hf_cache).name == "news.v2"

@@ -87,6 +87,9 @@ class DataOptions:
     """Text column of a hub id or file not in the registry."""
     label_column: str | None = None
     """Label column of a hub id or file not in the registry."""
+    classes: tuple[str, ...] = ()
+    """Every class name, comma-separated, in the order probe outputs number them (default: the
+    dataset's order, else sorted)."""
 
 
 @dataclass(frozen=True, kw_only=True)

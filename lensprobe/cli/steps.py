@@ -227,6 +227,7 @@ def load_text_dataset(options: Any, n: int | None = None) -> Any:
         seed=options.seed,
         text_column=options.text_column,
         label_column=options.label_column,
+        classes=options.classes or None,
     )
 
 

@@ -151,6 +151,27 @@ class TextDataset:
             self._source,
         )
 
+    def with_class_order(self, classes: Sequence[str]) -> TextDataset:
+        """The same rows with class ids in the order of ``classes`` (each class name once).
+
+        Loaders order classes as their source does (a registry's id order, else sorted names);
+        this fixes one order whatever the loader, so probe output ``i`` means ``classes[i]``.
+
+        Raises:
+            InputError: ``classes`` misses a class, names an unknown one, or repeats one.
+        """
+        order = tuple(str(c) for c in classes)
+        if len(set(order)) != len(order) or set(order) != set(self._class_names):
+            missing = [c for c in self._class_names if c not in order]
+            unknown = [c for c in order if c not in self._class_names]
+            raise InputError(
+                f"{self._name}: the class order must name each class once (missing {missing}, "
+                f"unknown {unknown}, {len(order) - len(set(order))} repeated); its classes are "
+                f"{list(self._class_names)}"
+            )
+        new_id = np.array([order.index(n) for n in self._class_names], dtype=np.int64)
+        return TextDataset(self._name, self._texts, new_id[self._labels], order, self._source)
+
     def subsample(
         self, n: int | None = None, *, seed: int = 0, balance: bool = False
     ) -> TextDataset:

@@ -297,6 +297,7 @@ def load_dataset(
     text_column: str | None = None,
     label_column: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> TextDataset:
     """Load a labelled-text dataset by registry name, hub id, path, or built-in task name.
 
@@ -322,6 +323,8 @@ def load_dataset(
         label_column: Label column to read instead of the entry's (or of ``label``); the class
             names then come from the data.
         cache_dir: Cache folder of the ``datasets`` library (default: its own).
+        classes: Every class name in the order to number them (class ``i`` is ``classes[i]``;
+            default: the source's order, else sorted); see :meth:`TextDataset.with_class_order`.
 
     Returns:
         The dataset, with integer labels and its class names.
@@ -344,13 +347,16 @@ def load_dataset(
     _check_arguments(source, n, data_dir)
     builtin = BUILTIN_TASKS.get(name.lower().removeprefix("builtin/"))
     if builtin is not None:
-        return _generate(builtin, n, seed, balance)
-    spec, folder, source = _resolve(name, source, data_dir, text_column, label_column)
-    if source == "local" or (source == "auto" and folder is not None):
-        ds = _load_local(spec, folder, data_dir, split, cache_dir)
+        ds = _generate(builtin, n, seed, balance)
     else:
-        ds = _load_hub(spec, data_dir, split, n, cache_dir)
-    return ds.subsample(n, seed=seed, balance=balance) if n is not None or balance else ds
+        spec, folder, source = _resolve(name, source, data_dir, text_column, label_column)
+        if source == "local" or (source == "auto" and folder is not None):
+            ds = _load_local(spec, folder, data_dir, split, cache_dir)
+        else:
+            ds = _load_hub(spec, data_dir, split, n, cache_dir)
+        if n is not None or balance:
+            ds = ds.subsample(n, seed=seed, balance=balance)
+    return ds if classes is None else ds.with_class_order(classes)
 
 
 # --- listing -----------------------------------------------------------------------------------
