@@ -297,3 +297,21 @@ def test_killed_default_sized_cli_capture_resumes_bit_identical(tiny_gemma3_dir,
     assert torch.equal(resumed.values, fresh.values)
     assert torch.equal(resumed.token_ids, fresh.token_ids)
     assert torch.equal(resumed.labels, fresh.labels)
+
+
+def test_layers_expands_from_the_models_own_layer_count(tiny_gemma3_dir, tmp_path, capsys):
+    from lensprobe.errors import InputError
+    from lensprobe.storage import load as load_store
+
+    out = tmp_path / "store"
+    args = ["capture", "--model", str(tiny_gemma3_dir), "--backend", "hf", "--dataset", "topics"]
+    assert main([*args, "--n", "16", "--layers", "1-3:2", "--out", str(out)]) == 0
+    assert sorted(load_store(out)) == ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"]
+    assert main([*args, "--n", "16", "--layers", "0-4", "--out", str(tmp_path / "no")]) == 1
+    assert "has layers 0-3, not [4]" in capsys.readouterr().err  # 4 layers, read from config
+    assert not (tmp_path / "no").exists()
+    from lensprobe.cli.steps import layers_flag
+
+    assert layers_flag("all", str(tiny_gemma3_dir)) == [0, 1, 2, 3]
+    with pytest.raises(InputError, match="pass all, a range"):
+        layers_flag("some", str(tiny_gemma3_dir))

@@ -162,7 +162,8 @@ def run_run(options: RunOptions) -> int:
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     steps.memory_flag(options.max_memory)
-    hooks = steps.hooks_flag(options.hooks)
+    steps.check_model(options.model)
+    hooks = steps.model_hooks(options)
     protocol = steps.protocol(options)
     steps.check_out_folder(options.out)
     store = steps.run_store(options.out)
@@ -170,7 +171,6 @@ def run_run(options: RunOptions) -> int:
     fix = steps.n_fix(options, len(ds.class_names), protocol)
     steps.check_classes(ds.labels, ds.class_names, protocol, ds.name, fix)
     steps.check_capture_out(ds, hooks, options, store)
-    steps.check_model(options.model)
     say(
         f"lensprobe run: {options.model} ({options.backend}), {ds.name}: {len(ds)} texts, "
         f"hooks {', '.join(hooks)}"
@@ -188,12 +188,12 @@ def run_capture(options: CaptureOptions) -> int:
     """Capture a dataset at hooks into an on-disk store (train on it many times later)."""
     from lensprobe.storage import check_store_target
 
-    hooks = steps.hooks_flag(options.hooks)
+    steps.check_model(options.model)
+    hooks = steps.model_hooks(options)
     check_store_target(options.out)  # a file or a folder of other things: before reading data
     ds = steps.load_text_dataset(options)
     say(steps.describe_dataset(ds))
     steps.check_capture_out(ds, hooks, options, options.out)
-    steps.check_model(options.model)
     model = steps.load_model(options.model, options.backend)
     steps.capture_texts(model, ds, hooks, options, options.out)
     say(f"store: {options.out} ({ds.name}, {len(ds)} texts, hooks {', '.join(hooks)})")

@@ -67,6 +67,9 @@ class ModelOptions:
     """How the model is run for capture."""
     hooks: tuple[str, ...] = DEMO_HOOKS
     """Comma-separated hook names, e.g. blocks.9.hook_resid_post (default: layers 4, 9, 13)."""
+    layers: str | None = None
+    """The residual stream after these layers instead of --hooks: all, a range such as 0-17:2
+    (first-last:step), or a list such as 4,9,13 (blocks.N.hook_resid_post)."""
 
 
 @dataclass(frozen=True, kw_only=True)

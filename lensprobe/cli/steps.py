@@ -28,6 +28,7 @@ __all__ = [
     "load_model",
     "load_text_dataset",
     "memory_flag",
+    "model_hooks",
     "n_fix",
     "open_store",
     "protocol",
@@ -53,6 +54,48 @@ def slug(text: str) -> str:
 
 
 # --- checks before any work -----------------------------------------------------------------------
+
+
+def model_hooks(options: Any) -> list[str]:
+    """The hooks of ``--layers`` (expanded with the model's layer count) or else ``--hooks``."""
+    if options.layers is None:
+        return hooks_flag(options.hooks)
+    return [f"blocks.{i}.hook_resid_post" for i in layers_flag(options.layers, options.model)]
+
+
+def layers_flag(text: str, model: str) -> list[int]:
+    """``--layers``: ``all``, ``first-last[:step]`` or ``i,j,k``, checked against the model."""
+    n_layers = model_layer_count(model)
+    spec = text.strip().lower()
+    try:
+        if spec == "all":
+            layers = list(range(n_layers))
+        elif "-" in spec:
+            span, _, step = spec.partition(":")
+            first, last = (int(v) for v in span.split("-"))
+            layers = list(range(first, last + 1, int(step or 1)))
+        else:
+            layers = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        layers = []
+    if not layers:
+        raise InputError(f"--layers {text!r}: pass all, a range such as 0-17:2, or 4,9,13")
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise InputError(f"--layers {text!r}: {model} has layers 0-{n_layers - 1}, not {bad}")
+    return layers
+
+
+def model_layer_count(model: str) -> int:
+    """Transformer blocks of ``--model``, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from lensprobe.models import BUNDLED_MODELS, bundled_model_dir
+
+    path = bundled_model_dir(model) if model in BUNDLED_MODELS else Path(model).expanduser()
+    config = AutoConfig.from_pretrained(str(path) if path.is_dir() else model)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers)
 
 
 def hooks_flag(hooks: Sequence[str]) -> list[str]:
