@@ -6,6 +6,7 @@ and names the fix. The command line may print (through :func:`say`); the library
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -163,7 +164,7 @@ def protocol(options: Any) -> Any:
 
     train = TrainConfig(precision=options.precision)
     if options.max_steps is not None:
-        train = TrainConfig(max_steps=options.max_steps, precision=options.precision)
+        train = dataclasses.replace(train, max_steps=options.max_steps)
     return ProtocolConfig(seeds=seeds_flag(options.seeds), train=train)
 
 
