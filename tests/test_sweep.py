@@ -167,3 +167,21 @@ def test_bf16_training_early_stops_on_fp32_losses(monkeypatch):
     evals = {(full, dtype) for grad, full, dtype in seen if not grad}
     assert steps == {(False, torch.bfloat16)}  # training steps: bf16 products
     assert (True, torch.bfloat16) in evals  # early-stopping losses: fp32 products
+
+
+def test_the_step_bars_total_follows_early_stopping():
+    from lensprobe.train.protocol import _StepBar
+
+    bar = _StepBar("fits", n_fits=3, budget=100)
+    assert bar.bar.total == 300  # before any fit ends: every fit at its budget
+    bar.step(10)
+    bar.fit_done()  # stopped early at 10: the two fits to come are expected at 10 each
+    assert (bar.bar.n, bar.bar.total) == (10, 30)
+    bar.step(50)  # longer than expected: the total grows with it, never below the count
+    assert (bar.bar.n, bar.bar.total) == (60, 70)
+    bar.fit_done()
+    assert (bar.bar.n, bar.bar.total) == (60, 90)  # mean 30 steps for the last fit
+    bar.step(30)
+    bar.fit_done()
+    assert bar.bar.n == bar.bar.total == 90  # the steps taken, nothing assumed
+    bar.close()

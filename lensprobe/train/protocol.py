@@ -806,13 +806,16 @@ def _fit(
 class _StepBar:
     """A progress bar over the optimisation steps of a protocol run's fits (or nothing).
 
-    Each fit has a budget (``max_steps`` or ``lbfgs_max_iter``); one that stops early moves the
-    bar to the end of its budget.
+    Each fit has a budget (``max_steps`` or ``lbfgs_max_iter``), but most stop early: the bar
+    counts the steps taken, and its total (so its ETA) assumes each fit still to come takes as
+    many steps as the finished ones did on average (the budget before any has finished).
     """
 
     def __init__(self, label: str | None, n_fits: int, budget: int) -> None:
-        self.budget = budget
-        self.offset = 0
+        self.budget, self.n_fits = budget, n_fits
+        self.expected = float(budget)
+        """Steps a fit still to come is expected to take."""
+        self.steps_done = self.fits_done = self.current = 0
         self.bar = None
         if label is not None:
             from tqdm.auto import tqdm
@@ -834,13 +837,29 @@ class _StepBar:
             per_seed = hooks if train.optimizer == "lbfgs" else 1
         return cls(label, len(config.seeds) * per_seed, budget)
 
+    def _total(self, running: int | float) -> int:
+        """Steps taken so far plus ``running`` for the current fit and the expected rest."""
+        later = max(self.n_fits - self.fits_done - 1, 0)
+        return round(self.steps_done + running + later * self.expected)
+
     def step(self, done: int) -> None:
+        """The current fit has taken ``done`` steps."""
+        self.current = min(done, self.budget)
         if self.bar is not None:
-            self.bar.update(max(0, self.offset + min(done, self.budget) - self.bar.n))
+            n = self.steps_done + self.current
+            # a fit running longer than expected: the expected rest stays, this one grows
+            self.bar.total = max(self._total(max(self.expected, self.current)), n)
+            self.bar.update(n - self.bar.n)
 
     def fit_done(self) -> None:
-        self.offset += self.budget
-        self.step(0)
+        """The current fit ended (early or at its budget)."""
+        self.steps_done += self.current
+        self.fits_done += 1
+        self.current = 0
+        self.expected = self.steps_done / self.fits_done
+        if self.bar is not None:
+            self.bar.total = self._total(self.expected if self.fits_done < self.n_fits else 0)
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
