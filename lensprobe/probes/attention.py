@@ -55,8 +55,10 @@ def _products(
     multiplications; on other devices the padded product (``x`` zeroed where masked) avoids the
     host sync that packing needs.
     """
-    if x.device.type != "cpu" or bool(mask.all()):
+    if x.device.type != "cpu":
         return (_zeroed(x, mask).to(dtype) @ weight.to(dtype)).to(out_dtype)
+    if bool(mask.all()):
+        return (x.to(dtype) @ weight.to(dtype)).to(out_dtype)
     valid = (x[mask].to(dtype) @ weight.to(dtype)).to(out_dtype)
     out = valid.new_zeros(*mask.shape, weight.shape[1])
     return out.index_put((mask,), valid)

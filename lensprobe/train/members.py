@@ -130,11 +130,12 @@ class FitData:
     The activations are a padded tensor with its mask, or ragged
     :class:`~lensprobe.activations.Activations` (e.g. a memory-mapped store), of which only the
     rows of each minibatch are padded, when they are read. Either way they are kept as given
-    (e.g. bfloat16 from a capture) and each minibatch is converted to the products' dtype, zeroed
-    where the probe does not read and trimmed to the columns its rows read when it is read (the
-    probe's forward applies the input scale to its products' outputs), so a fit never holds a
-    float32 copy of the whole capture. The values are the same as converting everything up front,
-    and a minibatch of a ragged source equals the same rows of the padded tensor.
+    (e.g. bfloat16 from a capture) and each minibatch is read as stored when it is read, trimmed
+    to the columns its rows read and zeroed where the probe does not read (unless its forward
+    never reads there: :attr:`~lensprobe.probes.base.Probe.ignores_masked`); the forward converts
+    it to the products' dtype and applies the input scale to their outputs, so a fit never holds
+    a float32 copy of the whole capture. The values are the same as converting everything up
+    front, and a minibatch of a ragged source equals the same rows of the padded tensor.
     """
 
     chunk = 256
@@ -277,7 +278,6 @@ class HookData:
             False,
         )
         self.hook_of = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(sizes))
-        self.bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
 
     def logits(
         self,
