@@ -31,6 +31,8 @@ _LAZY: dict[str, str] = {
     "ProtocolConfig": "lensprobe.train",
     "fit": "lensprobe.train",
     "run_protocol": "lensprobe.train",
+    "ProbeClassifier": "lensprobe.train.estimator",
+    "ProbeClassifierCV": "lensprobe.train.estimator",
     "sweep": "lensprobe.experiment",
     "load_results": "lensprobe.grid",
     "choose_layer": "lensprobe.train",
@@ -104,4 +106,5 @@ if TYPE_CHECKING:  # pragma: no cover
         fit,
         run_protocol,
     )
+    from lensprobe.train.estimator import ProbeClassifier, ProbeClassifierCV
     from lensprobe.viz import report

@@ -19,13 +19,25 @@ def test_the_readme_has_examples():
     assert len(_examples()) >= 3
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(_examples())))
-def test_readme_example_runs(index, tmp_path, monkeypatch):
+def _params() -> list:
+    """One case per example; those that load the model are ``slow``, the rest run everywhere."""
+    return [
+        pytest.param(i, marks=[pytest.mark.slow] if "load_model" in code else [])
+        for i, code in enumerate(_examples())
+    ]
+
+
+@pytest.mark.parametrize("index", _params())
+def test_readme_example_runs_as_a_script_and_shows_its_result(index, tmp_path, monkeypatch, capsys):
+    """Each block, run as a script, prints what it shows and writes the files it saves."""
     monkeypatch.chdir(tmp_path)  # examples may write files (probe/)
+    code = _examples()[index]
     script = tmp_path / f"readme_example_{index + 1}.py"  # nnsight reads trace bodies from files
-    script.write_text(_examples()[index])
+    script.write_text(code)
     runpy.run_path(str(script), run_name="__readme__")
+    assert capsys.readouterr().out.strip(), f"README example {index + 1} prints nothing"
+    for target in re.findall(r"""\.save\(["']([^"']+)["']\)""", code):
+        assert (tmp_path / target).exists(), f"README example {index + 1} did not write {target}"
 
 
 def test_capture_stays_callable_after_its_subpackage_is_imported():

@@ -57,7 +57,7 @@ from lensprobe.train.fit import (
     unscale_params,
 )
 from lensprobe.train.members import Members
-from lensprobe.train.result import ProtocolResult, SeedRun
+from lensprobe.train.result import AllRowsFit, ProtocolResult, SeedRun
 from lensprobe.train.split import stratified_folds, stratified_split
 from lensprobe.train.streaming import Streamed, stream_inputs
 
@@ -202,6 +202,56 @@ def run_sweep(
             if on_result is not None:
                 on_result(name, i, out[name, i])
     return out
+
+
+def fit_all_rows(
+    data: Any,
+    labels: Any = None,
+    *,
+    mask: Bool[Tensor, "batch pos"] | Tensor | None = None,
+    config: ProtocolConfig | None = None,
+    cross_validate: bool = True,
+    progress: bool | str = False,
+    max_memory: int | float | str | None = None,
+) -> AllRowsFit:
+    """One probe trained on every row: the protocol without a test part (an estimator's ``fit``).
+
+    The same checks, label mapping, token scale, BOS rule and members as :func:`run_protocol`
+    (its first seed, ``config.seeds[0]``), with every row in the training part: with
+    ``cross_validate``, each weight decay of ``config.weight_decays`` is scored by
+    ``config.n_folds``-fold CV over all rows and the best one's refit member (trained on all
+    rows, AdamW's early-stopping slice aside) is returned; without, the refit member of the
+    first weight decay is (no folds train).
+    """
+    config = config or ProtocolConfig()
+    if not cross_validate:
+        config = replace(config, weight_decays=config.weight_decays[:1])
+    train = config.resolved_train
+    check_budget(memory_estimate(data, labels, config, train), max_memory)
+    hook, ids, classes = _prepare(data, labels, mask, config)
+    inp = _Input.of(hook, config, stream_inputs if hook.streamed else None)
+    seed = config.seeds[0]
+    split = _split(ids, config, train, seed, whole=True, folds=cross_validate)
+    label = progress if isinstance(progress, str) else (config.probe if progress else None)
+    bar = _StepBar.for_protocol(label, replace(config, seeds=(seed,)), train)
+    try:
+        (cv,) = _cross_validate([inp], config, train, ids, seed, split, bar)
+    finally:
+        bar.close()
+    chosen = _choose_decay(cv.summary, config.select_by) if cross_validate else cv.keys[0][0]
+    refit = cv.keys.index((chosen, -1))
+    probe = probe_class(inp.probe_config.kind).from_member(
+        inp.probe_config, {k: v[refit : refit + 1] for k, v in cv.params.items()}, 0
+    )
+    pooled = issubclass(probe_class(inp.probe_config.kind), PooledProbe)
+    return AllRowsFit(
+        probe=probe.to(inp.x.device).eval(),
+        classes=classes,
+        weight_decay=chosen,
+        cv_summary=cv.summary if cross_validate else [],
+        input_scale=cv.scale,
+        precision=train.precision_on(inp.x.device, pooled=pooled),
+    )
 
 
 def _sweep_hooks(
@@ -361,6 +411,8 @@ class _Split:
     test_rows: Tensor
     fold: Tensor
     stop_rows: Tensor
+    n_folds: int
+    """Folds of the training part (0: no cross-validation, only the refit members)."""
 
     def fold_of(self, n: int) -> Int[Tensor, " batch"]:
         """The fold of each of the ``n`` rows (-1: not in the training part)."""
@@ -369,22 +421,38 @@ class _Split:
         return fold_of
 
 
-def _split(labels: Tensor, config: ProtocolConfig, train: TrainConfig, seed: int) -> _Split:
+def _split(
+    labels: Tensor,
+    config: ProtocolConfig,
+    train: TrainConfig,
+    seed: int,
+    *,
+    whole: bool = False,
+    folds: bool = True,
+) -> _Split:
     """Step 1, the split of one seed: stratified, seeded with ``config.split_seed + seed``.
 
     The training part is cut into ``config.n_folds`` stratified folds; with AdamW and early
     stopping, a stratified slice of it is held out for every member to early-stop on.
+    ``whole``: every row is in the training part (no test part), as :func:`fit_all_rows` trains;
+    ``folds=False``: no folds (only refit members train).
     """
     split_seed = config.split_seed + seed
-    train_rows, test_rows = stratified_split(labels, config.test_fraction, seed=split_seed)
-    fold = stratified_folds(labels[train_rows], config.n_folds, seed=split_seed)
+    if whole:
+        train_rows, test_rows = torch.arange(labels.numel()), torch.empty(0, dtype=torch.long)
+    else:
+        train_rows, test_rows = stratified_split(labels, config.test_fraction, seed=split_seed)
+    n_folds = config.n_folds if folds else 0
+    fold = torch.full((train_rows.numel(),), -1, dtype=torch.long)
+    if n_folds:
+        fold = stratified_folds(labels[train_rows], n_folds, seed=split_seed)
     stop_rows = torch.empty(0, dtype=torch.long)
     if train.optimizer == "adamw" and train.early_stop_fraction > 0:
         _, held = stratified_split(
             labels[train_rows], train.early_stop_fraction, seed=train.seed + split_seed
         )
         stop_rows = train_rows[held]
-    return _Split(split_seed, train_rows, test_rows, fold, stop_rows)
+    return _Split(split_seed, train_rows, test_rows, fold, stop_rows, n_folds)
 
 
 # --- 2. cross-validate -----------------------------------------------------------------------
@@ -735,7 +803,7 @@ def _members_for_seed(
     fold_of = split.fold_of(n)
     keys, train, stop = [], [], []
     for wd in config.weight_decays:
-        for f in [*range(config.n_folds), -1]:
+        for f in [*range(split.n_folds), -1]:
             held = fold_of == f if f >= 0 else torch.zeros(n, dtype=torch.bool)
             keys.append((wd, f))
             train.append(in_train & ~in_stop & ~held)

@@ -233,3 +233,25 @@ def mean_metric(runs: list[SeedRun], name: str, rows: list[Tensor] | None = None
         idx = rows[i] if rows is not None else torch.arange(r.n_test)
         values.append(metric(name, r.test_logits[idx], r.test_labels[idx], thresholds=r.thresholds))
     return sum(values) / len(values)
+
+
+@dataclass(frozen=True)
+class AllRowsFit:
+    """What :func:`~lensprobe.train.protocol.fit_all_rows` trained: one probe on every row.
+
+    No test part: the probe is the refit member at the chosen weight decay (chosen by
+    cross-validation over all rows, or the one decay given), as the protocol's step 4 trains it.
+    """
+
+    probe: Probe
+    """The trained probe (reads raw activations), in eval mode."""
+    classes: tuple[Any, ...]
+    """The original label of each class id, sorted (``classes[i]`` is class ``i``)."""
+    weight_decay: float
+    """The weight decay the probe trained with."""
+    cv_summary: list[dict[str, float]]
+    """One row per weight decay: the CV metrics averaged over folds (empty without CV)."""
+    input_scale: float
+    """The scale the activations were divided by during training."""
+    precision: str
+    """The precision of the AdamW products (``fp32`` or ``bf16``)."""
