@@ -528,7 +528,7 @@ def check_resumable(cell: Cell, config: ProtocolConfig, fingerprint: str, where:
         )
 
 
-SPLIT_SETTINGS = ("seeds", "split_seed", "test_fraction", "n_folds")
+SPLIT_SETTINGS = ("seeds", "split_seed", "test_fraction", "test_rows", "n_folds")
 """Protocol settings that decide the splits: every cell of a dataset in one folder shares them,
 so layers and probes are chosen and compared on the same rows."""
 
@@ -548,7 +548,9 @@ def check_folder(out: str | Path, dataset: str, config: ProtocolConfig, fingerpr
         saved = (d.get("result") or {}).get("config") or {}
         diff = [k for k in SPLIT_SETTINGS if saved.get(k) != wanted.get(k)]
         if diff:
-            changes = ", ".join(f"{k} {saved.get(k)!r} (saved) vs {wanted.get(k)!r}" for k in diff)
+            changes = ", ".join(
+                f"{k} {_short(saved.get(k))} (saved) vs {_short(wanted.get(k))}" for k in diff
+            )
             raise OutputPathError(
                 f"{out} holds cells of {dataset!r} split otherwise ({changes}); pass the same "
                 "settings to add to them, or another --out"
@@ -558,6 +560,13 @@ def check_folder(out: str | Path, dataset: str, config: ProtocolConfig, fingerpr
                 f"{out} holds cells of a dataset named {dataset!r} captured from other texts, "
                 "labels or model; pass another --out, or another name (--name)"
             )
+
+
+def _short(value: Any) -> str:
+    """A setting for an error line (a long row list as its length)."""
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{len(value)} rows]"
+    return repr(value)
 
 
 def ensure_folder(out: str | Path) -> None:

@@ -817,7 +817,7 @@ def test_hub_and_local_paths_agree_for_banking77(hub_root, fixture_data_dir, hf_
     assert hub.texts == local.texts[::3]
     assert hub.labels.tolist() == local.labels[::3].tolist()
     default = load_dataset("banking77", cache_dir=hf_cache)  # no data_dir: the hub, study split
-    assert len(default) == 5 and "(train)" in default.source
+    assert len(default) == 5 and "(train; text text, label label)" in default.source
 
 
 def test_hub_ag_news_and_amazon_shapes(hub_root, hf_cache):

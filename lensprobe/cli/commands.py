@@ -164,12 +164,14 @@ def run_run(options: RunOptions) -> int:
     steps.memory_flag(options.max_memory)
     steps.check_model(options.model)
     hooks = steps.model_hooks(options)
-    protocol = steps.protocol(options)
+    steps.protocol(options)  # bad --seeds / --precision fail before any data is read
     steps.check_out_folder(options.out)
     store = steps.run_store(options.out)
-    ds = steps.load_text_dataset(options)
+    ds, test_rows = steps.load_split_dataset(options)
+    protocol = steps.protocol(options, test_rows)
     fix = steps.n_fix(options, len(ds.class_names), protocol)
-    steps.check_classes(ds.labels, ds.class_names, protocol, ds.name, fix)
+    train_labels = ds.labels if test_rows is None else ds.labels[: test_rows[0]]
+    steps.check_classes(train_labels, ds.class_names, protocol, ds.name, fix)
     steps.check_capture_out(ds, hooks, options, store)
     say(
         f"lensprobe run: {options.model} ({options.backend}), {ds.name}: {len(ds)} texts, "
@@ -179,7 +181,7 @@ def run_run(options: RunOptions) -> int:
     model = steps.load_model(options.model, options.backend)
     acts = steps.capture_texts(model, ds, hooks, options, store)
     description = f"{ds.name}: {len(ds)} texts ({ds.source})"
-    rows = steps.train_grid(acts, ds.name, options)
+    rows = steps.train_grid(acts, ds.name, options, test_rows)
     steps.finish(rows, [steps.ReportJob(ds.name, acts, description)], options.out)
     return 0
 
@@ -189,6 +191,11 @@ def run_capture(options: CaptureOptions) -> int:
     from lensprobe.storage import check_store_target
 
     steps.check_model(options.model)
+    if options.test_split:
+        raise InputError(
+            "--test-split applies to lensprobe run (a store keeps no split): run it, or capture "
+            "each split into its own store"
+        )
     hooks = steps.model_hooks(options)
     check_store_target(options.out)  # a file or a folder of other things: before reading data
     ds = steps.load_text_dataset(options)

@@ -85,9 +85,13 @@ class DataOptions:
     seed: int = 0
     """Seed of the --n subsample (the splits' seeds are --seeds)."""
     split: str | None = None
-    """Dataset split (default: all local splits)."""
+    """Dataset split (default: all local splits, pooled and split at random by the protocol)."""
+    test_split: str | None = None
+    """A split to test on as given (e.g. --split train --test-split test; run only): the probes
+    train on --split and are tested once on this split, instead of random splits of the rows."""
     text_column: str | None = None
-    """Text column of a hub id or file not in the registry."""
+    """Text column of a hub id or file not in the registry; several, comma-separated
+    (title,description), are joined with one space."""
     label_column: str | None = None
     """Label column of a hub id or file not in the registry."""
     classes: tuple[str, ...] = ()

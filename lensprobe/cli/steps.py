@@ -158,14 +158,24 @@ def memory_flag(max_memory: str | None) -> None:
         parse_memory(max_memory)
 
 
-def protocol(options: Any) -> Any:
-    """The protocol of ``--seeds``, ``--max-steps`` and ``--precision`` (else the defaults)."""
+def protocol(options: Any, test_rows: Sequence[int] | None = None) -> Any:
+    """The protocol of ``--seeds``, ``--max-steps`` and ``--precision`` (else the defaults).
+
+    ``test_rows``: the rows of ``--test-split`` (a given test part, one split).
+    """
     from lensprobe.train import ProtocolConfig, TrainConfig
 
     train = TrainConfig(precision=options.precision)
     if options.max_steps is not None:
         train = dataclasses.replace(train, max_steps=options.max_steps)
-    return ProtocolConfig(seeds=seeds_flag(options.seeds), train=train)
+    seeds = seeds_flag(options.seeds)
+    if test_rows is not None and len(seeds) > 1:
+        raise InputError(
+            f"--test-split gives one split, but --seeds {options.seeds} asks for {len(seeds)}: "
+            "pass --seeds 1 with --test-split, or leave --test-split out for random splits"
+        )
+    rows = None if test_rows is None else tuple(test_rows)
+    return ProtocolConfig(seeds=seeds, train=train, test_rows=rows)
 
 
 def seeds_flag(text: str) -> tuple[int, ...]:
@@ -184,6 +194,8 @@ def seeds_flag(text: str) -> tuple[int, ...]:
 
 def _min_rows_per_class(protocol: Any) -> int:
     """Fewest rows of a class the protocol can split: test rows, then one per CV fold."""
+    if protocol.test_rows is not None:  # a given test part: the training part needs the folds
+        return protocol.n_folds
     c = 1
     while True:
         held = min(max(round(protocol.test_fraction * c), 1), c - 1) if c >= 2 else 0
@@ -212,10 +224,15 @@ def check_classes(labels: Any, class_names: Any, protocol: Any, where: str, fix:
     rare = [int(c) for c in present if counts[c] < need]
     if rare:
         c = min(rare, key=lambda k: counts[k])
+        why = (
+            f"{protocol.n_folds}-fold cross-validation of the training split"
+            if protocol.test_rows is not None
+            else f"a {protocol.test_fraction:.0%} test split, then {protocol.n_folds}-fold "
+            "cross-validation on the rest"
+        )
         raise InputError(
             f"{where}: class {name(c)} has {int(counts[c])} text(s); every class needs at least "
-            f"{need} (a {protocol.test_fraction:.0%} test split, then {protocol.n_folds}-fold "
-            f"cross-validation on the rest): {fix}"
+            f"{need} ({why}): {fix}"
         )
 
 
@@ -269,10 +286,64 @@ def load_text_dataset(options: Any, n: int | None = None) -> Any:
         split=options.split,
         n=n if n is not None else options.n,
         seed=options.seed,
-        text_column=options.text_column,
+        text_column=text_columns(options.text_column),
         label_column=options.label_column,
         classes=options.classes or None,
     )
+
+
+def text_columns(text: str | None) -> tuple[str, ...] | None:
+    """``--text-column``: one column, or several comma-separated (joined with one space)."""
+    if text is None:
+        return None
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not columns:
+        raise InputError(f"--text-column {text!r}: name a column, or several: title,description")
+    return columns
+
+
+def load_split_dataset(options: Any) -> tuple[Any, list[int] | None]:
+    """``--dataset`` with ``--split``, and with ``--test-split`` its test split appended.
+
+    Returns the texts to capture and, with ``--test-split``, the rows of the test split (every
+    row before them is the training split, as given). ``--n`` caps each split (stratified).
+    """
+    if not options.test_split:
+        return load_text_dataset(options), None
+    from lensprobe.data import TextDataset
+
+    if not options.split or options.split == options.test_split:
+        raise InputError(
+            f"--test-split {options.test_split} needs the training split as --split (another "
+            "split of the same dataset), e.g. --split train --test-split test"
+        )
+    train = load_text_dataset(options)
+    test = load_text_dataset(dataclasses.replace(options, split=options.test_split))
+    if set(test.class_names) - set(train.class_names):
+        extra = sorted(set(test.class_names) - set(train.class_names))
+        raise InputError(
+            f"--test-split {options.test_split} has classes {extra} that --split "
+            f"{options.split} lacks: a probe cannot learn a class it never sees"
+        )
+    if test.class_names != train.class_names:
+        missing = [c for c in train.class_names if c not in test.class_names]
+        test = TextDataset(
+            test.name,
+            test.texts,
+            [train.class_names.index(test.class_names[i]) for i in test.labels],
+            train.class_names,
+            test.source,
+        )
+        if missing:
+            say(f"  note: the test split has no text of {missing}")
+    ds = TextDataset(
+        train.name,
+        train.texts + test.texts,
+        [*train.labels.tolist(), *test.labels.tolist()],
+        train.class_names,
+        f"{train.source}; test: {test.source}",
+    )
+    return ds, list(range(len(train), len(ds)))
 
 
 def describe_dataset(ds: Any) -> str:
@@ -281,9 +352,35 @@ def describe_dataset(ds: Any) -> str:
     return f"  {ds.name}: {len(ds)} texts from {ds.source}; classes (in label order): {counts}"
 
 
+def describe_tokens(model: Any, texts: Sequence[str], max_length: int | None) -> str | None:
+    """Token counts of the texts and how many ``--max-length`` cuts (None without a tokenizer)."""
+    from lensprobe.batching import tokenize
+
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    lengths = sorted(tokenize(tokenizer, texts, max_length=None).lengths)
+    cut = sum(n > max_length for n in lengths) if max_length is not None else 0
+    line = f"  tokens per text (BOS included): median {lengths[len(lengths) // 2]}, "
+    line += f"longest {lengths[-1]}; "
+    if not cut:
+        return line + f"none is cut (--max-length {max_length})"
+    return line + (
+        f"{cut} of {len(lengths)} texts are cut to their first {max_length} tokens "
+        "(--max-length to change)"
+    )
+
+
 def capture_texts(model: Any, ds: Any, hooks: list[str], options: Any, out: str | None) -> Any:
-    """Capture ``ds`` at ``hooks`` (into store ``out`` when given) and print the capture's stats."""
+    """Capture ``ds`` at ``hooks`` (into store ``out`` when given) and print the capture's stats.
+
+    How many texts ``--max-length`` cuts is printed before the capture starts.
+    """
     from lensprobe.capturing import capture
+
+    tokens = describe_tokens(model, ds.texts, options.max_length)
+    if tokens:
+        say(tokens)
 
     result = capture(
         model,
@@ -342,11 +439,13 @@ def open_store(path: str, hooks: Sequence[str] = ()) -> dict[str, Any]:
 # --- training, the report and the results ---------------------------------------------------------
 
 
-def train_grid(activations: Any, dataset: str, options: Any) -> list[Any]:
+def train_grid(
+    activations: Any, dataset: str, options: Any, test_rows: Sequence[int] | None = None
+) -> list[Any]:
     """Run one dataset's grid into ``--out``, printing a line per cell.
 
     Each cell is saved as it finishes; finished cells of an earlier run are read back, not
-    trained again.
+    trained again. ``test_rows``: the rows of ``--test-split``.
     """
     from lensprobe import experiment
     from lensprobe.specs import parse_probes
@@ -359,7 +458,7 @@ def train_grid(activations: Any, dataset: str, options: Any) -> list[Any]:
         activations,
         parse_probes(options.probes),  # already checked by the command; cheap
         dataset=dataset,
-        protocol=protocol(options),
+        protocol=protocol(options, test_rows),
         out=options.out,
         entropy=True,
         on_row=show,

@@ -82,7 +82,7 @@ def _holds_every_file(spec: DatasetSpec, folder: Path) -> bool:
 
 
 def _with_overrides(
-    spec: DatasetSpec, text_column: str | None, label_column: str | None
+    spec: DatasetSpec, text_column: tuple[str, ...] | None, label_column: str | None
 ) -> DatasetSpec:
     """The entry with caller-named columns; a new label column drops the entry's class names."""
     if text_column is None and label_column is None:
@@ -92,7 +92,7 @@ def _with_overrides(
         if label_column is not None and label_column != columns.label:
             columns = Columns(columns.text, label_column, where=columns.where)
         if text_column is not None:
-            columns = replace(columns, text=(text_column,))
+            columns = replace(columns, text=text_column)
         return columns
 
     relabelled = label_column is not None and any(
@@ -142,9 +142,9 @@ def _spec_for_path(path: Path) -> DatasetSpec | None:
     return None
 
 
-def _adhoc_local(path: Path, text_column: str | None, label_column: str | None) -> DatasetSpec:
+def _adhoc_local(path: Path, text_column: tuple[str, ...] | None, label_column: str | None) -> DatasetSpec:
     """An unregistered file or folder, read with default or caller-named columns."""
-    columns = Columns((text_column or "text",), label_column or "label")
+    columns = Columns(text_column or ("text",), label_column or "label")
     if path.is_dir():  # a folder laid out like a hub repository: the hub reader reads it
         return DatasetSpec(path.name, "local folder", None, hub=HubSource(str(path), columns))
     suffixes = [s.lower() for s in path.suffixes]
@@ -181,7 +181,7 @@ def _check_arguments(source: str, n: int | None, data_dir: str | os.PathLike[str
 
 
 def _spec_of_path(
-    path: Path, text_column: str | None, label_column: str | None
+    path: Path, text_column: tuple[str, ...] | None, label_column: str | None
 ) -> tuple[DatasetSpec, Path | None, Source]:
     """An existing file or folder: its registry entry, else an ad-hoc one, and where to read."""
     path = path.resolve()
@@ -191,14 +191,14 @@ def _spec_of_path(
     return spec, path if path.is_dir() else path.parent, "local"
 
 
-def _unregistered_hub(name: str, text_column: str | None, label_column: str | None) -> DatasetSpec:
+def _unregistered_hub(name: str, text_column: tuple[str, ...] | None, label_column: str | None) -> DatasetSpec:
     """A hub id the registry does not know, read with the columns the caller names."""
     if text_column is None or label_column is None:
         raise InputError(
             f"unknown dataset {name!r}. Known: {_known_names()}. To load another hub "
             "dataset, pass text_column= and label_column="
         )
-    columns = Columns((text_column,), label_column)
+    columns = Columns(text_column, label_column)
     return DatasetSpec(name, "hub dataset", None, hub=HubSource(name, columns))
 
 
@@ -206,7 +206,7 @@ def _resolve(
     name: str,
     source: Source,
     data_dir: str | os.PathLike[str] | None,
-    text_column: str | None,
+    text_column: tuple[str, ...] | None,
     label_column: str | None,
 ) -> tuple[DatasetSpec, Path | None, Source]:
     """The entry a name stands for (with the caller's columns), its local folder, the source.
@@ -256,8 +256,13 @@ def _load_local(
             f"pass the folder that holds {spec.local.folder}/"
         )
     rows, splits = read_local(spec.local, folder, split, _cache(cache_dir))
-    origin = f"local:{folder} ({'+'.join(splits)})"
+    origin = f"local:{folder} ({'+'.join(splits)}; {_column_names(spec.local.columns)})"
     return to_dataset(spec.name, rows, spec.local.columns, spec.class_names, origin)
+
+
+def _column_names(columns: Columns) -> str:
+    """The columns read, for a dataset's source line (``text title+description, label topic``)."""
+    return f"text {'+'.join(columns.text)}, label {columns.label}"
 
 
 def _load_hub(
@@ -281,7 +286,7 @@ def _load_hub(
     hub_split = split if isinstance(split, str) or split is None else "+".join(split)
     hub_split = hub_split or spec.hub.split
     rows = read_hub(spec.hub, hub_split, spec.class_names, n, _cache(cache_dir))
-    origin = f"hub:{spec.hub.id} ({hub_split})"
+    origin = f"hub:{spec.hub.id} ({hub_split}; {_column_names(spec.hub.columns)})"
     return to_dataset(spec.name, rows, spec.hub.columns, spec.class_names, origin)
 
 
@@ -294,7 +299,7 @@ def load_dataset(
     seed: int = 0,
     balance: bool = False,
     source: Source = "auto",
-    text_column: str | None = None,
+    text_column: str | Sequence[str] | None = None,
     label_column: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     classes: Sequence[str] | None = None,
@@ -319,7 +324,8 @@ def load_dataset(
         seed: Seed of the subsample (and of a built-in task's generator).
         balance: Equalise the classes (undersampling the larger ones).
         source: ``"hub"`` or ``"local"`` forces where a registry entry is read from.
-        text_column: Text column to read instead of the entry's (or of ``text``).
+        text_column: Text column to read instead of the entry's (or of ``text``); several
+            (``["title", "description"]``) are joined with one space.
         label_column: Label column to read instead of the entry's (or of ``label``); the class
             names then come from the data.
         cache_dir: Cache folder of the ``datasets`` library (default: its own).
@@ -349,7 +355,9 @@ def load_dataset(
     if builtin is not None:
         ds = _generate(builtin, n, seed, balance)
     else:
-        spec, folder, source = _resolve(name, source, data_dir, text_column, label_column)
+        texts = (text_column,) if isinstance(text_column, str) else text_column
+        texts = None if texts is None else tuple(str(c) for c in texts)
+        spec, folder, source = _resolve(name, source, data_dir, texts, label_column)
         if source == "local" or (source == "auto" and folder is not None):
             ds = _load_local(spec, folder, data_dir, split, cache_dir)
         else:

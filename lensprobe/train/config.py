@@ -169,7 +169,11 @@ class ProtocolConfig:
     n_folds: int = 5
     """Cross-validation folds of the training part."""
     test_fraction: float = 0.2
-    """Share of the sequences held out for the test metrics."""
+    """Share of the sequences held out for the test metrics (unless ``test_rows`` gives them)."""
+    test_rows: tuple[int, ...] | None = None
+    """A given test part, e.g. a dataset's official test split: these rows are the test part and
+    every other row the training part, as given (``test_fraction`` is not used). A given split
+    is one split: ``seeds`` must name one seed, and intervals are over its test rows."""
     seeds: tuple[int, ...] | int = (0,)
     """Repeated random splits: each seed is a full, independent run of the protocol (its own
     stratified split, folds, weight-decay choice, initialisation and data order, as one batched
@@ -220,6 +224,20 @@ class ProtocolConfig:
                 f"seeds=range({len(self.seeds)})"
             )
         object.__setattr__(self, "weight_decays", tuple(float(w) for w in self.weight_decays))
+        if self.test_rows is not None:
+            rows = tuple(int(r) for r in self.test_rows)
+            if not rows or min(rows) < 0 or len(set(rows)) != len(rows):
+                raise InputError(
+                    "test_rows must name distinct row indices >= 0 (at least one), e.g. the "
+                    "rows of a dataset's test split"
+                )
+            if len(self.seeds) > 1:
+                raise InputError(
+                    f"a given test split (test_rows) is one split, but seeds={self.seeds}: pass "
+                    "one seed (its interval is over the test rows), or drop test_rows to draw "
+                    "several random splits"
+                )
+            object.__setattr__(self, "test_rows", tuple(sorted(rows)))
 
     @property
     def resolved_train(self) -> TrainConfig:
@@ -234,6 +252,7 @@ class ProtocolConfig:
         d = asdict(self)
         d["weight_decays"] = list(self.weight_decays)
         d["seeds"] = list(self.seeds)
+        d["test_rows"] = None if self.test_rows is None else list(self.test_rows)
         return d
 
     @classmethod
@@ -241,8 +260,8 @@ class ProtocolConfig:
         """Rebuild from :meth:`to_dict` output."""
         check_keys(cls, d, "protocol keys")
         d = dict(d)
-        for key in ("weight_decays", "seeds"):
-            if key in d:
+        for key in ("weight_decays", "seeds", "test_rows"):
+            if d.get(key) is not None:
                 d[key] = tuple(d[key])
         if isinstance(d.get("train"), Mapping):
             d["train"] = TrainConfig.from_dict(dict(d["train"]))

@@ -285,7 +285,15 @@ def _check_sweep(configs: list[ProtocolConfig]) -> None:
             )
 
 
-SPLIT_FIELDS = ("seeds", "split_seed", "test_fraction", "n_folds", "bos", "normalize")
+SPLIT_FIELDS = (
+    "seeds",
+    "split_seed",
+    "test_fraction",
+    "test_rows",
+    "n_folds",
+    "bos",
+    "normalize",
+)
 """The settings every config of a sweep shares: the rows and tokens each cell reads."""
 
 
@@ -440,6 +448,8 @@ def _split(
     split_seed = config.split_seed + seed
     if whole:
         train_rows, test_rows = torch.arange(labels.numel()), torch.empty(0, dtype=torch.long)
+    elif config.test_rows is not None:
+        train_rows, test_rows = _given_split(labels, config.test_rows)
     else:
         train_rows, test_rows = stratified_split(labels, config.test_fraction, seed=split_seed)
     n_folds = config.n_folds if folds else 0
@@ -453,6 +463,27 @@ def _split(
         )
         stop_rows = train_rows[held]
     return _Split(split_seed, train_rows, test_rows, fold, stop_rows, n_folds)
+
+
+def _given_split(labels: Tensor, test_rows: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The training and test rows of a given test part (every other row trains)."""
+    n = labels.numel()
+    if max(test_rows) >= n:
+        raise InputError(
+            f"test_rows names row {max(test_rows)}, but the data has {n} rows: pass the test "
+            "split's row indices in the captured data"
+        )
+    test = torch.tensor(test_rows, dtype=torch.long)
+    in_test = torch.zeros(n, dtype=torch.bool)
+    in_test[test] = True
+    train = (~in_test).nonzero().flatten()
+    missing = sorted(set(labels.tolist()) - set(labels[train].tolist()))
+    if missing:
+        raise InputError(
+            f"the training part (rows outside test_rows) has no row of class id(s) {missing}: "
+            "a probe cannot learn a class it never sees; use a training split with every class"
+        )
+    return train, test
 
 
 # --- 2. cross-validate -----------------------------------------------------------------------
