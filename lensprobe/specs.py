@@ -17,10 +17,21 @@ from lensprobe.errors import InputError
 if TYPE_CHECKING:
     from lensprobe.train.config import ProtocolConfig
 
-__all__ = ["DEFAULT_PROBES", "ProbeSpec", "parse_probes"]
+__all__ = [
+    "CAPTURE_BATCH_SIZE",
+    "CAPTURE_MAX_LENGTH",
+    "DEFAULT_PROBES",
+    "ProbeSpec",
+    "parse_probes",
+]
 
 DEFAULT_PROBES: tuple[str, ...] = ("attention-1", "attention-2", "attention-8", "mean", "last")
 """The probes of the study's comparison."""
+
+CAPTURE_MAX_LENGTH = 256
+"""Tokens kept per text (BOS included) by default, in ``lp.capture`` and every command."""
+CAPTURE_BATCH_SIZE = 16
+"""Texts per forward pass during capture by default, in ``lp.capture`` and every command."""
 
 _SPEC = re.compile(r"^(attention|mean|last|max)(?:-(\d+))?(?:-(adamw|lbfgs))?$")
 

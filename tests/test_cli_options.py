@@ -93,6 +93,17 @@ def test_flag_kinds_follow_the_field_types(monkeypatch):
     assert parsed.hooks == ("a", "b") and parsed.n == 5
     assert parsed.probes == DEFAULT_PROBES  # the library's default, not a copy
     assert COMMANDS["demo"].options().hooks == DEMO_HOOKS
+    # one default size for the API and every command
+    import inspect
+
+    from lensprobe.capturing import capture
+
+    defaults = inspect.signature(capture).parameters
+    for name in ("run", "capture", "demo"):
+        options = COMMANDS[name].options
+        for field in ("max_length", "batch_size"):
+            default = options.__dataclass_fields__[field].default
+            assert default == defaults[field].default, (name, field)
     with pytest.raises(SystemExit):
         _parser(run).parse_args(["--dataset", "d", "--backend", "torch"])
 
@@ -101,7 +112,10 @@ def test_help_shows_the_docstring_and_the_default(capsys):
     assert main(["demo", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--quick a one-minute run (80 texts per task, 300 AdamW steps, one layer)" in out
-    assert "--max-length MAX_LENGTH tokens kept per text, BOS included (default: 160)" in out
+    assert (
+        "--max-length MAX_LENGTH tokens kept per text, BOS included (as in lp.capture) "
+        "(default: 256)" in out
+    )
     assert "--seeds SEEDS splits per probe: a count (3 means seeds 0,1,2) or a list" in out
 
 

@@ -46,6 +46,7 @@ from lensprobe.capturing.run import run_capture
 from lensprobe.capturing.sinks import open_sink
 from lensprobe.errors import InputError, UnknownHookError
 from lensprobe.models import display_name
+from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH
 from lensprobe.storage import check_store_target
 
 __all__ = ["UnknownHookError", "capture", "check_capture_out", "check_texts", "detect_backend"]
@@ -57,8 +58,8 @@ def capture(
     hooks: str | Sequence[str],
     labels: Any = None,
     *,
-    max_length: int | None = 512,
-    batch_size: int = 32,
+    max_length: int | None = CAPTURE_MAX_LENGTH,
+    batch_size: int = CAPTURE_BATCH_SIZE,
     dtype: torch.dtype = torch.bfloat16,
     out: str | os.PathLike[str] | None = None,
     tokenizer: Any = None,

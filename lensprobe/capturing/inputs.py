@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lensprobe.errors import InputError, InputTypeError
+from lensprobe.specs import CAPTURE_MAX_LENGTH
 from lensprobe.storage import check_store_target
 
 __all__ = ["check_capture_out", "check_texts"]
@@ -180,7 +181,7 @@ def check_capture_out(
     labels: Any = None,
     *,
     class_names: Sequence[str] | None = None,
-    max_length: int | None = 512,
+    max_length: int | None = CAPTURE_MAX_LENGTH,
 ) -> None:
     """Check, before loading a model, that ``capture(..., out=out)`` with these inputs may run.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lensprobe.cli.parsing import flag
-from lensprobe.specs import DEFAULT_PROBES
+from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH, DEFAULT_PROBES
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -103,10 +103,10 @@ class DataOptions:
 class SizeOptions:
     """How many tokens and texts go through the model at once."""
 
-    max_length: int = 256
-    """Tokens kept per text, BOS included."""
-    batch_size: int = 16
-    """Texts per forward pass during capture."""
+    max_length: int = CAPTURE_MAX_LENGTH
+    """Tokens kept per text, BOS included (as in lp.capture)."""
+    batch_size: int = CAPTURE_BATCH_SIZE
+    """Texts per forward pass during capture (as in lp.capture)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,8 +153,6 @@ class DemoOptions(SizeOptions, TrainingOptions):
     """Comma-separated hook names (default: layers 4, 9, 13)."""
     backend: Backend = "transformer_lens"
     """How the bundled model is run for capture."""
-    max_length: int = 160
-    """Tokens kept per text, BOS included."""
 
 
 @dataclass(frozen=True, kw_only=True)
