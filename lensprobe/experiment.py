@@ -56,7 +56,7 @@ def run_grid(
     out: str | Path | None = None,
     entropy: bool = False,
     on_row: Callable[[Cell], None] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     max_memory: int | float | str | None = None,
 ) -> list[Cell]:
     """Run the protocol for every hook and probe in one sweep; with ``out``, save and resume.
@@ -77,7 +77,8 @@ def run_grid(
         entropy: Add ``entropy_ratio`` (mean attention entropy / uniform on the test rows) to
             attention cells.
         on_row: Called with each finished (or resumed: those first) cell.
-        progress: Show a progress bar over each fit's optimisation steps.
+        progress: Show a progress bar over each fit's optimisation steps (None: in a terminal
+            or a notebook only).
         max_memory: Most memory a cell may hold (bytes or e.g. ``"4GB"``; default 80% of the
             memory available); every cell is checked against it before the first one trains.
 
@@ -137,7 +138,7 @@ def sweep(
     protocol: ProtocolConfig | None = None,
     out: str | Path | None = None,
     entropy: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     max_memory: int | float | str | None = None,
 ) -> Grid:
     """Train every probe at every hook in one pass and compare them: the typed grid result.
@@ -159,7 +160,7 @@ def sweep(
         out: A results folder: cells saved as they finish, a rerun resumes, and the index
             (``results.json`` / ``.csv``) holds these cells and those earlier runs left there.
         entropy: Add each attention cell's entropy ratio on its test rows.
-        progress: Show a progress bar per probe.
+        progress: Show a progress bar per probe (None: in a terminal or a notebook only).
         max_memory: Most memory a fit may hold (default 80% of the memory available).
 
     Example:

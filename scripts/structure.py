@@ -22,7 +22,7 @@ PACKAGE = ROOT / "lensprobe"
 # docs/architecture.md says what each one owns.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("_types", "_records", "hardware"),
+    ("_types", "_records", "_progress", "hardware"),
     ("metrics", "models", "specs"),
     ("batching",),
     ("activations",),

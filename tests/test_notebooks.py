@@ -116,3 +116,11 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ]
     assert html, f"{path.name} displayed no HTML (widgets or tables)"
     assert set(os.listdir(NOTEBOOK_DIR)) == before, "the notebook wrote into notebooks/"
+    # no warning reaches the reader (e.g. tqdm's "IProgress not found" without ipywidgets)
+    stderr = "".join(
+        out.get("text", "")
+        for c in code_cells
+        for out in c.outputs
+        if out.get("output_type") == "stream" and out.get("name") == "stderr"
+    )
+    assert "Warning" not in stderr and "IProgress" not in stderr, stderr[-2000:]

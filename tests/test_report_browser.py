@@ -8,6 +8,8 @@ Chromium (Debian package ``chromium``); without it this test fails and names the
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import os
@@ -192,14 +194,18 @@ SELECT_HEAD = """(() => {
 
 
 def sample_tags(text: str) -> list[str]:
-    """The tags of the samples a TopkSamples widget shows (``#row label peak=...``), in order."""
-    tags = re.findall(r"#\d+ \S+ (?:peak|score)=\S+", text)
+    """The tags of the samples a TopkSamples widget shows (``#row label=.. pred=.. peak=..``)."""
+    tags = re.findall(r"#\d+ label=\S+ pred=\S+ (?:peak|score)=\S+", text)
     assert tags, f"no sample tag in the widget text: {text[:300]!r}"
     return tags
 
 
 def tags(examples, names, score: str) -> list[str]:
-    return [f"#{e.row} {names[e.label]} {score}={e.score:.3g}" for e in examples]
+    """The tag of each example: its row, true class, predicted class and score."""
+    return [
+        f"#{e.row} label={names[e.label]} pred={names[e.predicted]} {score}={e.score:.3g}"
+        for e in examples
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -348,4 +354,109 @@ def test_inline_widgets_draw_every_token_and_switch_heads(tmp_path: Path, browse
         assert darkest == [int(attn[:, h].argmax())], f"head {h} is not the one drawn"
     contrib = browser.evaluate(TOKENS.replace("WIDGET", "1"))
     assert [t for t, _ in contrib] == want
+    assert browser.problems() == []
+
+
+# -- what the page looks like: a screenshot, the widgets drawn, the metrics-only notice --------
+
+RECT = """(() => {
+  const el = document.querySelector('SELECTOR');
+  if (!el) return null;
+  const r = el.getBoundingClientRect();
+  return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width,
+          height: r.height, visible: el.offsetHeight > 0 && getComputedStyle(el).display !== 'none'};
+})()"""
+
+
+def rect(browser: DevTools, selector: str) -> dict[str, Any] | None:
+    return browser.evaluate(RECT.replace("SELECTOR", selector))
+
+
+def screenshot(browser: DevTools, region: dict[str, Any] | None = None) -> bytes:
+    """A PNG of the page (``region``: one element's box, scrolled to or not)."""
+    params: dict[str, Any] = {"format": "png", "captureBeyondViewport": True}
+    if region is not None:
+        keys = ("x", "y", "width", "height")
+        params["clip"] = {**{k: region[k] for k in keys}, "scale": 1}
+    return base64.b64decode(browser.send("Page.captureScreenshot", params)["data"])
+
+
+def ink(png: bytes) -> tuple[tuple[int, int], float]:
+    """The image's size and the share of its pixels that are not (near) white."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("L")
+    counts = image.histogram()  # 256 grey levels
+    return image.size, sum(counts[:225]) / sum(counts)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    acts = make_acts(n=60, seed=13, min_len=3, vocab=15)
+    fast = TrainConfig(max_steps=15, lr=2e-2)
+    kw = dict(weight_decays=(0.0, 0.1), n_folds=2)
+    torch.manual_seed(0)
+    att = lp.run_protocol(acts, probe="attention", n_heads=2, train=fast, **kw)
+    mean = lp.run_protocol(acts, probe="mean", **kw)
+    return acts, att, mean
+
+
+def test_screenshot_shows_the_figures_and_every_widget(tmp_path: Path, browser: DevTools, trained):
+    acts, att, mean = trained
+    entries = [ReportEntry.from_result(att, acts), ReportEntry.from_result(mean, acts)]
+    path = report(entries, tmp_path / "report.html", k=3)
+    expected = len(re.findall(r"CircuitsVis\.render\(", path.read_text()))
+    assert expected == 3  # attention: per head and per class; mean: per class
+
+    browser.open(path.resolve().as_uri())
+    browser.wait_for(
+        f"document.querySelectorAll('.lensprobe-cv').length === {expected} && "
+        "[...document.querySelectorAll('.lensprobe-cv')].every(el => el.childElementCount > 0)"
+    )
+    drawn = browser.evaluate(
+        "[...document.querySelectorAll('.lensprobe-cv')].filter(el => el.offsetHeight > 20 && "
+        "el.innerText.includes('pred=')).length"
+    )
+    assert drawn == expected, "a circuitsvis widget is empty or shows no sample tags"
+    assert browser.evaluate("document.querySelectorAll('img.figure').length") == 3
+    assert rect(browser, "#activations-notice") is None  # activations given: no notice
+
+    page = screenshot(browser)
+    (width, height), page_ink = ink(page)
+    assert len(page) > 50_000 and width >= 1000 and height > 2000, (len(page), width, height)
+    assert 0.01 < page_ink < 0.6
+    figure = rect(browser, "img.figure")  # the metrics figure
+    assert figure is not None and figure["visible"] and figure["height"] > 150
+    _, figure_ink = ink(screenshot(browser, figure))
+    assert figure_ink > 0.04, f"the metrics figure drew almost nothing ({figure_ink:.3f})"
+    widget = rect(browser, ".lensprobe-cv")
+    assert widget is not None and widget["height"] > 50
+    _, widget_ink = ink(screenshot(browser, widget))
+    assert widget_ink > 0.01, "the first widget drew almost nothing"
+    problems = browser.problems()
+    assert problems == [], "the page logged errors:\n" + "\n".join(problems)
+
+
+def test_metrics_only_report_says_so_at_the_top(tmp_path: Path, browser: DevTools, trained):
+    _, att, mean = trained
+    path = report([att, mean], tmp_path / "metrics-only.html")
+    browser.open(path.resolve().as_uri())
+    notice = rect(browser, "#activations-notice")
+    assert notice is not None and notice["visible"], "no visible metrics-only notice"
+    text = browser.evaluate("document.getElementById('activations-notice').innerText")
+    assert text.startswith("Metrics only") and "--acts STORE" in text
+    assert (
+        browser.evaluate(
+            "document.getElementById('activations-notice').previousElementSibling.tagName"
+        )
+        == "H1"
+    )
+    title = rect(browser, "h1")
+    figure = rect(browser, "img.figure")
+    assert title is not None and figure is not None
+    assert title["y"] < notice["y"] < figure["y"]  # under the title, above the metrics
+    assert notice["y"] < 300, "the notice is not in the page header"
+    assert browser.evaluate("document.querySelectorAll('.lensprobe-cv').length") == 0
+    _, notice_ink = ink(screenshot(browser, notice))
+    assert notice_ink > 0.02, "the notice drew no text"
     assert browser.problems() == []

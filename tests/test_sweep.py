@@ -137,14 +137,22 @@ def replace_precision(train: TrainConfig) -> TrainConfig:
     return dataclasses.replace(train, precision="fp32")
 
 
-def test_a_sweeps_progress_counts_the_probes_it_trains(capsys):
+def test_a_sweeps_progress_counts_the_cells_it_trains(capsys, monkeypatch):
     hooks = _hooks(n=30, n_hooks=2)
-    configs = [ProbeSpec.parse(s).protocol(BASE) for s in ("mean", "last", "max")]
-    run_sweep(hooks, configs, cells=[(h, i) for h in hooks for i in (0, 2)], progress=True)
+    configs = [ProbeSpec.parse(s).protocol(BASE) for s in ("mean", "last-adamw", "max")]
+    run_sweep(hooks, configs, cells=[(h, i) for h in hooks for i in (0, 1)], progress=True)
     err = capsys.readouterr().err
-    assert "probe 1 of 2: mean x 2 hook(s)" in err
-    assert "probe 2 of 2: max x 2 hook(s)" in err
-    assert "last" not in err
+    assert "cells 1-2 of 4: mean at 2 hook(s)" in err
+    assert "cells 3-4 of 4: last-adamw at 2 hook(s)" in err
+    assert "max" not in err
+    # by default: only where someone watches (stderr here is no terminal)
+    run_sweep(hooks, configs, cells=[(h, 0) for h in hooks])
+    assert "cells" not in capsys.readouterr().err
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    run_sweep(hooks, configs, cells=[(next(iter(hooks)), 2)])
+    assert "cell 1 of 1: max at 1 hook(s)" in capsys.readouterr().err
 
 
 def test_bf16_training_early_stops_on_fp32_losses(monkeypatch):

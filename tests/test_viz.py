@@ -67,7 +67,8 @@ def test_top_examples_props_per_class_and_per_head():
             assert len(props["tokens"][c][j]) == 3 == len(props["activations"][c][j])
         for s, e in enumerate(top.by_class[c]):
             tokens = props["tokens"][c][0][s]
-            assert tokens[0].startswith(f"#{e.row} c{e.label} ") and tokens[1:] == list(e.tokens)
+            tag = f"#{e.row} label=c{e.label} pred=c{e.predicted} score="
+            assert tokens[0].startswith(tag) and tokens[1:] == list(e.tokens)
             contrib = torch.tensor(props["activations"][c][0][s])
             assert contrib[0] == 0.0  # the tag stays white
             sign = 1.0 if c == 1 else -1.0  # class 0 of a one-logit probe: minus the logit
@@ -258,3 +259,280 @@ def test_top_examples_tag_escapes_class_names():
     tags = [sample[0] for lists in props["tokens"] for samples in lists for sample in samples]
     assert tags and all("<" not in t for t in tags)
     assert any("&lt;neg&gt;" in t for t in tags) and any("a &amp; &lt;b&gt;" in t for t in tags)
+
+
+# -- the figures: legends, colours, ticks and labels kept apart (measured, no browser) --------
+
+HOOKS = ("blocks.4.hook_resid_post", "blocks.9.hook_resid_post", "blocks.14.hook_resid_post")
+PROBES = ("attention-1", "attention-2", "attention-8", "mean", "last")
+
+
+def hook_acts(n=40, seed=9, hooks=HOOKS):
+    """The same sequences at several hooks (noisier copies of one set of activations)."""
+    base = make_acts(n=n, seed=seed, min_len=3)
+    out = {}
+    for i, hook in enumerate(hooks):
+        gen = torch.Generator().manual_seed(i)
+        values = base.values + 0.5 * torch.randn(base.values.shape, generator=gen)
+        meta = dataclasses.replace(base.meta, hook=hook)
+        out[hook] = lp.Activations(
+            meta,
+            values,
+            base.offsets,
+            base.token_ids,
+            base.labels,
+            token_strs=base.token_strs,
+            texts=base.texts,
+        )
+    return out
+
+
+def grid_entries(grid, dataset="data"):
+    cells, choices, _ = grid.of(dataset)
+    entries = [
+        ReportEntry.from_result(c.result, label=c.probe, hook=c.hook, record=c.record())
+        for c in cells
+    ]
+    return entries, choices
+
+
+@pytest.fixture(scope="module")
+def grid15():
+    """3 hooks x 5 probes, one split: the case users found unreadable."""
+    from lensprobe.train import ProtocolConfig
+
+    protocol = ProtocolConfig(
+        weight_decays=(0.0, 1e-2, 0.1), n_folds=2, train=TrainConfig(max_steps=5, lr=2e-2)
+    )
+    return lp.sweep(hook_acts(), PROBES, protocol=protocol)
+
+
+def drawn(fig):
+    fig.draw_without_rendering()
+    return fig.canvas.get_renderer()
+
+
+def visible_axes(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def series_colours(ax):
+    """Colours of the named lines of one panel (the series a legend lists)."""
+    from matplotlib.colors import to_hex
+
+    return [to_hex(ln.get_color()) for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+
+
+def assert_readable(fig):
+    """Legends outside every panel, no colour twice in a panel, no two x tick labels overlapping."""
+    renderer = drawn(fig)
+    axes = visible_axes(fig)
+    legends = [*fig.legends, *(ax.get_legend() for ax in axes if ax.get_legend())]
+    assert legends, "the figure has no legend"
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), "a legend covers a panel"
+    for ax in axes:
+        colours = series_colours(ax)
+        assert len(colours) >= 2 and len(set(colours)) == len(colours), colours
+        labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert len(labels) >= 3
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for i, a in enumerate(boxes):
+            for j in range(i + 1, len(boxes)):
+                assert not a.overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+
+
+def test_metrics_figure_of_3_hooks_x_5_probes_is_small_multiples(grid15):
+    from lensprobe.viz.figures import metrics_plot
+
+    entries, choices = grid_entries(grid15)
+    assert len(entries) == 15 and choices
+    fig = metrics_plot(entries, choices)
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == list(PROBES)  # one panel per probe
+    assert_readable(fig)
+    for ax in axes:  # accuracy and AUROC over the three layers, with 95% bands
+        named = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+        assert [ln.get_label() for ln in named] == ["test accuracy", "test AUROC", "chance"]
+        assert all(len(ln.get_xdata()) == 3 for ln in named[:2])
+        assert len(ax.collections) >= 2  # the bands (and the CV pick's star)
+
+
+def test_cv_figure_of_3_hooks_x_5_probes_has_a_colour_per_hook(grid15):
+    from lensprobe.viz.figures import cv_plot
+
+    entries, _ = grid_entries(grid15)
+    fig = cv_plot(entries)
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == list(PROBES)
+    assert_readable(fig)
+    for ax in axes:
+        assert [ln.get_label() for ln in ax.get_lines()] == list(HOOKS)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(HOOKS)
+
+
+def test_identical_series_stay_visible(grid15):
+    """Three hooks with the very same CV curve: dodged sideways, each with its own marker."""
+    from lensprobe.viz.figures import cv_plot
+
+    entries, _ = grid_entries(grid15)
+    one = next(e for e in entries if e.label == "mean")
+    same = [dataclasses.replace(one, hook=h) for h in HOOKS]
+    (ax,) = visible_axes(cv_plot(same))
+    lines = ax.get_lines()
+    assert len(lines) == 3
+    assert len({tuple(ln.get_ydata()) for ln in lines}) == 1  # the same values...
+    assert len({tuple(ln.get_xdata()) for ln in lines}) == 3  # ...drawn side by side
+    assert len({ln.get_marker() for ln in lines}) == 3
+    assert len(set(series_colours(ax))) == 3
+
+
+def test_palette_never_repeats_a_colour():
+    from lensprobe.viz.figures import palette
+
+    for n in (1, 2, 5, 8, 9, 15, 40, 300):
+        for ordered in (False, True):
+            colours = palette(n, ordered=ordered)
+            assert len(colours) == n == len(set(colours)), (n, ordered)
+
+
+def test_bar_value_labels_sit_clear_of_the_error_bars(grid15):
+    """One hook: a bar per probe, its value written above the top of its 95% error bar."""
+    from matplotlib.container import BarContainer
+    from matplotlib.transforms import Bbox
+
+    from lensprobe.viz.figures import metrics_plot
+
+    entries, _ = grid_entries(grid15)
+    one = [e for e in entries if e.hook_name == HOOKS[1]]
+    fig = metrics_plot(one)
+    renderer = drawn(fig)
+    axes = visible_axes(fig)
+    assert len(axes) == 2
+    for ax in axes:
+        (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+        assert bars.errorbar is not None, "no error bars drawn"
+        _, caps, (stems,) = bars.errorbar.lines
+        boxes = []  # each error bar's stem and caps, in pixels
+        for segment in stems.get_segments():
+            (x0, y0), (x1, y1) = ax.transData.transform(segment)
+            boxes.append(Bbox([[min(x0, x1) - 1, min(y0, y1) - 1], [max(x0, x1) + 1, max(y0, y1)]]))
+        for cap in caps:
+            boxes += [cap_box(cap, xy, ax) for xy in cap.get_xydata()]
+        labels = [t for t in ax.texts if t.get_text()]
+        assert len(labels) == len(PROBES) == len(stems.get_segments())
+        tops = [b.y1 for b in boxes[: len(labels)]]  # the stems, in bar order
+        for text, top in zip(labels, tops, strict=True):
+            box = text.get_window_extent(renderer)
+            assert box.y0 >= top, f"{text.get_text()} is not above its error bar"
+            assert not any(box.overlaps(b) for b in boxes), (
+                f"an error bar crosses {text.get_text()}"
+            )
+        ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert not any(a.overlaps(b) for i, a in enumerate(ticks) for b in ticks[i + 1 :])
+
+
+def cap_box(cap, xy, ax):
+    """Pixels a cap marker covers (its width is the marker size, in points)."""
+    from matplotlib.transforms import Bbox
+
+    x, y = ax.transData.transform(xy)
+    half = cap.get_markersize() * ax.figure.dpi / 72 / 2 + 1
+    return Bbox([[x - half, y - 1], [x + half, y + 1]])
+
+
+def test_figures_are_embedded_as_offline_pngs(grid15):
+    from lensprobe.viz.figures import cv_figure, metrics_figure
+
+    entries, choices = grid_entries(grid15)
+    for img in (metrics_figure(entries, choices), cv_figure(entries)):
+        assert img.startswith('<img class="figure"') and "data:image/png;base64," in img
+
+
+# -- the metrics-only notice and the index page over datasets ---------------------------------
+
+
+def test_a_report_without_activations_says_so_under_its_title(results):
+    acts, att, mean = results
+    bare = render_report([att, mean], title="T")
+    head = bare[bare.index("<h1>") :]
+    after_title = head[head.index("</h1>") + len("</h1>") :].lstrip()
+    assert after_title.startswith('<div class="notice" id="activations-notice"')
+    assert "Metrics only" in after_title.split("</div>")[0] and "--acts STORE" in head
+    assert head.index("activations-notice") < head.index('id="metrics"')
+    full = render_report([ReportEntry.from_result(att, acts), ReportEntry.from_result(mean, acts)])
+    assert "activations-notice" not in full
+    partial = render_report([ReportEntry.from_result(att, acts), mean])
+    assert "1 of 2 probes have no activations" in partial and "mean at" in partial
+
+
+@pytest.fixture(scope="module")
+def two_datasets(tmp_path_factory):
+    """A results folder of two datasets, each 2 hooks x 2 probes."""
+    from lensprobe.experiment import run_grid
+    from lensprobe.grid import Grid, save
+    from lensprobe.train import ProtocolConfig
+
+    out = tmp_path_factory.mktemp("results")
+    protocol = ProtocolConfig(weight_decays=(0.0, 0.1), n_folds=2)
+    cells = []
+    for i, name in enumerate(("facts & co", "needle")):
+        acts = hook_acts(n=30 + 10 * i, seed=i, hooks=HOOKS[:2])
+        cells += run_grid(acts, ["mean", "last"], dataset=name, protocol=protocol)
+    grid = Grid.build(cells, folder=out)
+    save(grid, out)
+    return out, grid
+
+
+def index_links(page: str) -> list[str]:
+    import html as html_lib
+
+    body = page[page.index('<table class="metrics" id="datasets">') :]
+    return [html_lib.unescape(h) for h in re.findall(r'href="([^"]+)"', body)]
+
+
+def test_report_command_writes_an_index_across_datasets(two_datasets, capsys):
+    import urllib.parse
+
+    from lensprobe.cli import main, steps
+    from lensprobe.cli.commands import NO_STORE
+
+    out, grid = two_datasets
+    assert main(["report", "--results", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert NO_STORE in printed  # the console says the reports lack attention views
+    index = out / "index.html"
+    assert f"index: {index}" in printed
+    page = index.read_text()
+    assert page.count("<tbody><tr>") == 1 and page.count("<tr>") == 1 + 2  # head + a row each
+    assert "facts &amp; co" in page and "needle" in page and "var CircuitsVis" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    links = sorted(set(index_links(page)))
+    assert links == sorted(f"report-{steps.slug(d)}.html" for d in grid.datasets)
+    for link in links:
+        target = out / urllib.parse.unquote(link)
+        assert target.is_file() and "activations-notice" in target.read_text()
+    for dataset in grid.datasets:  # the best probe by CV, with the interval the report shows
+        _, choices, _ = grid.of(dataset)
+        best = max(choices, key=lambda c: c.cv_score)
+        est = best.estimates["accuracy"]
+        assert f'{est.mean:.3f} <small class="ci">[{est.low:.3f}, {est.high:.3f}]' in page
+        assert f"{best.probe}<br><small>at <code>{best.hook}</code>" in page
+
+
+def test_a_run_of_several_datasets_ends_with_an_index(two_datasets, tmp_path, capsys):
+    from lensprobe.cli import steps
+    from lensprobe.viz.index import write_index
+
+    _, grid = two_datasets
+    jobs = [steps.ReportJob(d, None, f"dataset {d}") for d in grid.datasets]
+    steps.finish(list(grid.cells), jobs, str(tmp_path))
+    page = (tmp_path / "index.html").read_text()
+    assert f"index: {tmp_path / 'index.html'}" in capsys.readouterr().out
+    assert all((tmp_path / link).is_file() for link in index_links(page))
+    assert len(set(index_links(page))) == 2
+    with pytest.raises(ValueError, match="no cells of dataset"):
+        write_index(grid, {"other": tmp_path / "x.html"}, tmp_path / "i.html")

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import torch
 
 from lensprobe import backends
+from lensprobe._progress import wanted
 from lensprobe.activations import CaptureResult
 from lensprobe.backends import detect_backend
 from lensprobe.capturing.inputs import check_capture_out, check_inputs, check_settings, check_texts
@@ -69,7 +70,7 @@ def capture(
     model_id: str | None = None,
     shard_tokens: int | None = None,
     keep_texts: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> CaptureResult:
     """Capture activations at hook names for a list of texts (details: :mod:`lensprobe.capturing`).
 
@@ -89,7 +90,8 @@ def capture(
         model_id: Identifier to record; default from the model's config.
         shard_tokens: Tokens per shard of a store (default ``storage.auto_shard_tokens``).
         keep_texts: Keep the texts (and per-token strings) with the activations, for widgets.
-        progress: Show a progress bar (sequences, tokens/s).
+        progress: Show a progress bar (sequences, tokens/s); None: in a terminal or a notebook,
+            not in a script whose stderr goes to a file.
 
     Returns:
         Hook name -> :class:`~lensprobe.activations.Activations`; ``.stats`` has timings.
@@ -112,7 +114,7 @@ def capture(
     meta = _recorded_meta(model, backend, tok, model_id, dtype, padding_side, max_length)
     job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype)
     sink = open_sink(job, out, shard_tokens)
-    return sink.finish(run_capture(model, backend, job, sink, progress=progress))
+    return sink.finish(run_capture(model, backend, job, sink, progress=wanted(progress)))
 
 
 def _tokenizer(model: Any, tokenizer: Any) -> Any:

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lensprobe import backends
+from lensprobe._progress import progress_bar
 from lensprobe.activations import ActivationsMeta, CaptureStats
 from lensprobe.backends.core import Runner
 from lensprobe.batching import collate, length_batches
@@ -51,7 +51,7 @@ def run_capture(
     """
     metas = sink.stored_metas()
     todo = [k for k in range(len(sink.shards)) if not sink.is_done(k)]
-    bar = tqdm(total=job.n, unit="seq", desc=f"capture ({backend})", disable=not progress)
+    bar = progress_bar(total=job.n, unit="seq", desc=f"capture ({backend})", disable=not progress)
     counters = _Counters(bar)
     try:
         bar.update(job.n - sum(sink.shards[k][1] - sink.shards[k][0] for k in todo))

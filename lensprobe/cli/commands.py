@@ -265,14 +265,45 @@ def _report_path(options: ReportOptions, dataset: str, several: bool, results_di
     return results_dir / f"report-{steps.slug(dataset)}.html"
 
 
+NO_STORE = (
+    "no activation store: the report shows metrics only; pass --acts STORE for attention views "
+    "and examples"
+)
+"""What ``lensprobe report`` prints when it has no activations to analyse."""
+
+
+def _report_acts(store: str | None, datasets: list[str], grid: Any) -> dict[str, Any]:
+    """The store's activations when the report covers one dataset; say what is left out."""
+    if not store:
+        say(NO_STORE)
+        return {}
+    if len(datasets) > 1:  # a store belongs to one dataset: attach it only to a report of one
+        say(
+            f"{store} holds one dataset and the results hold {len(datasets)}: the reports show "
+            "metrics only; pass --dataset NAME --acts STORE for attention views and examples"
+        )
+        return {}
+    acts = steps.open_store(store)
+    cells, _, _ = grid.of(datasets[0])
+    absent = sorted({c.hook for c in cells} - set(acts))
+    if absent:
+        say(
+            f"the activation store {store} lacks hooks {', '.join(absent)}: their probes show "
+            "metrics only"
+        )
+    return acts
+
+
 def run_report(options: ReportOptions) -> int:
     """Rebuild the HTML report from saved results, probes and the activation store.
 
     The grid is read back from its cell folders (``lensprobe.grid.load_results``): the layer choices
-    and comparisons are the same functions of the same cells as when it was trained.
+    and comparisons are the same functions of the same cells as when it was trained. With several
+    datasets, ``index.html`` beside their reports links them.
     """
     from lensprobe import grid as grids
     from lensprobe.experiment import format_choices, write_report
+    from lensprobe.viz.index import write_index
 
     results_dir = Path(options.results)
     if options.out and Path(options.out).is_dir():
@@ -280,24 +311,14 @@ def run_report(options: ReportOptions) -> int:
     grid = grids.load_results(results_dir)
     store = options.acts or steps.recorded_store(results_dir)
     datasets = _report_datasets(options, grid.datasets, results_dir)
-    # A store belongs to one dataset: attach it only when the report covers one.
-    acts = steps.open_store(store) if store and len(datasets) == 1 else {}
-    if not acts:
-        say(
-            "no activation store found (pass --acts STORE): the report shows metrics only, "
-            "without attention views or top examples"
-        )
+    acts = _report_acts(store, datasets, grid)
+    pages = {}
     for dataset in datasets:
         out = _report_path(options, dataset, len(datasets) > 1, results_dir)
-        write_report(
-            grid,
-            dataset,
-            acts,
-            out,
-            title=f"lensprobe: {dataset}",
-            description=None if acts else "metrics only: no activation store found (--acts)",
-        )
+        pages[dataset] = write_report(grid, dataset, acts, out, title=f"lensprobe: {dataset}")
         _, choices, comparisons = grid.of(dataset)
         say(f"{dataset}: " + format_choices(choices, comparisons))
         say(f"report: {out}")
+    if len(pages) > 1:
+        say(f"index: {write_index(grid, pages, results_dir / 'index.html')}")
     return 0

@@ -462,7 +462,7 @@ def train_grid(
         out=options.out,
         entropy=True,
         on_row=show,
-        progress=True,
+        progress=None,  # at a terminal; not in a log
         max_memory=options.max_memory,
     )
 
@@ -499,6 +499,12 @@ def finish(cells: list[Any], reports: Sequence[ReportJob], out: str) -> Any:
         say(f"\n{dataset}: " + format_choices(choices, comparisons))
     for job in reports:
         write_report(grid, job, out)
+    pages = {d: os.path.join(out, f"report-{slug(d)}.html") for d in grid.datasets}
+    pages = {d: p for d, p in pages.items() if os.path.isfile(p)}  # this run's and earlier ones
+    if reports and len(pages) > 1:
+        from lensprobe.viz.index import write_index
+
+        say(f"  index: {write_index(grid, pages, os.path.join(out, 'index.html'))}")
     say(
         f"\nresults: {os.path.join(out, 'results.csv')} (and .json); each cell with its probes "
         f"under {os.path.join(out, 'cells')}"

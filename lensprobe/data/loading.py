@@ -142,7 +142,9 @@ def _spec_for_path(path: Path) -> DatasetSpec | None:
     return None
 
 
-def _adhoc_local(path: Path, text_column: tuple[str, ...] | None, label_column: str | None) -> DatasetSpec:
+def _adhoc_local(
+    path: Path, text_column: tuple[str, ...] | None, label_column: str | None
+) -> DatasetSpec:
     """An unregistered file or folder, read with default or caller-named columns."""
     columns = Columns(text_column or ("text",), label_column or "label")
     if path.is_dir():  # a folder laid out like a hub repository: the hub reader reads it
@@ -191,7 +193,9 @@ def _spec_of_path(
     return spec, path if path.is_dir() else path.parent, "local"
 
 
-def _unregistered_hub(name: str, text_column: tuple[str, ...] | None, label_column: str | None) -> DatasetSpec:
+def _unregistered_hub(
+    name: str, text_column: tuple[str, ...] | None, label_column: str | None
+) -> DatasetSpec:
     """A hub id the registry does not know, read with the columns the caller names."""
     if text_column is None or label_column is None:
         raise InputError(

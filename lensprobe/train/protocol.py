@@ -37,6 +37,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lensprobe._progress import progress_bar, wanted
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError, InputTypeError
 from lensprobe.metrics import (
@@ -70,7 +71,7 @@ def run_protocol(
     *,
     mask: Bool[Tensor, "batch pos"] | Tensor | None = None,
     config: ProtocolConfig | None = None,
-    progress: bool | str = False,
+    progress: bool | str | None = None,
     max_memory: int | float | str | None = None,
     **overrides: Any,
 ) -> ProtocolResult:
@@ -97,7 +98,8 @@ def run_protocol(
             ``class_names``.
         mask: Valid tokens of a padded tensor, bool ``(batch, pos)`` (default: all valid).
         config: Protocol settings (default: the study's).
-        progress: Show a progress bar over the optimisation steps (a string labels it).
+        progress: Show a progress bar over the optimisation steps (a string labels it); None:
+            in a terminal or a notebook, not in a script whose stderr goes to a file.
         max_memory: Most memory the run may hold, bytes or a size such as ``"4GB"`` (default:
             80% of the memory available when it starts); a run estimated above it
             (:func:`lensprobe.train.budget.estimate_training_memory`) raises
@@ -118,7 +120,9 @@ def run_protocol(
     # probe's features, trained on as one-token sequences); attention minibatches are padded
     # from the storage as they are read
     inputs = _Input.of(hook, config, stream_inputs if hook.streamed else None)
-    label = progress if isinstance(progress, str) else (config.probe if progress else None)
+    label = (
+        progress if isinstance(progress, str) else (_label(config) if wanted(progress) else None)
+    )
     (result,) = _train_hooks([inputs], config, labels, classes, label)
     return replace(result, seconds=time.perf_counter() - start)
 
@@ -130,7 +134,7 @@ def run_sweep(
     labels: Any = None,
     masks: Mapping[str, Tensor] | None = None,
     cells: Collection[tuple[str, int]] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     max_memory: int | float | str | None = None,
     on_result: Callable[[str, int, ProtocolResult], None] | None = None,
 ) -> dict[tuple[str, int], ProtocolResult]:
@@ -152,7 +156,8 @@ def run_sweep(
         masks: Hook name -> valid tokens of its padded tensor (default: all valid).
         cells: Only these ``(hook, config index)`` cells (default: all); a hook is read only
             when one of its cells is trained.
-        progress: Show a progress bar over each config's optimisation steps.
+        progress: Show a progress bar over each config's optimisation steps, labelled with the
+            cells it trains (``cells 4-6 of 15``); None: in a terminal or a notebook only.
         max_memory: As :func:`run_protocol`; every cell is checked before any compute.
         on_result: Called with (hook, config index, result) as each cell finishes.
 
@@ -168,13 +173,7 @@ def run_sweep(
     if not data or not configs:
         return {}
     _check_sweep(configs)
-    for i, config in enumerate(configs):  # every cell's memory, before anything is read
-        train = config.resolved_train
-        names = [h for h in data if (h, i) in todo]
-        together = 1 if train.optimizer == "lbfgs" else len(names)
-        for name in names:
-            estimate = memory_estimate(data[name], labels, config, train, hooks=together)
-            check_budget(estimate, max_memory)
+    _check_sweep_memory(data, labels, configs, todo, max_memory)
     hooks, labels, classes = _sweep_hooks(data, labels, masks, configs[0])
     streams = {
         name: stream_inputs(
@@ -187,14 +186,18 @@ def run_sweep(
     }
     out: dict[tuple[str, int], ProtocolResult] = {}
     todo_configs = [i for i in range(len(configs)) if any((h, i) in todo for h in hooks)]
-    for k, i in enumerate(todo_configs, 1):
+    first = 1
+    for i in todo_configs:
         config = configs[i]
         names = [h for h in hooks if (h, i) in todo]
         start = time.perf_counter()
         inputs = [_Input.of(hooks[h], config, streams.get(h)) for h in names]
         label = None
-        if progress:
-            label = f"probe {k} of {len(todo_configs)}: {config.probe} x {len(names)} hook(s)"
+        if wanted(progress):
+            last = first + len(names) - 1
+            cells = f"cell {first}" if last == first else f"cells {first}-{last}"
+            label = f"{cells} of {len(todo)}: {_label(config)} at {len(names)} hook(s)"
+        first += len(names)
         results = _train_hooks(inputs, config, labels, classes, label)
         seconds = (time.perf_counter() - start) / len(results)
         for name, result in zip(names, results, strict=True):
@@ -211,7 +214,7 @@ def fit_all_rows(
     mask: Bool[Tensor, "batch pos"] | Tensor | None = None,
     config: ProtocolConfig | None = None,
     cross_validate: bool = True,
-    progress: bool | str = False,
+    progress: bool | str | None = False,
     max_memory: int | float | str | None = None,
 ) -> AllRowsFit:
     """One probe trained on every row: the protocol without a test part (an estimator's ``fit``).
@@ -232,7 +235,9 @@ def fit_all_rows(
     inp = _Input.of(hook, config, stream_inputs if hook.streamed else None)
     seed = config.seeds[0]
     split = _split(ids, config, train, seed, whole=True, folds=cross_validate)
-    label = progress if isinstance(progress, str) else (config.probe if progress else None)
+    label = (
+        progress if isinstance(progress, str) else (_label(config) if wanted(progress) else None)
+    )
     bar = _StepBar.for_protocol(label, replace(config, seeds=(seed,)), train)
     try:
         (cv,) = _cross_validate([inp], config, train, ids, seed, split, bar)
@@ -252,6 +257,23 @@ def fit_all_rows(
         input_scale=cv.scale,
         precision=train.precision_on(inp.x.device, pooled=pooled),
     )
+
+
+def _check_sweep_memory(
+    data: Mapping[str, Any],
+    labels: Any,
+    configs: list[ProtocolConfig],
+    todo: set[tuple[str, int]],
+    max_memory: int | float | str | None,
+) -> None:
+    """Every cell's memory against the budget, before anything is read."""
+    for i, config in enumerate(configs):
+        train = config.resolved_train
+        names = [h for h in data if (h, i) in todo]
+        together = 1 if train.optimizer == "lbfgs" else len(names)
+        for name in names:
+            estimate = memory_estimate(data[name], labels, config, train, hooks=together)
+            check_budget(estimate, max_memory)
 
 
 def _sweep_hooks(
@@ -902,6 +924,13 @@ def _fit(
     return out
 
 
+def _label(config: ProtocolConfig) -> str:
+    """A config's probe as a spec writes it (``attention-8``, ``mean``, ``last-adamw``)."""
+    name = f"{config.probe}-{config.n_heads}" if config.probe == "attention" else config.probe
+    auto = "adamw" if config.probe == "attention" else "lbfgs"
+    return name if config.optimizer in ("auto", auto) else f"{name}-{config.optimizer}"
+
+
 class _StepBar:
     """A progress bar over the optimisation steps of a protocol run's fits (or nothing).
 
@@ -917,9 +946,7 @@ class _StepBar:
         self.steps_done = self.fits_done = self.current = 0
         self.bar = None
         if label is not None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=n_fits * budget, desc=label, unit="step", leave=False)
+            self.bar = progress_bar(total=n_fits * budget, desc=label, unit="step", leave=False)
 
     @classmethod
     def for_protocol(

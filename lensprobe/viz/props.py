@@ -5,7 +5,7 @@
 - :func:`token_values_props`: tokens coloured by one of several values (a token's share of each
   logit, for any probe kind);
 - :func:`top_examples_props`: the top-k sequences per class or per head (circuitsvis
-  ``TopkSamples``), each led by an uncoloured tag ``#row label score``;
+  ``TopkSamples``), each led by an uncoloured tag ``#row label=... pred=... score=...``;
 - :func:`entropy_props`: mean attention entropy per head against the uniform baseline.
 
 Token strings are HTML-escaped in the props, because circuitsvis inserts tokens as HTML (a token
@@ -107,8 +107,10 @@ def class_values(example: Example, c: int, n_outputs: int) -> Tensor:
 
 
 def _tag(example: Example, class_names: Sequence[str], score_name: str) -> str:
+    """``#row label=TRUE pred=PREDICTED score=...`` (``label=?`` when the data has no labels)."""
     label = "?" if example.label is None else class_names[example.label]
-    text = f"#{example.row} {label} {score_name}={example.score:.3g} \u2192 "
+    pred = class_names[example.predicted]
+    text = f"#{example.row} label={label} pred={pred} {score_name}={example.score:.3g} \u2192 "
     return html.escape(text, quote=False)  # circuitsvis renders tokens as HTML
 
 
@@ -165,7 +167,8 @@ def top_examples_props(
 ) -> dict[str, Any]:
     """Props of circuitsvis ``TopkSamples`` for the top examples per class or per head.
 
-    Each sample starts with a tag token ``#row label score=... →`` (value 0, so it stays white).
+    Each sample starts with a tag token ``#row label=TRUE pred=PREDICTED score=... →`` (value 0,
+    so it stays white): the true class, the class the probe predicts, the ranking score.
 
     - ``view="class"``: one list per class (the sequences with the highest class logit), coloured
       by each token's contribution to that class's logit, or by the attention of one head.

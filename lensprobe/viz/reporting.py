@@ -81,12 +81,15 @@ table.metrics th, table.metrics td { padding: 5px 11px; border-bottom: 1px solid
        text-align: right; }
 table.metrics th { background: #f6f8fa; }
 table.metrics td.left, table.metrics th.left { text-align: left; }
+table.metrics td.left:first-child + td.left, table.metrics td.left code { white-space: nowrap; }
 table.metrics tr.chosen td { font-weight: 600; }
 table.metrics small.ci { color: #57606a; font-weight: 400; white-space: nowrap; }
 img.figure { max-width: 100%; display: block; margin: 8px 0; }
 .card { border: 1px solid #d8dee4; border-radius: 8px; padding: 10px 14px; margin: 10px 0;
         background: #fff; }
 .note { font-size: 13px; color: #57606a; }
+.notice { border: 1px solid #d4a72c; background: #fff8c5; border-radius: 6px; padding: 8px 12px;
+          margin: 10px 0 4px; font-size: 14px; }
 nav ul { font-size: 13px; columns: 2; margin: 6px 0; }
 code { background: #f6f8fa; padding: 1px 4px; border-radius: 3px; }
 .tokens span.tok { display: inline-block; background: #eef3fb; border-radius: 3px; padding: 0 4px;
@@ -327,7 +330,8 @@ _HOW_TO_READ = (
     "spreads its attention evenly over the n valid tokens of a sequence has entropy log n "
     "(ratio 1); one that attends to a single token has entropy 0 (ratio 0). Sequences of one "
     "token are left out of the ratios.</p><p>Top examples are exact (every analysed sequence "
-    "is scored). Each starts with an uncoloured tag <code>#row label score</code>; for a binary "
+    "is scored). Each starts with an uncoloured tag <code>#row label=… pred=… score=…</code>: "
+    "its row, its true class, the class the probe predicts and the ranking score; for a binary "
     "probe, class 1 is ranked by the logit and class 0 by minus the logit. Tokens are "
     "coloured by a head's attention (blue), or by their contribution to the class score "
     "(blue up, red down; contributions of all tokens plus the bias give the logit). Use the "
@@ -341,6 +345,30 @@ def _version() -> str:
         return importlib.metadata.version("lensprobe")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+METRICS_ONLY = (
+    "Metrics only: no activations were given, so this page has no attention views, entropy or "
+    "top examples. From the command line: pass --acts STORE (lensprobe report --results DIR "
+    "--acts STORE); from Python: ReportEntry.from_result(result, acts)."
+)
+"""The notice under the title of a report none of whose entries carries activations."""
+
+
+def _activations_notice(items: Sequence[ReportEntry]) -> str:
+    """A visible notice when some or every entry lacks activations (metrics only for those)."""
+    missing = [e for e in items if e.acts is None]
+    if not missing:
+        return ""
+    if len(missing) == len(items):
+        text = html.escape(METRICS_ONLY)
+    else:
+        names = ", ".join(f"{e.label} at {e.hook_name}" for e in missing)
+        text = html.escape(
+            f"{len(missing)} of {len(items)} probes have no activations at their hook, so they "
+            f"show metrics only (no attention views or top examples): {names}."
+        )
+    return f'<div class="notice" id="activations-notice" role="note">{text}</div>'
 
 
 def _title_block(items: Sequence[ReportEntry], title: str, description: str | None) -> list[str]:
@@ -361,6 +389,7 @@ def _title_block(items: Sequence[ReportEntry], title: str, description: str | No
     spans = "".join(f"<span>{html.escape(k)}: <b>{html.escape(v)}</b></span>" for k, v in facts)
     return [
         f"<h1>{html.escape(title)}</h1>",
+        _activations_notice(items),
         f'<div class="sub">{html.escape(description)}</div>' if description else "",
         f'<div class="facts">{spans}</div>',
     ]

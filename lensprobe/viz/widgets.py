@@ -11,7 +11,7 @@ function of :mod:`lensprobe.viz.props` that returns plain JSON-ready ``dict`` pr
 - :func:`token_values_props` / :func:`contributions_widget`: one example's tokens coloured by their
   share of each logit, for any probe kind.
 - :func:`top_examples_props` / :func:`top_examples_widget`: the top-k sequences per class or per head
-  (circuitsvis ``TopkSamples``), each led by an uncoloured tag ``#row label score``.
+  (circuitsvis ``TopkSamples``), each led by an uncoloured tag ``#row label=... pred=... score=...``.
 - :func:`entropy_props` / :func:`entropy_widget`: mean attention entropy per head against the uniform
   baseline (a plain HTML table with bars; circuitsvis has no chart).
 
