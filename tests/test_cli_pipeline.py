@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from lensprobe.cli import main
 from lensprobe.grid import load_results, probe_path
@@ -154,6 +155,21 @@ def test_demo_prints_cv_choices_and_comparisons_per_task(
         assert len(comps) == 1 and comps[0]["verdict"] in ("a better", "b better", "undecided")
         assert comps[0]["family"] == 2  # both tasks' comparisons: one family, Holm-adjusted
     assert printed.count("n_test=8") >= 8  # 8 cells, each line with its n
+    assert "expected time: about" in printed.split("\nfacts:")[0]  # stated before it starts
+
+
+def test_the_demo_states_its_expected_time_from_the_measured_presets():
+    from lensprobe.cli.commands import DEMO_SECONDS, _demo_expected, _demo_settings
+    from lensprobe.cli.options import DemoOptions
+
+    def expected(**flags):
+        options, _, hooks = _demo_settings(DemoOptions(**flags))
+        return _demo_expected(options, hooks)
+
+    assert f"about {DEMO_SECONDS['quick']:.0f} s" in expected(quick=True)
+    assert f"about {DEMO_SECONDS['full'] / 60:.0f} min" in expected()
+    one_task = expected(tasks=("facts",))  # a third of the work
+    assert f"about {DEMO_SECONDS['full'] / 180:.0f} min" in one_task
 
 
 @pytest.mark.slow
@@ -315,3 +331,22 @@ def test_layers_expands_from_the_models_own_layer_count(tiny_gemma3_dir, tmp_pat
     assert layers_flag("all", str(tiny_gemma3_dir)) == [0, 1, 2, 3]
     with pytest.raises(InputError, match="pass all, a range"):
         layers_flag("some", str(tiny_gemma3_dir))
+
+
+def test_device_and_dtype_flags_set_compute_and_storage(tiny_gemma3_dir, tmp_path, capsys):
+    from lensprobe.storage import load
+
+    base = ["capture", "--model", str(tiny_gemma3_dir), "--backend", "hf", "--hooks"]
+    base += ["blocks.1.hook_resid_post", "--dataset", "topics", "--n", "12", "--device", "cpu"]
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert main([*base, "--dtype", dtype, "--out", str(out)]) == 0
+        (acts,) = load(out).values()
+        assert acts.meta.dtype == dtype and acts.values.dtype == getattr(torch, dtype)
+    fp32, bf16 = (next(iter(load(tmp_path / d).values())) for d in ("float32", "bfloat16"))
+    # bf16 compute moves the activations a little, never much
+    gap = (fp32.values - bf16.values.float()).norm() / fp32.values.norm()
+    assert 0 < float(gap) < 0.05
+    assert main([*base[:-2], "--device", "no-such-device", "--out", str(tmp_path / "x")]) == 1
+    assert "--device no-such-device" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -121,6 +121,28 @@ def _demo_settings(options: DemoOptions) -> tuple[DemoOptions, int, list[str]]:
     return dataclasses.replace(options, max_steps=max_steps), n, hooks
 
 
+DEMO_SECONDS = {"quick": 60.0, "full": 365.0}
+"""Wall time of ``lensprobe demo --quick`` and ``lensprobe demo`` on a quiet 2-core CPU (this
+project's machine, model conversion cached), for the expected time the demo states first."""
+
+
+def _demo_expected(options: DemoOptions, hooks: list[str]) -> str:
+    """The demo's expected wall time: the nearer measured preset, scaled by the work asked for.
+
+    Training dominates, and it grows with tasks x hooks x probes x AdamW steps; the presets are
+    3 tasks x 1 hook x 5 probes x 300 steps (``--quick``) and 3 x 3 x 5 x 1500.
+    """
+    steps = options.max_steps or 1500
+    preset, work = ("quick", 3 * 1 * 5 * 300) if steps <= 600 else ("full", 3 * 3 * 5 * 1500)
+    asked = len(options.tasks) * len(hooks) * len(options.probes) * steps
+    seconds = DEMO_SECONDS[preset] * asked / work
+    when = f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
+    return (
+        f"  expected time: {when} on a quiet 2-core CPU (measured for the defaults); a busy "
+        "machine can take several times longer"
+    )
+
+
 def run_demo(options: DemoOptions) -> int:
     """The bundled Gemma 3 270M on the built-in tasks: capture, train, table, reports."""
     from lensprobe.data import load_dataset
@@ -141,6 +163,7 @@ def run_demo(options: DemoOptions) -> int:
         f"lensprobe demo: Gemma 3 270M ({options.backend}), tasks {','.join(options.tasks)}, "
         f"{n} texts each, hooks {', '.join(hooks)}"
     )
+    say(_demo_expected(options, hooks))
     model = steps.load_model("gemma-3-270m", options.backend)
     rows: list[Any] = []
     reports: list[steps.ReportJob] = []
@@ -178,7 +201,7 @@ def run_run(options: RunOptions) -> int:
         f"hooks {', '.join(hooks)}"
     )
     say(steps.describe_dataset(ds))
-    model = steps.load_model(options.model, options.backend)
+    model = steps.load_model(options.model, options.backend, options.device, options.dtype)
     acts = steps.capture_texts(model, ds, hooks, options, store)
     description = f"{ds.name}: {len(ds)} texts ({ds.source})"
     rows = steps.train_grid(acts, ds.name, options, test_rows)
@@ -201,7 +224,7 @@ def run_capture(options: CaptureOptions) -> int:
     ds = steps.load_text_dataset(options)
     say(steps.describe_dataset(ds))
     steps.check_capture_out(ds, hooks, options, options.out)
-    model = steps.load_model(options.model, options.backend)
+    model = steps.load_model(options.model, options.backend, options.device, options.dtype)
     steps.capture_texts(model, ds, hooks, options, options.out)
     say(f"store: {options.out} ({ds.name}, {len(ds)} texts, hooks {', '.join(hooks)})")
     return 0

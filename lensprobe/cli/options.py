@@ -70,6 +70,11 @@ class ModelOptions:
     layers: str | None = None
     """The residual stream after these layers instead of --hooks: all, a range such as 0-17:2
     (first-last:step), or a list such as 4,9,13 (blocks.N.hook_resid_post)."""
+    device: str | None = None
+    """Where the model runs: cpu, cuda, cuda:1, mps (default: cpu)."""
+    dtype: Literal["float32", "bfloat16"] | None = None
+    """The model's compute dtype and the stored activations' (default: computed in float32,
+    stored in bfloat16)."""
 
 
 @dataclass(frozen=True, kw_only=True)

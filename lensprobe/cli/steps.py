@@ -263,12 +263,26 @@ def check_capture_out(ds: Any, hooks: list[str], options: Any, out: str) -> None
 # --- loading and capture --------------------------------------------------------------------------
 
 
-def load_model(name: str, backend: str) -> Any:
-    """The model of ``--model`` run by ``--backend``; a failed load names the fix."""
+def load_model(name: str, backend: str, device: str | None = None, dtype: str | None = None) -> Any:
+    """The model of ``--model`` run by ``--backend`` (on ``--device``, in ``--dtype``).
+
+    A failed load names the fix.
+    """
+    import torch
+
     from lensprobe import models
 
+    if device is not None:
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            raise InputError(
+                f"--device {device}: {' '.join(str(err).split())[:200]}; pass cpu, or a device "
+                "this machine has"
+            ) from None
+    weights = None if dtype is None else getattr(torch, dtype)
     try:
-        return models.load_model(name, backend=backend)  # type: ignore[arg-type]
+        return models.load_model(name, backend=backend, device=device, dtype=weights)  # type: ignore[arg-type]
     except OSError as err:
         raise ModelNotFoundError(
             f"--model {name} cannot be loaded ({' '.join(str(err).split())[:300]}); pass a "
@@ -376,6 +390,8 @@ def capture_texts(model: Any, ds: Any, hooks: list[str], options: Any, out: str 
 
     How many texts ``--max-length`` cuts is printed before the capture starts.
     """
+    import torch
+
     from lensprobe.capturing import capture
 
     tokens = describe_tokens(model, ds.texts, options.max_length)
@@ -390,6 +406,7 @@ def capture_texts(model: Any, ds: Any, hooks: list[str], options: Any, out: str 
         class_names=ds.class_names,
         max_length=options.max_length,
         batch_size=options.batch_size,
+        dtype=getattr(torch, getattr(options, "dtype", None) or "bfloat16"),
         out=out,
     )
     stats = getattr(result, "stats", None)
