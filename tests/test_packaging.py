@@ -46,3 +46,11 @@ def test_readme_gives_the_command_that_made_the_lock():
     readme = " ".join((REPO / "README.md").read_text().split())
     assert command.startswith("pip install uv && uv pip compile")
     assert command in readme
+
+
+def test_the_dev_extra_runs_the_notebooks_and_the_estimator_checks():
+    """``pip install -e ".[dev]"`` is all a reader needs to execute the notebooks."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    dev = {_name(r) for r in project["optional-dependencies"]["dev"]}
+    needed = {"nbconvert", "nbclient", "ipykernel", "ipywidgets", "scikit-learn"}
+    assert needed <= dev, f"the dev extra lacks {sorted(needed - dev)}"
