@@ -455,3 +455,77 @@ def test_every_named_error_is_a_lensprobe_error():
     assert issubclass(StoreCorruptError, ValueError) and issubclass(
         OutputPathError, FileExistsError
     )
+
+
+# --- a store never mixes two models (issue 24, item 8) ------------------------------------------
+
+
+def test_a_store_refuses_to_resume_with_another_dtype_or_other_weights(tmp_path, tiny_gemma3_dir):
+    import lensprobe as lp
+    from lensprobe.errors import StoreError
+
+    texts = [f"word{i} word{i + 1} word{i + 2}" for i in range(12)]
+    out = tmp_path / "store"
+
+    def capture(model):
+        return lp.capture(model, texts, [HOOK], out=out, shard_tokens=8, progress=False)
+
+    model = lp.load_model(str(tiny_gemma3_dir), backend="hf")
+    first = capture(model)[HOOK]
+    again = capture(model)[HOOK]  # the same model: the store is reused
+    assert torch.equal(first.values, again.values)
+    with pytest.raises(StoreError, match=r"computes in bfloat16 now, in float32 when"):
+        capture(lp.load_model(str(tiny_gemma3_dir), backend="hf", dtype=torch.bfloat16))
+    with torch.no_grad():  # new weights saved into the same model folder, e.g. a fine-tune
+        for p in model.parameters():
+            p.mul_(1.01)
+    with pytest.raises(StoreError, match="weights changed since the store was started"):
+        capture(model)
+    from lensprobe.storage.manifest import check_same_capture
+
+    older = {"n_tokens": 3}  # a store written before lensprobe recorded the model's weights
+    check_same_capture(out, older, {**older, "compute_dtype": "float32", "weights_sha256": "x"})
+
+
+def test_a_second_capture_into_a_store_being_written_is_refused(tmp_path, tiny_gemma3_dir):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import lensprobe as lp
+    from lensprobe.errors import StoreError
+    from lensprobe.storage.manifest import LOCK
+
+    texts = [f"word{i} word{i + 1}" for i in range(10)]
+    model = lp.load_model(str(tiny_gemma3_dir), backend="hf")
+    out = tmp_path / "store"
+    lp.capture(model, texts[:4], [HOOK], out=out, progress=False)  # the other capture's store
+    busy = {"pid": os.getppid(), "host": socket.gethostname(), "started": 0}  # a live process
+    (out / LOCK).write_text(json.dumps(busy))
+    (out / "manifest.json.tmp-123").write_text("the other capture's half-written file")
+    with pytest.raises(StoreError, match=r"being written by another capture \(pid \d+ on"):
+        lp.capture(model, texts[:4], [HOOK], out=out, progress=False)
+    assert (out / "manifest.json.tmp-123").exists()  # nothing of the other capture is touched
+    # a lock left by a killed capture (its process is gone) is taken over
+    (out / "manifest.json.tmp-123").unlink()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK).write_text(json.dumps({**busy, "pid": dead.pid}))
+    acts = lp.capture(model, texts[:4], [HOOK], out=out, progress=False)[HOOK]
+    assert len(acts) == 4 and not (out / LOCK).exists()  # released when the capture ends
+
+
+def test_a_failed_capture_releases_its_lock(tmp_path, tiny_gemma3_dir, monkeypatch):
+    import lensprobe as lp
+    import lensprobe.capturing as capturing
+    from lensprobe.storage.manifest import LOCK
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(capturing, "run_capture", interrupted)
+    model = lp.load_model(str(tiny_gemma3_dir), backend="hf")
+    with pytest.raises(KeyboardInterrupt):
+        lp.capture(model, ["a b", "c d"], [HOOK], out=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / LOCK).exists()

@@ -75,6 +75,37 @@ def hf_module(model: Any, backend: BackendName) -> nn.Module | None:
     return model
 
 
+def weights_fingerprint(model: Any, backend: BackendName) -> dict[str, str]:
+    """What tells this model's weights from others', cheaply (for a store's fingerprint).
+
+    ``compute_dtype``: the dtype of the first floating-point parameter. ``weights_sha256``: a
+    digest of every tensor's name, shape and dtype and of up to 64 evenly spaced entries of each
+    (a fine-tune or another checkpoint in the same folder changes it; reading them costs
+    microseconds). Empty for a model without a torch module.
+    """
+    import hashlib
+
+    module = hf_module(model, backend)
+    if module is None and isinstance(model, nn.Module):
+        module = model
+    if module is None:
+        return {}
+    h = hashlib.sha256()
+    compute = None
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            if compute is None and t.is_floating_point():
+                compute = str(t.dtype).removeprefix("torch.")
+            flat = t.detach().reshape(-1)
+            if flat.numel():
+                sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", copy=True)
+                if sample.dtype == torch.bool:
+                    sample = sample.to(torch.uint8)
+                h.update(sample.contiguous().view(torch.uint8).numpy().tobytes())
+    return {"compute_dtype": compute or "none", "weights_sha256": h.hexdigest()}
+
+
 def model_id(model: Any, backend: BackendName) -> str:
     """A short model name for metadata (the checkpoint's name, else the class name)."""
     module = hf_module(model, backend)

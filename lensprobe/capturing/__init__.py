@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -48,7 +49,7 @@ from lensprobe.capturing.sinks import open_sink
 from lensprobe.errors import InputError, UnknownHookError
 from lensprobe.models import display_name
 from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH
-from lensprobe.storage import check_store_target
+from lensprobe.storage import check_store_target, store_lock
 
 __all__ = ["UnknownHookError", "capture", "check_capture_out", "check_texts", "detect_backend"]
 
@@ -112,9 +113,11 @@ def capture(
     tok = _tokenizer(model, tokenizer)
     backends.check_hooks(model, backend, inputs.hooks)  # fail before tokenising
     meta = _recorded_meta(model, backend, tok, model_id, dtype, padding_side, max_length)
-    job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype)
-    sink = open_sink(job, out, shard_tokens)
-    return sink.finish(run_capture(model, backend, job, sink, progress=wanted(progress)))
+    weights = backends.weights_fingerprint(model, backend) if out is not None else None
+    job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype, weights)
+    with nullcontext() if out is None else store_lock(out):  # one capture per store at a time
+        sink = open_sink(job, out, shard_tokens)
+        return sink.finish(run_capture(model, backend, job, sink, progress=wanted(progress)))
 
 
 def _tokenizer(model: Any, tokenizer: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -57,6 +57,10 @@ class CaptureJob:
     dtype: torch.dtype
     """Storage dtype of the activations."""
 
+    model_fingerprint: dict[str, str] = field(default_factory=dict)
+    """The model's compute dtype and a digest of its weights
+    (:func:`lensprobe.backends.weights_fingerprint`): part of a store's fingerprint."""
+
     @property
     def n(self) -> int:
         """Sequences in the capture."""
@@ -72,6 +76,7 @@ class CaptureJob:
         return {
             **{k: v for k, v in self.base_meta.items() if k != "class_names"},
             **self.source,
+            **self.model_fingerprint,
             "n_tokens": self.n_tokens,
             "shard_tokens": shard_tokens,
             "token_ids_sha256": digest(self.tokenized.ids),
@@ -86,6 +91,7 @@ def plan_job(
     keep_texts: bool,
     batch_size: int,
     dtype: torch.dtype,
+    model_fingerprint: dict[str, str] | None = None,
 ) -> CaptureJob:
     """Tokenise the texts and pack their ids.
 
@@ -117,4 +123,5 @@ def plan_job(
         batch_size=batch_size,
         padding_side=base_meta["padding_side"],
         dtype=dtype,
+        model_fingerprint=model_fingerprint or {},
     )

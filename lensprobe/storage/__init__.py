@@ -31,6 +31,7 @@ from lensprobe.storage.files import read_safetensors
 from lensprobe.storage.manifest import (
     FORMAT,
     check_store_target,
+    store_lock,
     stored_shard_tokens,
     token_strs_table,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "plan_shards",
     "read_safetensors",
     "save",
+    "store_lock",
     "stored_shard_tokens",
     "token_strs_table",
 ]

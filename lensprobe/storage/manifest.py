@@ -12,7 +12,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +222,66 @@ def read_manifest(path: Path) -> dict[str, Any]:
 # -- may a capture write here? -------------------------------------------------------------------
 
 
+LOCK = f"{MANIFEST}.lock"
+"""The file a capture holds while it writes a store (see :func:`store_lock`)."""
+
+
+def entries(path: Path) -> list[Path]:
+    """What a folder holds, a capture's lock file aside."""
+    return [e for e in path.iterdir() if e.name != LOCK]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def store_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the store at ``path`` for one capture: a second one is refused, never interleaved.
+
+    The lock is ``manifest.json.lock`` in the store (process id, host, start time); a lock left by
+    a process that no longer runs on this host (a killed capture) is taken over.
+
+    Raises:
+        StoreError: Another capture is writing into ``path``.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                other = {}
+            pid, host = other.get("pid"), other.get("host")
+            if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+                lock.unlink(missing_ok=True)  # left by a killed capture
+                continue
+            started = time.strftime("%H:%M:%S", time.localtime(other.get("started") or 0))
+            raise StoreError(
+                f"{path} is being written by another capture (pid {pid} on {host}, started "
+                f"{started}); wait for it to finish, or pass another out= directory (delete "
+                f"{lock} only if no capture runs)"
+            ) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def looks_like_store(path: Path) -> bool:
     """Whether every entry of ``path`` is something a store holds (for rebuilding a damaged one)."""
     for entry in path.iterdir():
@@ -263,7 +326,7 @@ def check_store_target(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{path} is a file, not a folder; pass a folder for the store")
-    if not path.is_dir() or not any(path.iterdir()):
+    if not path.is_dir() or not entries(path):
         return
     if not (path / MANIFEST).exists():
         raise not_a_store_error(path)
@@ -290,6 +353,10 @@ def stored_shard_tokens(path: str | os.PathLike[str]) -> int | None:
     return value if is_int(value) and value > 0 else None
 
 
+LATER_KEYS = ("compute_dtype", "weights_sha256")
+"""Fingerprint keys stores written before lensprobe recorded them lack (not compared there)."""
+
+
 def check_same_capture(
     path: Path, old: Mapping[str, Any], new: Mapping[str, Any], *, partial: bool = False
 ) -> None:
@@ -299,12 +366,20 @@ def check_same_capture(
         StoreError: The fingerprints differ (the message lists the keys, and how to resume).
     """
     keys = set(new) if partial else set(old) | set(new)
+    keys -= {k for k in LATER_KEYS if k not in old}  # a store of an older lensprobe
     differ = sorted(k for k in keys if old.get(k) != new.get(k))
     if not differ:
         return
     hint = ""
     if differ == ["shard_tokens"] and old.get("shard_tokens"):
         hint = f" (pass shard_tokens={old['shard_tokens']} to resume it)"
+    if "compute_dtype" in differ:
+        hint += (
+            f" (the model computes in {new.get('compute_dtype')} now, in "
+            f"{old.get('compute_dtype')} when the store was started: load it in that dtype)"
+        )
+    elif "weights_sha256" in differ:
+        hint += " (the model's weights changed since the store was started)"
     raise StoreError(
         f"{path} holds a different capture (it differs in {', '.join(differ)}){hint}; "
         "pass another out= directory or delete this one to start over"

@@ -27,6 +27,7 @@ from lensprobe.storage.manifest import (
     MANIFEST,
     VERSION,
     check_same_capture,
+    entries,
     hook_dir,
     looks_like_store,
     manifest_bytes,
@@ -173,7 +174,7 @@ class StoreWriter:
         """
         manifest_path = path / MANIFEST
         if not manifest_path.exists():
-            if path.exists() and any(path.iterdir()):
+            if path.exists() and entries(path):
                 raise not_a_store_error(path)
             return None
         if fingerprint is None:
