@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "DataFileError",
+    "DiskFullError",
     "InputError",
     "InputIndexError",
     "InputTypeError",
@@ -103,3 +104,7 @@ class ResultsFileError(LensprobeError, ValueError):
 
 class MemoryBudgetError(LensprobeError, MemoryError):
     """A run would need more memory than its budget (``max_memory``); raised before any compute."""
+
+
+class DiskFullError(LensprobeError, OSError):
+    """The disk (or quota) ran out while lensprobe wrote a file; what was finished is kept."""

@@ -529,3 +529,48 @@ def test_a_failed_capture_releases_its_lock(tmp_path, tiny_gemma3_dir, monkeypat
     with pytest.raises(KeyboardInterrupt):
         lp.capture(model, ["a b", "c d"], [HOOK], out=tmp_path / "s", progress=False)
     assert not (tmp_path / "s" / LOCK).exists()
+
+
+@pytest.mark.parametrize("backend", ["hf", "transformer_lens", "nnsight"])
+def test_a_text_past_the_models_context_is_a_named_error(tiny_gpt2, backend):
+    import lensprobe as lp
+
+    model = tiny_gpt2(backend)  # built for 64 positions
+    long_text = " ".join(f"w{i % 20}" for i in range(100))
+    with pytest.raises(InputError, match=r"text 1 has \d+ tokens but the model was built for 64"):
+        lp.capture(
+            model,
+            ["w1 w2", long_text],
+            ["blocks.0.hook_resid_post"],
+            max_length=None,
+            progress=False,
+        )
+    cut = lp.capture(
+        model, ["w1 w2", long_text], ["blocks.0.hook_resid_post"], max_length=64, progress=False
+    )["blocks.0.hook_resid_post"]
+    assert int(cut.lengths.max()) == 64
+
+
+def test_a_full_disk_is_a_named_error_that_leaves_no_half_written_file(tmp_path, monkeypatch):
+    import errno
+
+    import lensprobe.storage.files as files
+    from lensprobe.errors import DiskFullError
+
+    acts = make_store(tmp_path / "first")  # several shards
+    real, calls = files.os.fsync, [0]
+
+    def fills_up(fd):
+        calls[0] += 1
+        if calls[0] > 3:  # the disk fills after a few files
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fills_up)
+    out = tmp_path / "second"
+    with pytest.raises(DiskFullError, match=r"no space left on the disk of .*second.*free space"):
+        save(acts, out)
+    assert not list(out.rglob("*.tmp-*"))  # no half-written file is left behind
+    monkeypatch.setattr(files.os, "fsync", real)
+    save(acts, tmp_path / "third")
+    assert torch.equal(load(tmp_path / "third")[HOOK].values, acts.values)

@@ -106,6 +106,20 @@ def weights_fingerprint(model: Any, backend: BackendName) -> dict[str, str]:
     return {"compute_dtype": compute or "none", "weights_sha256": h.hexdigest()}
 
 
+def context_length(model: Any, backend: BackendName) -> int | None:
+    """The most positions the model was built for (None when its config does not say)."""
+    if backend == "transformer_lens":
+        n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+        if isinstance(n_ctx, int) and n_ctx > 0:
+            return n_ctx
+    config = getattr(hf_module(model, backend), "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def model_id(model: Any, backend: BackendName) -> str:
     """A short model name for metadata (the checkpoint's name, else the class name)."""
     module = hf_module(model, backend)

@@ -115,9 +115,21 @@ def capture(
     meta = _recorded_meta(model, backend, tok, model_id, dtype, padding_side, max_length)
     weights = backends.weights_fingerprint(model, backend) if out is not None else None
     job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype, weights)
+    _check_context(job.lengths, backends.context_length(model, backend), max_length)
     with nullcontext() if out is None else store_lock(out):  # one capture per store at a time
         sink = open_sink(job, out, shard_tokens)
         return sink.finish(run_capture(model, backend, job, sink, progress=wanted(progress)))
+
+
+def _check_context(lengths: list[int], context: int | None, max_length: int | None) -> None:
+    """Refuse texts longer than the positions the model was built for (before any forward)."""
+    if context is None or not lengths or max(lengths) <= context:
+        return
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    raise InputError(
+        f"text {i} has {lengths[i]} tokens but the model was built for {context} positions "
+        f"(max_length={max_length}): pass max_length={context} or less to cut the texts there"
+    )
 
 
 def _tokenizer(model: Any, tokenizer: Any) -> Any:

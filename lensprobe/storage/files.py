@@ -6,9 +6,11 @@ and :mod:`.reader` use these helpers to write and read them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +21,7 @@ import xxhash
 from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 
-from lensprobe.errors import InputError, StoreCorruptError
+from lensprobe.errors import DiskFullError, InputError, StoreCorruptError
 
 __all__ = ["FAST_HASH", "check_file", "read_safetensors", "write_atomic"]
 
@@ -101,6 +103,15 @@ def write_atomic(path: Path, data: bytes) -> dict[str, Any]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise DiskFullError(
+            f"no space left on the disk of {path.parent} while writing {path.name} "
+            f"({len(data) / 2**20:.1f} MiB; {free / 2**20:.0f} MiB free): free space there or "
+            "pass another folder; every file finished before is kept and a rerun resumes"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
