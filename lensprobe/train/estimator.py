@@ -83,16 +83,20 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     # -- what subclasses change -----------------------------------------------------------------
+    def _search(self) -> dict[str, Any]:
+        """The protocol settings of the weight decay: one decay, no cross-validation."""
+        return {"weight_decays": (float(self.weight_decay),)}
+
     def _config(self) -> ProtocolConfig:
         return ProtocolConfig(
             probe=self.kind,  # type: ignore[arg-type]
             n_heads=self.n_heads,
             optimizer=self.optimizer,  # type: ignore[arg-type]
-            weight_decays=(float(self.weight_decay),),
             normalize=self.normalize,  # type: ignore[arg-type]
             bos=self.bos,  # type: ignore[arg-type]
             seeds=(self.seed,),
             train=self.train or TrainConfig(),
+            **self._search(),
         )
 
     _cross_validate = False
@@ -210,19 +214,13 @@ class ProbeClassifierCV(ProbeClassifier):
 
     _cross_validate = True
 
-    def _config(self) -> ProtocolConfig:
-        return ProtocolConfig(
-            probe=self.kind,  # type: ignore[arg-type]
-            n_heads=self.n_heads,
-            optimizer=self.optimizer,  # type: ignore[arg-type]
-            weight_decays=tuple(self.weight_decays),
-            n_folds=self.n_folds,
-            select_by=self.select_by,  # type: ignore[arg-type]
-            normalize=self.normalize,  # type: ignore[arg-type]
-            bos=self.bos,  # type: ignore[arg-type]
-            seeds=(self.seed,),
-            train=self.train or TrainConfig(),
-        )
+    def _search(self) -> dict[str, Any]:
+        """The protocol settings of the decay search: the grid, the folds, the CV metric."""
+        return {
+            "weight_decays": tuple(self.weight_decays),
+            "n_folds": self.n_folds,
+            "select_by": self.select_by,
+        }
 
 
 def _strings(y: Any) -> bool:
