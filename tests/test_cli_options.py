@@ -35,7 +35,7 @@ def test_every_field_is_a_flag_with_its_default_and_docstring(name, monkeypatch)
     docs = field_docs(options)
     for f in fields:
         action = actions[f.name]
-        assert action.option_strings == [flag_name(f)]
+        assert action.option_strings[-1] == flag_name(f)
         if f.default is dataclasses.MISSING:
             assert action.required, f.name
         else:
@@ -58,6 +58,25 @@ def test_parsing_nothing_gives_the_dataclass_defaults(name, monkeypatch):
     args = [a for k, v in required.items() for a in (f"--{k.replace('_', '-')}", v)]
     parsed = parse_options(options, _parser(options).parse_args(args))
     assert parsed == options(**required)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_flag_has_a_spelling_that_survives_torchrun(name):
+    """``torchrun ... -m lensprobe capture --n-texts 64`` reaches lensprobe's parser unchanged.
+
+    torchrun's own parser classifies every argument first and stops at a prefix of its options
+    ("--n" could be --nnodes or --nproc-per-node); the long spelling of each flag must not be one.
+    """
+    from torch.distributed.run import get_args_parser
+
+    launcher = ["--standalone", "--nproc-per-node", "2", "-m", "lensprobe", name]
+    for action in _actions(_parser(COMMANDS[name].options)).values():
+        spelling = action.option_strings[-1]
+        value = [] if action.nargs == 0 else ["1"]
+        args = get_args_parser().parse_args([*launcher, spelling, *value])
+        assert args.training_script_args == [name, spelling, *value], spelling
+    with pytest.raises(SystemExit):  # why --n-texts exists: the short --n is ambiguous there
+        get_args_parser().parse_args([*launcher, "--n", "5"])
 
 
 def test_every_options_field_has_a_docstring():
@@ -90,7 +109,9 @@ def test_flag_kinds_follow_the_field_types(monkeypatch):
     parsed = parse_options(
         run, _parser(run).parse_args(["--dataset", "d", "--hooks", " a, b,,", "--n", "5"])
     )
-    assert parsed.hooks == ("a", "b") and parsed.n == 5
+    assert parsed.hooks == ("a", "b") and parsed.n_texts == 5
+    long = parse_options(run, _parser(run).parse_args(["--dataset", "d", "--n-texts", "7"]))
+    assert long.n_texts == 7
     assert parsed.probes == DEFAULT_PROBES  # the library's default, not a copy
     assert COMMANDS["demo"].options().hooks == DEMO_HOOKS
     # one default size for the API and every command

@@ -444,7 +444,7 @@ def test_cli_rare_class_is_refused_before_the_model_loads(
     line = one_line_error(capsys, "run")
     assert "n_folds" not in line
     if n:
-        assert "one class" in line and "larger --n" in line
+        assert "one class" in line and "larger --n-texts" in line
     else:
         assert "class 'b' has 3 text(s)" in line and "--n" not in line
 

@@ -93,7 +93,7 @@ COMMANDS: dict[str, Command] = {
             "capture a dataset at hooks into an on-disk activation store",
             opts.CaptureOptions,
             commands.run_capture,
-            "lensprobe capture --dataset sst2 --n 2000 --hooks blocks.9.hook_resid_post --out acts/",
+            "lensprobe capture --dataset sst2 --n-texts 2000 --hooks blocks.9.hook_resid_post --out acts/",
         ),
         Command(
             "train",

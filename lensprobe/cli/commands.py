@@ -117,7 +117,7 @@ def _demo_settings(options: DemoOptions) -> tuple[DemoOptions, int, list[str]]:
     if quick and options.hooks == DEMO_HOOKS:
         hooks = [DEMO_HOOKS[1]]
     max_steps = options.max_steps or (300 if quick else None)
-    n = options.n or (80 if quick else 240)
+    n = options.n_texts or (80 if quick else 240)
     return dataclasses.replace(options, max_steps=max_steps), n, hooks
 
 

@@ -85,10 +85,11 @@ class DataOptions:
     """Registry name (see ``lensprobe datasets``), built-in task, hub id, or local file."""
     data_dir: str | None = flag(None, env=DATA_DIR_ENV)
     """Folder of the offline data collection (default: $LENSPROBE_DATA_DIR)."""
-    n: int | None = None
-    """Subsample to N texts (stratified)."""
+    n_texts: int | None = flag(None, short="--n")
+    """Subsample to N texts (stratified); --n is the same flag, but torchrun's own parser stops
+    at it ("ambiguous option"), so write --n-texts after torchrun."""
     seed: int = 0
-    """Seed of the --n subsample (the splits' seeds are --seeds)."""
+    """Seed of the --n-texts subsample (the splits' seeds are --seeds)."""
     split: str | None = None
     """Dataset split (default: all local splits, pooled and split at random by the protocol)."""
     test_split: str | None = None
@@ -150,7 +151,7 @@ class DemoOptions(SizeOptions, TrainingOptions):
     """Directory for results, probes and reports."""
     quick: bool = False
     """A one-minute run (80 texts per task, 300 AdamW steps, one layer)."""
-    n: int | None = None
+    n_texts: int | None = flag(None, short="--n")
     """Texts per task (default: 240; 80 with --quick)."""
     tasks: tuple[str, ...] = DEMO_TASKS
     """Comma-separated built-in tasks."""

@@ -54,7 +54,7 @@ class FlagSpec:
     metavar: str | None = None
     """Placeholder shown in the usage line (default: the field name in capitals)."""
     short: str | None = None
-    """A one-letter spelling besides the long one, e.g. ``-o``."""
+    """Another spelling before the long one: a letter (``-o``) or a short name (``--n``)."""
     type: Callable[[str], Any] | None = None
     """Converts the typed text, where the field's type alone does not say how."""
 

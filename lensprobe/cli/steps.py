@@ -237,11 +237,11 @@ def check_classes(labels: Any, class_names: Any, protocol: Any, where: str, fix:
 
 
 def n_fix(options: Any, n_classes: int, protocol: Any) -> str:
-    """What to do about too few texts of a class: a larger ``--n`` if one was given."""
-    if getattr(options, "n", None):
+    """What to do about too few texts of a class: a larger ``--n-texts`` if one was given."""
+    if getattr(options, "n_texts", None):
         return (
-            f"pass a larger --n (at least {_min_rows_per_class(protocol) * n_classes} for "
-            f"balanced classes) or leave --n out"
+            f"pass a larger --n-texts (at least {_min_rows_per_class(protocol) * n_classes} for "
+            f"balanced classes) or leave --n-texts out"
         )
     return "use a dataset with more texts of every class"
 
@@ -298,7 +298,7 @@ def load_text_dataset(options: Any, n: int | None = None) -> Any:
         options.dataset,
         data_dir=options.data_dir,
         split=options.split,
-        n=n if n is not None else options.n,
+        n=n if n is not None else options.n_texts,
         seed=options.seed,
         text_column=text_columns(options.text_column),
         label_column=options.label_column,
