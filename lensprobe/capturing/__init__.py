@@ -17,14 +17,16 @@ Details of the arguments:
   default the sorted distinct names).
 - **max_length**: longer texts are truncated, counted and reported.
 - **out**: a capture killed midway resumes when rerun with the same arguments: finished shards
-  are verified and kept.
+  are verified and kept. Under ``torchrun`` (several ranks) ``out`` is required and every rank
+  computes whole shards of that one store (:mod:`.ranks`); the store is byte for byte the one a
+  single process with the same threads per process writes.
 - **padding_side**: position ids are explicit, so both sides give the same activations for every
   valid token (up to float rounding).
 - **prepend_bos**: ``None`` follows the tokenizer's default (Gemma's adds BOS, GPT-2's does not;
   the tokenizer a TransformerLens bridge carries adds it as its ``cfg.default_prepend_bos``
   says). Texts are tokenised without special tokens and BOS is then prepended explicitly, so
   every backend sees the same ids. The choice is recorded in the metadata.
-- **shard_tokens**: the default, :func:`lensprobe.storage.auto_shard_tokens`, is 4096 to 65536
+- **shard_tokens**: the default, :func:`lensprobe.storage.auto_shard_tokens`, is 1024 to 65536
   tokens, about a thousandth of the capture, so a killed capture keeps all but the shard in
   progress. A store resumed with the default keeps the size it was started with.
 """
@@ -44,9 +46,10 @@ from lensprobe.activations import CaptureResult
 from lensprobe.backends import detect_backend
 from lensprobe.capturing.inputs import check_capture_out, check_inputs, check_settings, check_texts
 from lensprobe.capturing.job import plan_job
+from lensprobe.capturing.ranks import capture_on_ranks, current_ranks
 from lensprobe.capturing.run import run_capture
 from lensprobe.capturing.sinks import open_sink
-from lensprobe.errors import InputError, UnknownHookError
+from lensprobe.errors import InputError, UnknownHookError, UsageError
 from lensprobe.models import display_name
 from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH
 from lensprobe.storage import check_store_target, store_lock
@@ -107,8 +110,17 @@ def capture(
     """
     inputs = check_inputs(texts, hooks, labels, class_names, max_length)
     check_settings(batch_size, max_length, padding_side, dtype, shard_tokens)
+    ranks = current_ranks()
+    if ranks is not None and out is None:
+        raise UsageError(
+            f"this capture runs on {ranks.world} ranks (torchrun), which share their work "
+            "through a store: pass out=DIR (--out DIR on the command line)"
+        )
     if out is not None:  # a file or a folder of other things: refused before any work
-        check_store_target(out, inputs.source)
+        if ranks is None:
+            check_store_target(out, inputs.source)
+        else:  # before the leader writes anything: every rank has finished its own checks
+            ranks.attempt(lambda: check_store_target(out, inputs.source), leader_only=True)
     backend = detect_backend(model)
     tok = _tokenizer(model, tokenizer)
     backends.check_hooks(model, backend, inputs.hooks)  # fail before tokenising
@@ -116,6 +128,11 @@ def capture(
     weights = backends.weights_fingerprint(model, backend) if out is not None else None
     job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype, weights)
     _check_context(job.lengths, backends.context_length(model, backend), max_length)
+    if ranks is not None:
+        assert out is not None
+        return capture_on_ranks(
+            model, backend, job, out, shard_tokens, ranks, progress=wanted(progress)
+        )
     with nullcontext() if out is None else store_lock(out):  # one capture per store at a time
         sink = open_sink(job, out, shard_tokens)
         return sink.finish(run_capture(model, backend, job, sink, progress=wanted(progress)))

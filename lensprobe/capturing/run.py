@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,19 +43,38 @@ class _Counters:
 
 
 def run_capture(
-    model: Any, backend: str, job: CaptureJob, sink: Sink, *, progress: bool
+    model: Any,
+    backend: str,
+    job: CaptureJob,
+    sink: Sink,
+    *,
+    progress: bool,
+    shards: Sequence[int] | None = None,
+    label: str = "",
 ) -> CaptureStats:
     """Compute every shard ``sink`` does not hold yet and hand it over, shard by shard.
+
+    Args:
+        model: The model, run by ``backend``.
+        backend: Its backend name.
+        job: The capture's plan.
+        sink: Where the shards go.
+        progress: Show a progress bar.
+        shards: Compute only these shards (a rank's share); default every shard.
+        label: Said on the progress bar after the backend (e.g. the rank).
 
     Returns:
         What this run cost (shards the sink already held count as resumed).
     """
     metas = sink.stored_metas()
-    todo = [k for k in range(len(sink.shards)) if not sink.is_done(k)]
-    bar = progress_bar(total=job.n, unit="seq", desc=f"capture ({backend})", disable=not progress)
+    mine = range(len(sink.shards)) if shards is None else shards
+    todo = [k for k in mine if not sink.is_done(k)]
+    size = {k: sink.shards[k][1] - sink.shards[k][0] for k in mine}
+    desc = f"capture ({backend}{', ' + label if label else ''})"
+    bar = progress_bar(total=sum(size.values()), unit="seq", desc=desc, disable=not progress)
     counters = _Counters(bar)
     try:
-        bar.update(job.n - sum(sink.shards[k][1] - sink.shards[k][0] for k in todo))
+        bar.update(sum(size.values()) - sum(size[k] for k in todo))
         if todo:
             with backends.open_runner(model, backend, job.hooks) as runner:
                 for k in todo:

@@ -127,6 +127,11 @@ class StoreSink(Sink):
             raise InputError(f"{out} was planned with other shards; delete it to start over")
         return cls(job, writer)
 
+    @classmethod
+    def follow(cls, job: CaptureJob, out: str | os.PathLike[str], *, rank: int) -> StoreSink:
+        """Rank ``rank``'s sink in the store its leader opened (see :mod:`.ranks`)."""
+        return cls(job, StoreWriter.follow(out, rank=rank))
+
     def stored_metas(self) -> dict[str, ActivationsMeta]:
         """Metadata of the hooks whose shards the store already holds."""
         return {h: m for h, m in self.writer.metas().items() if m is not None}
@@ -148,8 +153,13 @@ class StoreSink(Sink):
             metas=metas,
         )
 
-    def finish(self, stats: CaptureStats) -> CaptureResult:
-        """Mark the store complete and read it back (memory-mapped)."""
+    def finish(self, stats: CaptureStats, *, merge: bool = False) -> CaptureResult:
+        """Mark the store complete and read it back (memory-mapped).
+
+        ``merge``: first move the shards the ranks recorded in their journals into the manifest.
+        """
+        if merge:
+            self.writer.merge_journals()
         self.writer.finish()
         result = load(self.writer.path, mmap=True)
         result.stats = stats

@@ -44,7 +44,12 @@ __all__ = [
 
 
 def say(text: str, *, err: bool = False) -> None:
-    """Write one line of command output (the command line's only way of printing)."""
+    """Write one line of command output (the command line's only way of printing).
+
+    Under torchrun only rank 0 prints to stdout: the ranks of one command would say the same.
+    """
+    if not err and os.environ.get("RANK", "0") != "0":
+        return
     stream = sys.stderr if err else sys.stdout
     stream.write(text + "\n")
 

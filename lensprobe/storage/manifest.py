@@ -226,6 +226,16 @@ LOCK = f"{MANIFEST}.lock"
 """The file a capture holds while it writes a store (see :func:`store_lock`)."""
 
 
+def journal_name(rank: int) -> str:
+    """The file in which rank ``rank`` of a data-parallel capture records its finished shards."""
+    return f"{MANIFEST}.rank-{rank}"
+
+
+def journals(path: Path) -> list[Path]:
+    """The ranks' journals in the store at ``path`` (left by a running or killed capture)."""
+    return sorted(path.glob(f"{MANIFEST}.rank-*"))
+
+
 def entries(path: Path) -> list[Path]:
     """What a folder holds, a capture's lock file aside."""
     return [e for e in path.iterdir() if e.name != LOCK]

@@ -8,10 +8,11 @@ that a reader could take for data.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from lensprobe.storage.manifest import (
     check_same_capture,
     entries,
     hook_dir,
+    journal_name,
+    journals,
     looks_like_store,
     manifest_bytes,
     not_a_store_error,
@@ -41,8 +44,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["StoreWriter", "auto_shard_tokens", "plan_shards", "save"]
 
-SHARD_TOKENS_MIN = 4096
-"""Smallest automatic shard (tokens): a killed capture loses at most this much finished work..."""
+SHARD_TOKENS_MIN = 1024
+"""Smallest automatic shard (tokens; shards are also what torchrun ranks share out, so a capture
+of a few thousand tokens still has work for several): a killed capture loses at most this much
+finished work..."""
 
 SHARD_TOKENS_MAX = 65536
 """...or, for captures of more than ``1024 * SHARD_TOKENS_MIN`` tokens, 1/1024 of the whole."""
@@ -102,6 +107,12 @@ class StoreWriter:
     manifest: dict[str, Any]
     """The manifest as last written."""
 
+    journal: str | None = None
+    """A rank's journal file in the store (see :meth:`follow`); None: shards go to the manifest."""
+
+    _journaled: dict[str, Any] = field(default_factory=dict)
+    """The shards this writer recorded in its journal."""
+
     @classmethod
     def open(
         cls,
@@ -139,6 +150,7 @@ class StoreWriter:
             check_same_capture(path, old.get("fingerprint") or {}, fingerprint or {})
             writer = cls(path, old)
             writer._cleanup_temporaries()
+            writer.merge_journals()
             writer._verify_done(texts=texts, token_strs=token_strs)
             return writer
         path.mkdir(parents=True, exist_ok=True)
@@ -188,9 +200,64 @@ class StoreWriter:
                 raise
             logger.warning("%s; rebuilding the store (every shard is recomputed)", err)
             os.replace(manifest_path, path / f"{MANIFEST}.damaged")
+            for journal in journals(path):
+                journal.unlink()
             return None
 
+    @classmethod
+    def follow(cls, path: str | os.PathLike[str], *, rank: int) -> StoreWriter:
+        """The writer of one rank of a data-parallel capture, in a store its leader opened.
+
+        It writes shard files as :meth:`write_shard` always does, but records each finished
+        shard in its own journal (``manifest.json.rank-R``) instead of the manifest, so ranks
+        never write one file; the leader then calls :meth:`merge_journals` and :meth:`finish`.
+        """
+        path = Path(path)
+        return cls(path, read_manifest(path), journal=journal_name(rank))
+
+    def merge_journals(self) -> None:
+        """Move every shard the ranks' journals record into the manifest, after verifying it.
+
+        A shard whose files fail verification, or an unreadable journal, is logged and left to
+        be recomputed. The journals are deleted once the manifest holds their shards.
+        """
+        found = journals(self.path)
+        if not found:
+            return
+        for path in found:
+            try:
+                journal = json.loads(path.read_bytes())
+                shards, metas = dict(journal["shards"]), dict(journal["hooks"])
+            except (OSError, ValueError, KeyError, TypeError):
+                logger.warning("%s is unreadable; its shards will be recomputed", path)
+                continue
+            for hook, meta in metas.items():
+                info = self.manifest["hooks"].get(hook)
+                if info is not None and info["meta"] is None:
+                    info["meta"] = meta
+            for key, shard in shards.items():
+                done = key in self.manifest["shards"]
+                if not done and key.isdigit() and int(key) < len(self.plan):
+                    if all(file_matches(self.path / r, i) for r, i in shard["files"].items()):
+                        self.manifest["shards"][key] = shard
+                        continue
+                    logger.warning(
+                        "shard %s of %s failed verification; it will be recomputed", key, self.path
+                    )
+        self._write_manifest()
+        for path in found:
+            path.unlink()
+
+    def _write_journal(self) -> None:
+        assert self.journal is not None
+        hooks = {h: info["meta"] for h, info in self.manifest["hooks"].items()}
+        write_atomic(
+            self.path / self.journal, json_bytes({"shards": self._journaled, "hooks": hooks})
+        )
+
     def _write_manifest(self) -> None:
+        shards = self.manifest["shards"]  # in plan order, however the shards were finished
+        self.manifest["shards"] = {k: shards[k] for k in sorted(shards, key=int)}
         write_atomic(self.path / MANIFEST, manifest_bytes(self.manifest))
         fsync_dir(self.path)
 
@@ -288,8 +355,13 @@ class StoreWriter:
                 info["meta"] = metas[hook].to_dict()
         for sub in {Path(r).parent for r in files}:
             fsync_dir(self.path / sub)
-        self.manifest["shards"][str(k)] = {"n_tokens": n_tok, "files": files}
-        self._write_manifest()
+        entry = {"n_tokens": n_tok, "files": files}
+        self.manifest["shards"][str(k)] = entry
+        if self.journal is None:
+            self._write_manifest()
+        else:
+            self._journaled[str(k)] = entry
+            self._write_journal()
 
     def finish(self) -> None:
         """Mark the store complete (every shard must be done)."""
