@@ -11,7 +11,9 @@ The same AG News texts are captured at one middle layer's residual stream four w
 (c) lensprobe through TransformerLens (``TransformerBridge``), the whole ``capture()`` call timed;
 (d) lensprobe through nnsight (``TransformersModel``), the whole ``capture()`` call timed.
 
-Throughput is valid (non-padding) tokens per second. Each method makes a pass over all the texts,
+Every model computes in the dtype ``load_model``'s ``"auto"`` picks: bfloat16 on CPUs with AMX /
+AVX-512 BF16 and on CUDA, so (b) is then the bf16 limit; float32 elsewhere (the printed header
+says which). Throughput is valid (non-padding) tokens per second. Each method makes a pass over all the texts,
 by default in the order b, c, d, b, a: the limit is measured before and after the two lensprobe
 runs and averaged, so that load from other processes on a shared machine falls on them alike.
 CPU-time ratios (less sensitive to such load) are printed too. Targets: (c) and (d) at least 0.85x of (b) and 8x of (a); padding
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "c": "(c) lensprobe via TransformerLens",
         "d": "(d) lensprobe via nnsight",
     }
-    print(f"\n{len(texts)} AG News texts, {hook}, batch {args.batch_size}, CPU")
+    computes = str(next(hf.parameters()).dtype).removeprefix("torch.")
+    print(f"\n{len(texts)} AG News texts, {hook}, batch {args.batch_size}, CPU, {computes}")
     for m in "abcd":
         print(
             f"{names[m]:<44} {rate[m]:>9.0f} tokens/s  ({seconds[m]:.1f} s wall, "

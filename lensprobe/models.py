@@ -13,14 +13,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from lensprobe.errors import InputError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
 Backend = Literal["transformer_lens", "nnsight", "hf"]
-BACKENDS: tuple[str, ...] = ("transformer_lens", "nnsight", "hf")
+"""The backends lensprobe runs models through (the one place they are listed)."""
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 BUNDLED_MODELS: dict[str, str] = {"gemma-3-270m": "google/gemma-3-270m"}
 """Bundled model names and the hub id each stands for (the id TransformerLens knows)."""
@@ -101,12 +102,46 @@ def _convert_gguf(target: Path) -> None:
         os.replace(staging, target)
 
 
+def rank_device(device: str | None) -> str | None:
+    """``device``, with a bare ``"cuda"`` under torchrun meaning this rank's own GPU.
+
+    torchrun sets ``LOCAL_RANK`` for each process it starts; ``"cuda"`` is then
+    ``"cuda:LOCAL_RANK"``, so every rank of one command runs on its own GPU.
+    """
+    local = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(local)}"
+    return device
+
+
+def compute_dtype(dtype: Any = "auto", device: str | None = None) -> Any:
+    """The torch dtype a model loaded with ``dtype`` computes in on ``device`` (default CPU).
+
+    ``"auto"`` (or None) is bfloat16 where :func:`lensprobe.hardware.bf16_is_fast` says
+    the device is fast at it, else float32; a dtype or its name is itself.
+    """
+    import torch
+
+    from lensprobe.hardware import bf16_is_fast
+
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if bf16_is_fast(device or "cpu") else torch.float32
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise InputError(
+                f"dtype {dtype!r} is no torch dtype; pass 'auto', 'bfloat16' or 'float32'"
+            )
+        return getattr(torch, dtype)
+    return dtype
+
+
 def load_model(
     name_or_path: str = "gemma-3-270m",
     backend: Backend = "transformer_lens",
     *,
     device: str | None = None,
-    dtype: Any = None,
+    dtype: Any = "auto",
+    device_map: str | dict[str, Any] | None = None,
 ) -> Any:
     """Load a language model for one backend.
 
@@ -115,8 +150,15 @@ def load_model(
         backend: ``"transformer_lens"`` (a ``TransformerBridge``), ``"nnsight"`` (nnsight's
             ``TransformersModel`` around the Hugging Face model) or ``"hf"`` (the plain Hugging
             Face model).
-        device: Where to put the model; default CPU.
-        dtype: Torch dtype of the weights; default float32.
+        device: Where to put the model; default CPU. Under torchrun, ``"cuda"`` is each
+            rank's own GPU (:func:`rank_device`).
+        dtype: Torch dtype of the weights and so of the forward: ``"auto"`` (or None) is
+            bfloat16 where the device multiplies in it fast (CUDA; CPUs with AMX or AVX-512
+            BF16: :func:`lensprobe.hardware.bf16_is_fast`), float32 elsewhere, where bfloat16 is
+            emulated and slower; see :func:`compute_dtype`.
+        device_map: Spread a model larger than one device over several (``"auto"``, or
+            Hugging Face's ``{module: device}`` map; needs ``accelerate``); modules mapped to
+            ``"disk"`` are offloaded under the lensprobe cache. Not with ``device``.
 
     Returns:
         The model, in eval mode, with its tokenizer reachable as ``model.tokenizer``.
@@ -126,10 +168,21 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device_map is not None and device is not None:
+        raise InputError("pass device or device_map, not both (a device map places every module)")
+    device = rank_device(device)
     hub_id = BUNDLED_MODELS.get(name_or_path, name_or_path)
     path = bundled_model_dir(name_or_path) if name_or_path in BUNDLED_MODELS else name_or_path
     tok = AutoTokenizer.from_pretrained(str(path))
-    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    placement: dict[str, Any] = {}
+    device_kind = None
+    if device_map is not None:
+        offload = cache_dir() / "offload" / display_name(str(path)).replace("/", "_")
+        placement = {"device_map": device_map, "offload_folder": str(offload)}
+        device_kind = "cuda" if torch.cuda.is_available() else None  # where a map puts compute
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=compute_dtype(dtype, device or device_kind), **placement
+    )
     hf.eval()
     if device is not None:
         hf.to(device)

@@ -7,6 +7,8 @@ Tiny models (fast, any test may use them):
   ``lensprobe.load_model(str(dir), backend=...)``.
 - ``tiny_gemma3`` / ``tiny_gpt2``: ``backend -> model`` loaders (each call loads a fresh copy:
   nnsight and TransformerLens wrap the Hugging Face model in place, so backends never share one).
+  Fixture models compute in float32 on every machine (``load_model``'s ``"auto"`` would pick
+  bfloat16 on AMX CPUs, and the tests compare backends and paths at float32 tolerances).
 - ``tiny_texts``: a few texts of different lengths in the tiny vocabulary.
 
 Real model (tests using these are marked ``slow``): ``gemma_hf``, ``gemma_nnsight``, ``gemma_tl``,
@@ -144,7 +146,7 @@ def _loader(directory: Path) -> Callable[[str], Any]:
     from lensprobe.models import load_model
 
     def load(backend: str = "hf") -> Any:
-        return load_model(str(directory), backend=backend)
+        return load_model(str(directory), backend=backend, dtype="float32")
 
     return load
 
@@ -169,7 +171,7 @@ def tiny_texts() -> list[str]:
 def _real(backend: str) -> Any:
     from lensprobe.models import load_model
 
-    return load_model("gemma-3-270m", backend=backend)
+    return load_model("gemma-3-270m", backend=backend, dtype="float32")
 
 
 @pytest.fixture(scope="session")

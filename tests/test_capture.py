@@ -111,13 +111,13 @@ def test_name_tables_match_transformer_lens(arch, tmp_path, tiny_texts):
     torch.manual_seed(0)
     getattr(transformers, arch)(config).save_pretrained(tmp_path)
     _word_tokenizer(tmp_path, add_bos=True)
-    hf = load_model(str(tmp_path), backend="hf")
+    hf = load_model(str(tmp_path), backend="hf", dtype="float32")
     table = next(t for t in TABLES if hf.config.model_type in t.model_types)
     hooks = [p.format(layer=1) for p in table.sites]
     assert set(resolve_sites(hf, hooks)) == set(hooks)
     ours = capture(hf, tiny_texts, hooks, dtype=torch.float32, progress=False)
     tl = capture(
-        load_model(str(tmp_path), backend="transformer_lens"),
+        load_model(str(tmp_path), backend="transformer_lens", dtype="float32"),
         tiny_texts,
         hooks,
         dtype=torch.float32,
@@ -141,7 +141,7 @@ def test_nnsight_transformers_model_wrapper(tiny_gemma3_dir, tiny_texts):
     hooks = ["blocks.1.hook_resid_post", "model.layers.2"]
     got = capture(wrapped, tiny_texts, hooks, dtype=torch.float32, progress=False)
     want = capture(
-        load_model(str(tiny_gemma3_dir), backend="hf"),
+        load_model(str(tiny_gemma3_dir), backend="hf", dtype="float32"),
         tiny_texts,
         hooks,
         dtype=torch.float32,
@@ -523,7 +523,7 @@ CHILD = """
 import sys, time, torch
 from lensprobe.capturing import capture
 from lensprobe.models import load_model
-model = load_model(sys.argv[1], backend="hf")
+model = load_model(sys.argv[1], backend="hf", dtype="float32")
 model.model.layers[0].register_forward_pre_hook(lambda *a: time.sleep(0.25))
 texts = [line for line in sys.argv[3].split("|")]
 capture(model, texts, "blocks.1.hook_resid_post", out=sys.argv[2], dtype=torch.float32,

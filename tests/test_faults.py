@@ -470,7 +470,7 @@ def test_a_store_refuses_to_resume_with_another_dtype_or_other_weights(tmp_path,
     def capture(model):
         return lp.capture(model, texts, [HOOK], out=out, shard_tokens=8, progress=False)
 
-    model = lp.load_model(str(tiny_gemma3_dir), backend="hf")
+    model = lp.load_model(str(tiny_gemma3_dir), backend="hf", dtype=torch.float32)
     first = capture(model)[HOOK]
     again = capture(model)[HOOK]  # the same model: the store is reused
     assert torch.equal(first.values, again.values)

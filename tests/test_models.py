@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lensprobe.errors import InputError
 from lensprobe.models import (
     BUNDLED_MODELS,
     bundled_model_dir,
     cache_dir,
+    compute_dtype,
     display_name,
     load_model,
 )
@@ -43,7 +45,7 @@ def test_load_each_backend_from_a_local_directory(backend: str, tiny_gemma3_dir:
     assert tok("the cat")["input_ids"][0] == tok.bos_token_id
     if backend == "hf":
         assert type(model).__name__ == "Gemma3ForCausalLM" and not model.training
-        assert next(model.parameters()).dtype == torch.float32
+        assert next(model.parameters()).dtype == compute_dtype("auto")
     elif backend == "nnsight":
         assert type(model._module).__name__ == "Gemma3ForCausalLM"
     else:
@@ -53,6 +55,27 @@ def test_load_each_backend_from_a_local_directory(backend: str, tiny_gemma3_dir:
 def test_dtype_is_honoured(tiny_gemma3_dir: Path):
     model = load_model(str(tiny_gemma3_dir), backend="hf", dtype=torch.bfloat16)
     assert next(model.parameters()).dtype == torch.bfloat16
+    model = load_model(str(tiny_gemma3_dir), backend="hf", dtype="float32")
+    assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_auto_dtype_is_bfloat16_exactly_where_the_hardware_is_fast_at_it(
+    fast: bool, tiny_gemma3_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import lensprobe.hardware
+
+    monkeypatch.setattr(lensprobe.hardware, "_cpu_has_bf16", lambda: fast)
+    expected = torch.bfloat16 if fast else torch.float32
+    assert compute_dtype("auto") == compute_dtype(None) == expected
+    assert (
+        compute_dtype("float32") == torch.float32
+        and compute_dtype(torch.bfloat16) == torch.bfloat16
+    )
+    model = load_model(str(tiny_gemma3_dir), backend="hf")
+    assert next(model.parameters()).dtype == expected
+    with pytest.raises(InputError, match="no torch dtype"):
+        compute_dtype("fp32")
 
 
 @pytest.mark.slow
@@ -74,3 +97,16 @@ def test_the_nnsight_model_traces_plain_strings(tiny_gemma3_dir: Path, tiny_text
         same = model.model.layers[0].output.save()
     assert hidden.shape[:2] == enc["input_ids"].shape
     torch.testing.assert_close(hidden, same)
+
+
+def test_cuda_under_torchrun_is_each_ranks_own_gpu(monkeypatch: pytest.MonkeyPatch):
+    from lensprobe.models import rank_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert rank_device("cuda") == "cuda" and rank_device(None) is None
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rank_device("cuda") == "cuda:1"
+    assert rank_device("cuda:0") == "cuda:0" and rank_device("cpu") == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert rank_device("cuda") == "cuda"

@@ -50,7 +50,7 @@ def _texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(8, 40))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 40])  # 40: more ranks than shards
 def test_each_unfinished_shard_goes_to_one_rank_and_loads_balance(world):
     rng = random.Random(world)
     tokens = {k: rng.randint(1, 500) for k in range(23) if k % 4}  # a resumed store: gaps
@@ -78,6 +78,8 @@ def test_torchrun_cli_capture_equals_one_process(tmp_path, tiny_gemma3_dir):
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["complete"] and len(manifest["shards"]) >= 2  # both ranks had work
     assert two.stdout.count("store: ") == 1  # rank 1 does not repeat the command's output
+    _run([*TORCHRUN, "-m", "lensprobe", "capture", *args, "--out", str(tmp_path / "two")])
+    assert _files(tmp_path / "two") == two_files  # rerun on the finished store: nothing to do
 
 
 SCRIPT = """
@@ -178,3 +180,13 @@ def test_torchrun_capture_of_the_real_model_equals_one_process(tmp_path, fixture
     _run([*TORCHRUN, "-m", "lensprobe", "capture", *args, "--out", str(tmp_path / "two")])
     assert _files(tmp_path / "one") == _files(tmp_path / "two")
     assert len(json.loads((tmp_path / "two" / "manifest.json").read_text())["shards"]) >= 2
+
+
+@pytest.mark.parametrize("command", ["run", "train", "demo"])
+def test_commands_other_than_capture_are_refused_under_torchrun(command, monkeypatch, capsys):
+    from lensprobe.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = {"run": ["--dataset", "x.csv"], "train": ["--acts", "store"], "demo": []}[command]
+    assert main([command, *args]) == 2
+    assert "only capture runs under torchrun" in capsys.readouterr().err

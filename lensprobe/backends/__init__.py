@@ -81,7 +81,8 @@ def weights_fingerprint(model: Any, backend: BackendName) -> dict[str, str]:
     ``compute_dtype``: the dtype of the first floating-point parameter. ``weights_sha256``: a
     digest of every tensor's name, shape and dtype and of up to 64 evenly spaced entries of each
     (a fine-tune or another checkpoint in the same folder changes it; reading them costs
-    microseconds). Empty for a model without a torch module.
+    microseconds; weights a device map offloaded to disk count by name, shape and dtype only).
+    Empty for a model without a torch module.
     """
     import hashlib
 
@@ -97,8 +98,8 @@ def weights_fingerprint(model: Any, backend: BackendName) -> dict[str, str]:
             h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
             if compute is None and t.is_floating_point():
                 compute = str(t.dtype).removeprefix("torch.")
-            flat = t.detach().reshape(-1)
-            if flat.numel():
+            flat = t.detach().reshape(-1)  # weights offloaded by a device map are meta: no data
+            if flat.numel() and not flat.is_meta:
                 sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", copy=True)
                 if sample.dtype == torch.bool:
                     sample = sample.to(torch.uint8)

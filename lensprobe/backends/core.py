@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lensprobe.backends.names import Side
 from lensprobe.batching import Batch
 from lensprobe.errors import InputTypeError
+from lensprobe.models import Backend
 
 __all__ = [
     "BackendName",
@@ -36,7 +37,7 @@ __all__ = [
     "replace_input",
 ]
 
-BackendName = Literal["transformer_lens", "nnsight", "hf"]
+BackendName = Backend
 
 
 class StopForward(Exception):
@@ -153,7 +154,15 @@ def replace_input(
 
 
 def model_device(module: nn.Module) -> torch.device:
-    """Device of the module's first parameter (CPU for a module without parameters)."""
+    """Where the module's inputs go: the device of its first parameter (CPU without any).
+
+    For a model loaded with a device map (accelerate's ``hf_device_map``), the device of its first
+    placed module: CPU when that was offloaded to disk or CPU, whose hooks then move the weights.
+    """
+    device_map = getattr(module, "hf_device_map", None)
+    if isinstance(device_map, dict) and device_map:
+        first = next(iter(device_map.values()))
+        return torch.device("cpu" if first in ("cpu", "disk") else first)
     for p in module.parameters():
         return p.device
     return torch.device("cpu")

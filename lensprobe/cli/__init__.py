@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import re
 import traceback
 from collections.abc import Callable
@@ -219,5 +220,13 @@ def main(args: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     if namespace.command is None:
         parser.print_help()
+        return 2
+    if namespace.command != "capture" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        say(
+            f"lensprobe {namespace.command}: error: of the commands only capture runs under "
+            "torchrun (its ranks share one store): `torchrun ... -m lensprobe capture --out DIR`, "
+            "then `lensprobe train --acts DIR` in one process",
+            err=True,
+        )
         return 2
     return _run(COMMANDS[namespace.command], namespace)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lensprobe.cli.parsing import flag
+from lensprobe.models import Backend
 from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH, DEFAULT_PROBES
 
 __all__ = [
@@ -38,8 +39,6 @@ DEMO_HOOKS: tuple[str, ...] = (
     "blocks.13.hook_resid_post",
 )
 """Three layers of the bundled Gemma 3 270M (18 layers): early, middle, late."""
-
-Backend = Literal["transformer_lens", "nnsight", "hf"]
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,10 @@ class ModelOptions:
     (first-last:step), or a list such as 4,9,13 (blocks.N.hook_resid_post)."""
     device: str | None = None
     """Where the model runs: cpu, cuda, cuda:1, mps (default: cpu)."""
-    dtype: Literal["float32", "bfloat16"] | None = None
-    """The model's compute dtype and the stored activations' (default: computed in float32,
-    stored in bfloat16)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The model's compute dtype: auto is bfloat16 where the hardware is fast at it (CUDA, CPUs
+    with AMX or AVX-512 BF16), float32 elsewhere. Activations are stored in bfloat16, or in
+    float32 when float32 is given."""
 
 
 @dataclass(frozen=True, kw_only=True)

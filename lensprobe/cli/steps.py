@@ -268,7 +268,7 @@ def check_capture_out(ds: Any, hooks: list[str], options: Any, out: str) -> None
 # --- loading and capture --------------------------------------------------------------------------
 
 
-def load_model(name: str, backend: str, device: str | None = None, dtype: str | None = None) -> Any:
+def load_model(name: str, backend: str, device: str | None = None, dtype: str = "auto") -> Any:
     """The model of ``--model`` run by ``--backend`` (on ``--device``, in ``--dtype``).
 
     A failed load names the fix.
@@ -285,14 +285,20 @@ def load_model(name: str, backend: str, device: str | None = None, dtype: str | 
                 f"--device {device}: {' '.join(str(err).split())[:200]}; pass cpu, or a device "
                 "this machine has"
             ) from None
-    weights = None if dtype is None else getattr(torch, dtype)
     try:
-        return models.load_model(name, backend=backend, device=device, dtype=weights)  # type: ignore[arg-type]
+        model = models.load_model(name, backend=backend, device=device, dtype=dtype)  # type: ignore[arg-type]
     except OSError as err:
         raise ModelNotFoundError(
             f"--model {name} cannot be loaded ({' '.join(str(err).split())[:300]}); pass a "
             "bundled name, a local model folder, or a hub id"
         ) from err
+    computes = str(models.compute_dtype(dtype, device)).removeprefix("torch.")
+    why = ""
+    if dtype == "auto":
+        fast = computes == "bfloat16"
+        why = f" (--dtype auto: bfloat16 is {'fast' if fast else 'emulated, so slower'} here)"
+    say(f"model: {name} ({backend}), computing in {computes}{why}")
+    return model
 
 
 def load_text_dataset(options: Any, n: int | None = None) -> Any:
@@ -411,7 +417,7 @@ def capture_texts(model: Any, ds: Any, hooks: list[str], options: Any, out: str 
         class_names=ds.class_names,
         max_length=options.max_length,
         batch_size=options.batch_size,
-        dtype=getattr(torch, getattr(options, "dtype", None) or "bfloat16"),
+        dtype=torch.float32 if getattr(options, "dtype", None) == "float32" else torch.bfloat16,
         out=out,
     )
     stats = getattr(result, "stats", None)
