@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,10 +65,49 @@ def _predicted(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 0] > 0 if logits.shape[-1] == 1 else logits.argmax(-1)
 
 
+def paired_row(name: str, spec: str, n: int, fp32, bf16) -> dict:
+    """One table row: the fp32 and bf16 results of a probe on the same splits, compared."""
+    from lensprobe.train import compare
+
+    same = [
+        (_predicted(a.test_logits) == _predicted(b.test_logits)).float().mean().item()
+        for a, b in zip(fp32.runs, bf16.runs, strict=True)
+    ]
+    row = {"dataset": name, "probe": spec, "n": n, "n_test": fp32.n_test}
+    row["splits"] = len(fp32.runs)
+    row["fp32_accuracy"] = fp32.metrics["accuracy"]
+    row["bf16_accuracy"] = bf16.metrics["accuracy"]
+    for metric in ("accuracy", "auroc"):
+        c = compare(bf16, fp32, metric)
+        row[f"{metric}_difference"] = c.difference
+        row[f"{metric}_interval"] = [c.low, c.high]
+        row[f"{metric}_verdict"] = c.verdict
+    row["same_prediction"] = sum(same) / len(same)
+    return row
+
+
+def table(rows: list[dict], extra: Sequence[tuple[str, Callable[[dict], str]]] = ()) -> list[str]:
+    """The markdown table of :func:`paired_row` rows; ``extra``: (header, row -> cell) pairs."""
+    head = "| dataset | probe | n_test | fp32 acc | bf16 acc | acc bf16 - fp32 | AUROC bf16 - fp32 "
+    head += (
+        "| same prediction |" + "".join(f" {h} |" for h, _ in extra) + " verdict (acc / AUROC) |"
+    )
+    lines = [head, "|---" * (9 + len(extra)) + "|"]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['probe']} | {r['n_test']} | {r['fp32_accuracy']:.3f} | "
+            f"{r['bf16_accuracy']:.3f} | {_iv(r, 'accuracy')} | {_iv(r, 'auroc')} | "
+            f"{r['same_prediction']:.3f} |"
+            + "".join(f" {cell(r)} |" for _, cell in extra)
+            + f" {r['accuracy_verdict']} / {r['auroc_verdict']} |"
+        )
+    return lines
+
+
 def fidelity(name: str, acts, args: argparse.Namespace) -> list[dict]:
     """Each probe of :data:`PROBES` trained in fp32 and in bf16 on the same splits, compared."""
     from lensprobe.specs import ProbeSpec
-    from lensprobe.train import ProtocolConfig, compare
+    from lensprobe.train import ProtocolConfig
     from lensprobe.train.protocol import run_sweep
 
     base = ProtocolConfig(seeds=tuple(range(args.seeds)))
@@ -88,20 +128,7 @@ def fidelity(name: str, acts, args: argparse.Namespace) -> list[dict]:
             fp32.precision,
             bf16.precision,
         )
-        same = [
-            (_predicted(a.test_logits) == _predicted(b.test_logits)).float().mean().item()
-            for a, b in zip(fp32.runs, bf16.runs, strict=True)
-        ]
-        row = {"dataset": name, "probe": spec, "n": len(acts), "n_test": fp32.n_test}
-        row["splits"] = len(fp32.runs)
-        row["fp32_accuracy"] = fp32.metrics["accuracy"]
-        row["bf16_accuracy"] = bf16.metrics["accuracy"]
-        for metric in ("accuracy", "auroc"):
-            c = compare(bf16, fp32, metric)
-            row[f"{metric}_difference"] = c.difference
-            row[f"{metric}_interval"] = [c.low, c.high]
-            row[f"{metric}_verdict"] = c.verdict
-        row["same_prediction"] = sum(same) / len(same)
+        row = paired_row(name, spec, len(acts), fp32, bf16)
         row["fp32_seconds"], row["bf16_seconds"] = fp32.seconds, bf16.seconds
         rows.append(row)
     print(
@@ -126,28 +153,26 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "splits; bf16 - fp32 per split, mean with its corrected resampled t 95% interval; a "
         "difference that is the same on every split has no interval and is undecided).",
         "",
-        "| dataset | probe | n_test | fp32 acc | bf16 acc | acc bf16 - fp32 | AUROC bf16 - fp32 "
-        "| same prediction | verdict (acc / AUROC) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *table(rows),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['probe']} | {r['n_test']} | {r['fp32_accuracy']:.3f} | "
-            f"{r['bf16_accuracy']:.3f} | {_iv(r, 'accuracy')} | {_iv(r, 'auroc')} | "
-            f"{r['same_prediction']:.3f} | {r['accuracy_verdict']} / {r['auroc_verdict']} |"
-        )
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def fidelity_arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The options both fidelity benchmarks take (results under ``benchmarks/results/OUT``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bf16_fidelity"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / out))
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--n", type=int, default=400, help="texts per dataset")
+    parser.add_argument("--n-texts", "--n", type=int, default=400, dest="n", help="per dataset")
     parser.add_argument("--seeds", type=int, default=5, help="splits")
     parser.add_argument("--layer", type=int, default=9)
     parser.add_argument("--max-length", type=int, default=64)
+    return parser
+
+
+def main() -> None:
+    parser = fidelity_arguments(__doc__.splitlines()[0], "bf16_fidelity")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     args = parser.parse_args()
     if args.threads:
@@ -156,12 +181,16 @@ def main() -> None:
     rows, model_box = [], []
     for name in DATASETS:
         rows.extend(fidelity(name, activations(name, args, hook, model_box), args))
-    out = Path(args.out)
+    write_results("bf16_fidelity", rows, markdown(rows, args), Path(args.out))
+
+
+def write_results(name: str, rows: list[dict], text: str, out: Path) -> None:
+    """``OUT/NAME.md``, printed too, then the JSON line (rows and the count decided)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bf16_fidelity.md").write_text(markdown(rows, args))
-    print(markdown(rows, args))
+    (out / f"{name}.md").write_text(text)
+    print(text)
     decided = sum(r[f"{m}_verdict"] != "undecided" for r in rows for m in ("accuracy", "auroc"))
-    print(json.dumps({"bf16_fidelity": rows, "decided": decided, "comparisons": 2 * len(rows)}))
+    print(json.dumps({name: rows, "decided": decided, "comparisons": 2 * len(rows)}))
 
 
 if __name__ == "__main__":

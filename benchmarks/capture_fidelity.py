@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from bf16_fidelity import DATASETS, _iv, _predicted
+from bf16_fidelity import DATASETS, fidelity_arguments, paired_row, table, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 PROBES = ("attention-8", "mean", "last")
@@ -73,7 +73,7 @@ def relative_error(a, b) -> tuple[float, float]:
 def fidelity(name: str, acts: dict, args: argparse.Namespace) -> list[dict]:
     """Each probe of :data:`PROBES` on both captures, the same splits, compared."""
     from lensprobe.specs import ProbeSpec
-    from lensprobe.train import ProtocolConfig, compare
+    from lensprobe.train import ProtocolConfig
     from lensprobe.train.protocol import run_sweep
 
     base = ProtocolConfig(seeds=tuple(range(args.seeds)))
@@ -86,23 +86,14 @@ def fidelity(name: str, acts: dict, args: argparse.Namespace) -> list[dict]:
     rows = []
     for spec in PROBES:
         fp32, bf16 = results[spec, "float32"], results[spec, "bfloat16"]
-        same = [
-            (_predicted(a.test_logits) == _predicted(b.test_logits)).float().mean().item()
-            for a, b in zip(fp32.runs, bf16.runs, strict=True)
-        ]
-        row = {"dataset": name, "probe": spec, "n": len(acts["float32"]), "n_test": fp32.n_test}
-        row["splits"] = len(fp32.runs)
-        row["fp32_accuracy"] = fp32.metrics["accuracy"]
-        row["bf16_accuracy"] = bf16.metrics["accuracy"]
-        for metric in ("accuracy", "auroc"):
-            c = compare(bf16, fp32, metric)
-            row[f"{metric}_difference"] = c.difference
-            row[f"{metric}_interval"] = [c.low, c.high]
-            row[f"{metric}_verdict"] = c.verdict
-        row["same_prediction"] = sum(same) / len(same)
+        row = paired_row(name, spec, len(acts["float32"]), fp32, bf16)
         row["relative_error_median"], row["relative_error_p99"] = median, p99
         rows.append(row)
     return rows
+
+
+def _error(row: dict) -> str:
+    return f"{row['relative_error_median']:.2%} / {row['relative_error_p99']:.2%}"
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
@@ -115,40 +106,18 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "mean with its corrected resampled t 95% interval; a difference that is the same on "
         "every split has no interval and is undecided).",
         "",
-        "| dataset | probe | n_test | fp32 acc | bf16 acc | acc bf16 - fp32 | AUROC bf16 - fp32 "
-        "| same prediction | activation error (median / p99) | verdict (acc / AUROC) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table(rows, [("activation error (median / p99)", _error)]),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['probe']} | {r['n_test']} | {r['fp32_accuracy']:.3f} | "
-            f"{r['bf16_accuracy']:.3f} | {_iv(r, 'accuracy')} | {_iv(r, 'auroc')} | "
-            f"{r['same_prediction']:.3f} | {r['relative_error_median']:.2%} / "
-            f"{r['relative_error_p99']:.2%} | {r['accuracy_verdict']} / {r['auroc_verdict']} |"
-        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "capture_fidelity"))
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--n-texts", type=int, default=400, dest="n", help="texts per dataset")
-    parser.add_argument("--seeds", type=int, default=5, help="splits")
-    parser.add_argument("--layer", type=int, default=9)
-    parser.add_argument("--max-length", type=int, default=64)
-    args = parser.parse_args()
+    args = fidelity_arguments(__doc__.splitlines()[0], "capture_fidelity").parse_args()
     hook = f"blocks.{args.layer}.hook_resid_post"
     rows, models = [], {}
     for name in DATASETS:
         rows.extend(fidelity(name, captures(name, args, hook, models), args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "capture_fidelity.md").write_text(markdown(rows, args))
-    print(markdown(rows, args))
-    decided = sum(r[f"{m}_verdict"] != "undecided" for r in rows for m in ("accuracy", "auroc"))
-    print(json.dumps({"capture_fidelity": rows, "decided": decided, "comparisons": 2 * len(rows)}))
+    write_results("capture_fidelity", rows, markdown(rows, args), Path(args.out))
 
 
 if __name__ == "__main__":
