@@ -237,8 +237,14 @@ class StoreWriter:
                     info["meta"] = meta
             for key, shard in shards.items():
                 done = key in self.manifest["shards"]
-                if not done and key.isdigit() and int(key) < len(self.plan):
-                    if all(file_matches(self.path / r, i) for r, i in shard["files"].items()):
+                files = shard.get("files") if isinstance(shard, dict) else None
+                if (
+                    not done
+                    and isinstance(files, dict)
+                    and key.isdigit()
+                    and int(key) < len(self.plan)
+                ):
+                    if all(file_matches(self.path / r, i) for r, i in files.items()):
                         self.manifest["shards"][key] = shard
                         continue
                     logger.warning(
