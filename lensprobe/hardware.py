@@ -9,17 +9,26 @@ float32 there.
 from __future__ import annotations
 
 import functools
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["bf16_is_fast", "return_freed_memory"]
+__all__ = ["bf16_is_fast", "return_freed_memory", "torchrun_place"]
 
 _CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def torchrun_place() -> tuple[int, int]:
+    """``(rank, world size)`` as torchrun sets them for each process it starts; ``(0, 1)`` alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
     """Whether bfloat16 matrix products on ``device`` are faster than float32 ones."""
+    import torch  # here, not at import: the command line reads torchrun_place without torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -31,6 +40,8 @@ def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
 @functools.cache
 def _cpu_has_bf16() -> bool:
     """AMX or AVX-512 BF16 on this CPU (torch's own check, else ``/proc/cpuinfo``)."""
+    import torch
+
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         check = getattr(torch.cpu, name, None)
         if check is not None and check():

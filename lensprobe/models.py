@@ -108,8 +108,10 @@ def rank_device(device: str | None) -> str | None:
     torchrun sets ``LOCAL_RANK`` for each process it starts; ``"cuda"`` is then
     ``"cuda:LOCAL_RANK"``, so every rank of one command runs on its own GPU.
     """
+    from lensprobe.hardware import torchrun_place
+
     local = os.environ.get("LOCAL_RANK")
-    if device == "cuda" and local is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if device == "cuda" and local is not None and torchrun_place()[1] > 1:
         return f"cuda:{int(local)}"
     return device
 

@@ -30,6 +30,7 @@ from lensprobe.activations import CaptureResult, CaptureStats
 from lensprobe.capturing.job import CaptureJob
 from lensprobe.capturing.run import run_capture
 from lensprobe.capturing.sinks import StoreSink
+from lensprobe.hardware import torchrun_place
 from lensprobe.storage import load, store_lock
 
 __all__ = ["Ranks", "capture_on_ranks", "current_ranks"]
@@ -67,9 +68,7 @@ class Ranks:
 
     def agree(self, error: BaseException | None) -> None:
         """Raise on every rank the first error (in rank order) that any rank met; a barrier."""
-        gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, _portable(error))
-        for r, other in enumerate(gathered):
+        for r, other in enumerate(self.gather(_portable(error))):
             if other is None:
                 continue
             if r == self.rank and error is not None:
@@ -115,7 +114,7 @@ def current_ranks() -> Ranks | None:
     if not dist.is_available():
         return None
     if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if torchrun_place()[1] <= 1:
             return None
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(_leave_group)  # set up here, so taken down here: no abort at exit

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import re
 import traceback
 from collections.abc import Callable
@@ -221,7 +220,9 @@ def main(args: list[str] | None = None) -> int:
     if namespace.command is None:
         parser.print_help()
         return 2
-    if namespace.command != "capture" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from lensprobe.hardware import torchrun_place
+
+    if namespace.command != "capture" and torchrun_place()[1] > 1:
         say(
             f"lensprobe {namespace.command}: error: of the commands only capture runs under "
             "torchrun (its ranks share one store): `torchrun ... -m lensprobe capture --out DIR`, "

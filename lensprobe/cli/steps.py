@@ -48,7 +48,9 @@ def say(text: str, *, err: bool = False) -> None:
 
     Under torchrun only rank 0 prints to stdout: the ranks of one command would say the same.
     """
-    if not err and os.environ.get("RANK", "0") != "0":
+    from lensprobe.hardware import torchrun_place
+
+    if not err and torchrun_place()[0] != 0:
         return
     stream = sys.stderr if err else sys.stdout
     stream.write(text + "\n")
