@@ -190,3 +190,14 @@ def test_commands_other_than_capture_are_refused_under_torchrun(command, monkeyp
     args = {"run": ["--dataset", "x.csv"], "train": ["--acts", "store"], "demo": []}[command]
     assert main([command, *args]) == 2
     assert "only capture runs under torchrun" in capsys.readouterr().err
+
+
+def test_a_rank_with_no_shard_to_compute_still_finishes_the_store(
+    tmp_path, tiny_gemma3_dir, capture_script
+):
+    """Eight short texts make one shard: rank 1 computes nothing, and the store is still whole."""
+    base = [str(capture_script), str(tiny_gemma3_dir), json.dumps(_texts(8, seed=2))]
+    _run([sys.executable, *base, str(tmp_path / "one"), "no"])
+    _run([*TORCHRUN, *base, str(tmp_path / "two"), "no"])
+    assert len(json.loads((tmp_path / "two" / "manifest.json").read_text())["shards"]) == 1
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
