@@ -10,7 +10,10 @@ The same AG News texts (layer ``--layer``'s residual stream, stored in bfloat16)
    (each rank one thread, as torchrun starts them; the single process uses every core), timed
    from the capture's own stats (the slowest rank) and as whole commands (model load included);
    the two stores are compared value for value;
-3. bytes per text of the store.
+3. bytes per text of the store for each keep mode (``capture(..., keep=...)``): every token,
+   the last token, or the pooled vectors (mean, max, last); the hook's files alone and the whole
+   store (token ids, texts and token strings are the same in every mode), with the capture's
+   tokens per second in each mode (one process, fp32 compute).
 
 bfloat16 is fast only where the hardware has it (AMX / AVX-512 BF16 CPUs, CUDA): on other CPUs
 it is emulated and slower than float32, and ``--dtype auto`` (the default) computes in float32.
@@ -136,7 +139,39 @@ def ranks(texts: list[str], hook: str, args: argparse.Namespace, tmp: Path) -> d
         "ranks_equal_values_fraction": float((diff == 0).float().mean()),
         "ranks_max_abs_difference": float(diff.max()),
         "ranks_tokens": stats["1"]["tokens"],
-        "bytes_per_text": {"tokens": _store_bytes(tmp / "ranks-1") / len(texts)},
+    }
+
+
+def keeps(texts: list[str], hook: str, args: argparse.Namespace, tmp: Path) -> dict:
+    """Bytes per text and tokens per second of each keep mode, on the same texts."""
+    from lensprobe.capturing import capture
+    from lensprobe.models import load_model
+    from lensprobe.reduced import KEEPS
+
+    model = load_model("gemma-3-270m", backend="hf", dtype="float32")
+    hook_bytes, store_bytes, rate = {}, {}, {}
+    for keep in KEEPS:
+        out = tmp / f"keep-{keep}"
+        result = capture(
+            model,
+            texts,
+            hook,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            out=out,
+            keep=keep,
+            progress=False,
+        )
+        hook_bytes[keep] = _store_bytes(out / hook) / len(texts)
+        store_bytes[keep] = _store_bytes(out) / len(texts)
+        rate[keep] = result.stats.tokens_per_second
+        print(f"keep={keep}: {hook_bytes[keep]:,.0f} B/text at the hook, {rate[keep]:.0f} tok/s")
+    return {
+        "tokens_per_text": result.stats.n_tokens / len(texts),
+        "bytes_per_text": hook_bytes,
+        "store_bytes_per_text": store_bytes,
+        "tokens_vs_keep_bytes": {k: hook_bytes["tokens"] / hook_bytes[k] for k in KEEPS},
+        "keep_tokens_per_s": rate,
     }
 
 
@@ -156,6 +191,7 @@ def main() -> None:
         tmp = Path(name)
         report = {"n_texts": len(texts), "hook": hook, **dtypes(texts, hook, args, tmp)}
         report.update(ranks(texts, hook, args, tmp))
+        report.update(keeps(texts, hook, args, tmp))
     report["bf16_is_fast_here"] = bf16_is_fast("cpu")
     report["cpu_threads"] = torch.get_num_threads()
     report["load_average"] = os.getloadavg()[0]

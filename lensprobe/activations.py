@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lensprobe._records import check_keys
+from lensprobe._types import KEEPS, Keep
 from lensprobe.errors import InputError, InputIndexError, InputTypeError, UnknownNameError
 
 __all__ = ["Activations", "ActivationsMeta", "CaptureResult", "CaptureStats"]
@@ -74,7 +75,12 @@ class ActivationsMeta:
     class_names: tuple[str, ...] | None = None
     """Name of each label id (``class_names[label]``), when known."""
 
+    keep: Keep = "tokens"
+    """What was kept per text: every token, or pooled vectors (:mod:`lensprobe.reduced`)."""
+
     def __post_init__(self) -> None:
+        if self.keep not in KEEPS:
+            raise InputError(f"keep must be one of {KEEPS}, got {self.keep!r}")
         if self.d_model <= 0:
             raise InputError(f"d_model must be positive, got {self.d_model}")
         if self.padding_side not in ("left", "right"):
@@ -89,6 +95,8 @@ class ActivationsMeta:
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
         out = dataclasses.asdict(self)
+        if self.keep == "tokens":  # the default: records of full captures read as before
+            del out["keep"]
         if self.class_names is not None:
             out["class_names"] = list(self.class_names)
         return out
@@ -551,6 +559,10 @@ class Activations:
         if not parts:
             raise InputError("concat needs at least one Activations")
         _check_concat(parts)
+        return parts[0]._concat_parts(parts, _concat_meta(parts))
+
+    def _concat_parts(self, parts: Sequence[Activations], meta: ActivationsMeta) -> Activations:
+        """:meth:`concat` of checked ``parts`` (this one first) under the merged ``meta``."""
         segments, checks, seg = _merge_segments(parts)
         strs = None
         if all(p.token_strs is not None for p in parts):
@@ -558,8 +570,8 @@ class Activations:
         texts = None
         if all(p.texts is not None for p in parts):
             texts = [t for p in parts for t in p.texts]  # type: ignore[union-attr]
-        return cls.from_segments(
-            _concat_meta(parts),
+        return Activations.from_segments(
+            meta,
             segments,
             seg,
             torch.cat([p._starts for p in parts]),
@@ -659,6 +671,7 @@ _CONCAT_FIELDS = (
     "padding_side",
     "prepend_bos",
     "class_names",
+    "keep",
 )
 """Metadata fields that parts of :meth:`Activations.concat` must share."""
 

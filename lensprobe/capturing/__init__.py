@@ -26,6 +26,9 @@ Details of the arguments:
   the tokenizer a TransformerLens bridge carries adds it as its ``cfg.default_prepend_bos``
   says). Texts are tokenised without special tokens and BOS is then prepended explicitly, so
   every backend sees the same ids. The choice is recorded in the metadata.
+- **keep**: ``"tokens"`` stores every valid token; ``"last"`` each text's last token and
+  ``"pooled"`` its mean, max and last (float32), with the norm of every token, for the pooled
+  probes only, at a few kilobytes per text (:mod:`lensprobe.reduced`).
 - **shard_tokens**: the default, :func:`lensprobe.storage.auto_shard_tokens`, is 1024 to 65536
   tokens, about a thousandth of the capture, so a killed capture keeps all but the shard in
   progress. A store resumed with the default keeps the size it was started with.
@@ -42,6 +45,7 @@ import torch
 
 from lensprobe import backends
 from lensprobe._progress import wanted
+from lensprobe._types import Keep
 from lensprobe.activations import CaptureResult
 from lensprobe.backends import detect_backend
 from lensprobe.capturing.inputs import check_capture_out, check_inputs, check_settings, check_texts
@@ -74,6 +78,7 @@ def capture(
     model_id: str | None = None,
     shard_tokens: int | None = None,
     keep_texts: bool = True,
+    keep: Keep = "tokens",
     progress: bool | None = None,
 ) -> CaptureResult:
     """Capture activations at hook names for a list of texts (details: :mod:`lensprobe.capturing`).
@@ -94,6 +99,8 @@ def capture(
         model_id: Identifier to record; default from the model's config.
         shard_tokens: Tokens per shard of a store (default ``storage.auto_shard_tokens``).
         keep_texts: Keep the texts (and per-token strings) with the activations, for widgets.
+        keep: What to store per text: ``"tokens"`` (every token), ``"last"`` or ``"pooled"``
+            (pooled vectors for the mean / max / last probes; see above).
         progress: Show a progress bar (sequences, tokens/s); None: in a terminal or a notebook,
             not in a script whose stderr goes to a file.
 
@@ -109,7 +116,7 @@ def capture(
         TypeError: A model no backend understands.
     """
     inputs = check_inputs(texts, hooks, labels, class_names, max_length)
-    check_settings(batch_size, max_length, padding_side, dtype, shard_tokens)
+    check_settings(batch_size, max_length, padding_side, dtype, shard_tokens, keep)
     ranks = current_ranks()
     if ranks is not None and out is None:
         raise UsageError(
@@ -125,6 +132,7 @@ def capture(
     tok = _tokenizer(model, tokenizer)
     backends.check_hooks(model, backend, inputs.hooks)  # fail before tokenising
     meta = _recorded_meta(model, backend, tok, model_id, dtype, padding_side, max_length)
+    meta["keep"] = keep
     weights = backends.weights_fingerprint(model, backend) if out is not None else None
     job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype, weights)
     _check_context(job.lengths, backends.context_length(model, backend), max_length)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lensprobe.errors import InputError, InputTypeError
+from lensprobe.reduced import check_keep
 from lensprobe.specs import CAPTURE_MAX_LENGTH
 from lensprobe.storage import check_store_target
 
@@ -92,8 +93,10 @@ def check_settings(
     padding_side: str,
     dtype: torch.dtype,
     shard_tokens: int | None,
+    keep: str = "tokens",
 ) -> None:
     """Refuse capture settings out of range (each error names the setting)."""
+    check_keep(keep)
     if batch_size <= 0:
         raise InputError(f"batch_size must be positive, got {batch_size}")
     if max_length is not None and max_length <= 0:

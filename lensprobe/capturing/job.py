@@ -62,6 +62,11 @@ class CaptureJob:
     (:func:`lensprobe.backends.weights_fingerprint`): part of a store's fingerprint."""
 
     @property
+    def keep(self) -> str:
+        """What the capture stores per text (:data:`lensprobe.reduced.KEEPS`)."""
+        return str(self.base_meta.get("keep", "tokens"))
+
+    @property
     def n(self) -> int:
         """Sequences in the capture."""
         return len(self.lengths)

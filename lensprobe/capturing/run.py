@@ -17,8 +17,9 @@ from lensprobe.activations import ActivationsMeta, CaptureStats
 from lensprobe.backends.core import Runner
 from lensprobe.batching import collate, length_batches
 from lensprobe.capturing.job import CaptureJob
-from lensprobe.capturing.sinks import Sink
+from lensprobe.capturing.sinks import ShardValues, Sink
 from lensprobe.errors import InputError
+from lensprobe.reduced import KEPT_KINDS, pool_batch, pooling_mask, token_norms
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +109,17 @@ def _capture_range(
     stop: int,
     metas: dict[str, ActivationsMeta],
     counters: _Counters,
-) -> dict[str, Tensor]:
-    """Run sequences ``start..stop`` and pack their valid tokens, per hook, in original order.
+) -> dict[str, ShardValues]:
+    """Run sequences ``start..stop`` and keep, per hook, what the capture stores of them.
 
-    ``metas`` gains an entry for every hook on its first batch (its width is known then).
+    That is their packed valid tokens in original order, or (a reduced capture) their pooled
+    vectors and token norms. ``metas`` gains an entry for every hook on its first batch (its width is known then).
     """
     offsets = job.offsets
     first = int(offsets[start])
     n_rows = int(offsets[stop]) - first
-    buffers: dict[str, Tensor] = {}
+    kinds = KEPT_KINDS.get(job.keep, ())
+    buffers: dict[str, dict[str, Tensor]] = {}
     for index in length_batches(job.lengths[start:stop], job.batch_size, start=start):
         t0 = time.perf_counter()
         batch = collate(
@@ -139,11 +142,31 @@ def _capture_range(
                     "(batch, pos, d_model) activations"
                 )
             if hook not in buffers:
-                buffers[hook] = torch.empty(n_rows, a.shape[-1], dtype=job.dtype)
+                buffers[hook] = _buffers(job, n_rows, stop - start, a.shape[-1], kinds)
                 metas[hook] = _hook_meta(job, hook, a.shape[-1], metas.get(hook))
-            buffers[hook][rows] = a[mask].to(device="cpu", dtype=job.dtype)
+            stored = a.to(dtype=job.dtype)  # what a full store holds, which a reduced one pools
+            if not kinds:
+                buffers[hook]["values"][rows] = stored[mask].cpu()
+                continue
+            pool = pooling_mask(mask, job.base_meta["prepend_bos"])
+            buffers[hook]["features"][torch.tensor(index) - start] = pool_batch(
+                stored, pool, kinds
+            ).cpu()
+            buffers[hook]["norms"][rows] = token_norms(stored, mask).cpu()
         counters.add(time.perf_counter() - t0, batch.input_ids.numel(), len(rows), len(index))
-    return buffers
+    return {h: b["values"] if not kinds else b for h, b in buffers.items()}
+
+
+def _buffers(
+    job: CaptureJob, n_rows: int, n_seq: int, width: int, kinds: tuple[str, ...]
+) -> dict[str, Tensor]:
+    """Empty storage of one shard at one hook: its token rows, or its pooled vectors and norms."""
+    if not kinds:
+        return {"values": torch.empty(n_rows, width, dtype=job.dtype)}
+    return {
+        "features": torch.empty(n_seq, len(kinds), width, dtype=torch.float32),
+        "norms": torch.empty(n_rows, dtype=torch.float32),
+    }
 
 
 def _hook_meta(

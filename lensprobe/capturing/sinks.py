@@ -16,6 +16,7 @@ from torch import Tensor
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, CaptureStats
 from lensprobe.capturing.job import CaptureJob
 from lensprobe.errors import InputError
+from lensprobe.reduced import ReducedActivations
 from lensprobe.storage import (
     StoreWriter,
     auto_shard_tokens,
@@ -25,7 +26,11 @@ from lensprobe.storage import (
     token_strs_table,
 )
 
-__all__ = ["MemorySink", "Sink", "StoreSink", "open_sink"]
+__all__ = ["MemorySink", "ShardValues", "Sink", "StoreSink", "open_sink"]
+
+ShardValues = Tensor | dict[str, Tensor]
+"""One hook's part of a shard: its packed token rows, or (a reduced capture) the tensors of
+:meth:`~lensprobe.reduced.ReducedActivations.shard_tensors`."""
 
 
 class Sink(ABC):
@@ -43,7 +48,9 @@ class Sink(ABC):
         """Whether shard ``k`` is already held (and verified), so need not be computed."""
 
     @abstractmethod
-    def write(self, k: int, values: dict[str, Tensor], metas: dict[str, ActivationsMeta]) -> None:
+    def write(
+        self, k: int, values: dict[str, ShardValues], metas: dict[str, ActivationsMeta]
+    ) -> None:
         """Take shard ``k``: its packed activations per hook, and every hook's metadata."""
 
     @abstractmethod
@@ -58,7 +65,7 @@ class MemorySink(Sink):
         """Collect ``job``'s activations in memory."""
         self.job = job
         self.shards = [(0, job.n)]
-        self._values: dict[int, dict[str, Tensor]] = {}
+        self._values: dict[int, dict[str, ShardValues]] = {}
         self._metas: dict[str, ActivationsMeta] = {}
 
     def stored_metas(self) -> dict[str, ActivationsMeta]:
@@ -69,7 +76,9 @@ class MemorySink(Sink):
         """Whether shard ``k`` was written."""
         return k in self._values
 
-    def write(self, k: int, values: dict[str, Tensor], metas: dict[str, ActivationsMeta]) -> None:
+    def write(
+        self, k: int, values: dict[str, ShardValues], metas: dict[str, ActivationsMeta]
+    ) -> None:
         """Keep the activations (``k`` is 0: the one shard)."""
         self._values[k] = values
         self._metas = dict(metas)
@@ -77,18 +86,30 @@ class MemorySink(Sink):
     def finish(self, stats: CaptureStats) -> CaptureResult:
         """One :class:`Activations` per hook over the packed tensors."""
         job = self.job
-        members = {
-            hook: Activations(
-                self._metas[hook],
-                self._values[0][hook],
-                job.offsets,
-                job.token_ids,
-                job.labels,
-                token_strs=job.token_strs,
-                texts=job.texts,
-            )
-            for hook in job.hooks
-        }
+        members: dict[str, Activations] = {}
+        for hook in job.hooks:
+            values = self._values[0][hook]
+            if isinstance(values, Tensor):
+                members[hook] = Activations(
+                    self._metas[hook],
+                    values,
+                    job.offsets,
+                    job.token_ids,
+                    job.labels,
+                    token_strs=job.token_strs,
+                    texts=job.texts,
+                )
+            else:
+                members[hook] = ReducedActivations(
+                    self._metas[hook],
+                    values["features"],
+                    values["norms"],
+                    torch.tensor(job.lengths, dtype=torch.long),
+                    job.token_ids,
+                    job.labels,
+                    token_strs=job.token_strs,
+                    texts=job.texts,
+                )
         return CaptureResult(members, stats=stats, path=None)
 
 
@@ -140,7 +161,9 @@ class StoreSink(Sink):
         """Whether shard ``k`` is on disk and verified."""
         return self.writer.is_done(k)
 
-    def write(self, k: int, values: dict[str, Tensor], metas: dict[str, ActivationsMeta]) -> None:
+    def write(
+        self, k: int, values: dict[str, ShardValues], metas: dict[str, ActivationsMeta]
+    ) -> None:
         """Write shard ``k``'s files, then the manifest entry that makes it count."""
         job = self.job
         start, stop = self.shards[k]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lensprobe._types import Keep
 from lensprobe.cli.parsing import flag
 from lensprobe.models import Backend
 from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH, DEFAULT_PROBES
@@ -175,6 +176,10 @@ class CaptureOptions(SourceOptions):
 
     out: str
     """Directory of the activation store (a killed capture resumes when rerun)."""
+    keep: Keep = "tokens"
+    """What the store keeps per text: every token (tokens), or only the pooled vectors the
+    mean / max / last probes read, at a few KB per text: last (the last token) or pooled (mean,
+    max and last)."""
 
 
 @dataclass(frozen=True, kw_only=True)

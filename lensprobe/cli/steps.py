@@ -421,6 +421,7 @@ def capture_texts(model: Any, ds: Any, hooks: list[str], options: Any, out: str 
         batch_size=options.batch_size,
         dtype=torch.float32 if getattr(options, "dtype", None) == "float32" else torch.bfloat16,
         out=out,
+        keep=getattr(options, "keep", "tokens"),
     )
     stats = getattr(result, "stats", None)
     if stats is not None:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult
 from lensprobe.errors import InputError, StoreCorruptError, StoreError, UnknownNameError
+from lensprobe.reduced import KEPT_KINDS, ReducedActivations
 from lensprobe.storage.files import check_file, read_shard_file
 from lensprobe.storage.manifest import (
     MANIFEST,
@@ -62,6 +63,7 @@ class _Columns:
     starts: list[Tensor]
     segments: dict[str, list[Tensor]]
     checks: dict[str, list[_ShardCheck | None]]
+    reduced: dict[str, list[dict[str, Tensor]]]
 
 
 def load(
@@ -100,26 +102,41 @@ def load(
             f"{len(manifest['plan'])} shards); rerun the same capture(..., out=...) to resume it"
         )
     metas = _hook_metas(path, manifest)
-    cols = _Columns([], [], [], [], [], {h: [] for h in metas}, {h: [] for h in metas})
+    cols = _Columns(
+        [], [], [], [], [], {h: [] for h in metas}, {h: [] for h in metas}, {h: [] for h in metas}
+    )
     for k in range(len(manifest["plan"])):
         _read_shard(path, manifest, k, metas, cols, mmap=mmap, verify=verify)
     token_ids, lengths = torch.cat(cols.token_ids), torch.cat(cols.lengths)
     texts, token_strs = _read_sidecars(path, manifest, token_ids, lengths)
-    members = {
-        h: Activations.from_segments(
+    labels = torch.cat(cols.labels) if manifest["has_labels"] else None
+    members: dict[str, Activations] = {}
+    for h, meta in metas.items():
+        if meta.keep != "tokens":
+            parts = cols.reduced[h]
+            members[h] = ReducedActivations(
+                meta,
+                torch.cat([p["features"] for p in parts]),
+                torch.cat([p["norms"] for p in parts]),
+                lengths,
+                token_ids,
+                labels,
+                token_strs=token_strs,
+                texts=texts,
+            )
+            continue
+        members[h] = Activations.from_segments(
             meta,
             tuple(cols.segments[h]),
             torch.cat(cols.seg),
             torch.cat(cols.starts),
             lengths,
             token_ids,
-            torch.cat(cols.labels) if manifest["has_labels"] else None,
+            labels,
             token_strs,
             texts,
             checks=tuple(cols.checks[h]),
         )
-        for h, meta in metas.items()
-    }
     return CaptureResult(members, path=str(path))
 
 
@@ -209,6 +226,10 @@ def _read_shard(
     eager = verify == "full" or (verify == "lazy" and not mmap)
     for (h, meta), rel in zip(metas.items(), rels[1:], strict=True):
         f, info = path / rel, shard["files"][rel]
+        if meta.keep != "tokens":  # a reduced hook: small, read and hashed now
+            check_file(f, info, fix, full=True)
+            cols.reduced[h].append(_reduced_shard(f, fix, lengths, meta))
+            continue
         if eager:
             check_file(f, info, fix, full=True)
         cols.segments[h].append(_values_shard(f, fix, shard["n_tokens"], meta, mmap=mmap))
@@ -228,6 +249,25 @@ def _values_shard(f: Path, fix: str, n_tokens: int, meta: ActivationsMeta, *, mm
             f"{tuple(v.shape)}, not {meta.dtype} {shape}; {fix}"
         )
     return v
+
+
+def _reduced_shard(f: Path, fix: str, lengths: Tensor, meta: ActivationsMeta) -> dict[str, Tensor]:
+    """The pooled vectors and token norms of one reduced shard, checked against the metadata."""
+    tensors = read_shard_file(f, fix, mmap=False)
+    shapes = {
+        "features": (lengths.numel(), len(KEPT_KINDS[meta.keep]), meta.d_model),
+        "norms": (int(lengths.sum()),),
+    }
+    if set(tensors) != set(shapes):
+        raise StoreCorruptError(f"{f} holds {sorted(tensors)}, not {sorted(shapes)}; {fix}")
+    for name, shape in shapes.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != torch.float32:
+            raise StoreCorruptError(
+                f"{f}: {name} is {str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}, not "
+                f"float32 {shape}; {fix}"
+            )
+    return tensors
 
 
 def _token_shard(

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lensprobe.activations import Activations, ActivationsMeta
 from lensprobe.errors import InputError, OutputPathError, StoreCorruptError, UsageError
+from lensprobe.reduced import ReducedActivations
 from lensprobe.storage.files import file_matches, fsync_dir, json_bytes, write_atomic
 from lensprobe.storage.manifest import (
     FORMAT,
@@ -317,7 +318,7 @@ class StoreWriter:
         token_ids: Tensor,
         lengths: Tensor,
         labels: Tensor | None,
-        values: Mapping[str, Tensor],
+        values: Mapping[str, Tensor | Mapping[str, Tensor]],
         metas: Mapping[str, ActivationsMeta],
     ) -> None:
         """Write shard ``k`` (all its files, then the manifest entry that makes it count).
@@ -327,7 +328,9 @@ class StoreWriter:
             token_ids: Packed token ids of the shard.
             lengths: Tokens of each sequence of the shard.
             labels: Labels of the shard's sequences, if the store has labels.
-            values: Packed activations of the shard for every hook.
+            values: Packed activations of the shard for every hook, or (a reduced capture) its
+                pooled vectors and token norms
+                (:meth:`~lensprobe.reduced.ReducedActivations.shard_tensors`).
             metas: Metadata of every hook.
         """
         start, stop = self.plan[k]
@@ -348,15 +351,9 @@ class StoreWriter:
         files[rel] = write_atomic(self.path / rel, save_safetensors(tensors))
         n_tok = int(lengths.sum())
         for hook, info in self.manifest["hooks"].items():
-            v = values[hook]
-            if v.shape[0] != n_tok:
-                raise InputError(
-                    f"hook {hook!r}: shard {k} has {n_tok} tokens, values {v.shape[0]}"
-                )
+            tensors = _hook_tensors(hook, k, values[hook], lengths)
             rel = f"{info['dir']}/{shard_name(k)}"
-            files[rel] = write_atomic(
-                self.path / rel, save_safetensors({"values": v.detach().cpu().contiguous()})
-            )
+            files[rel] = write_atomic(self.path / rel, save_safetensors(tensors))
             if info["meta"] is None:
                 info["meta"] = metas[hook].to_dict()
         for sub in {Path(r).parent for r in files}:
@@ -376,6 +373,26 @@ class StoreWriter:
             raise UsageError(f"cannot finish the store at {self.path}: shards {missing} missing")
         self.manifest["complete"] = True
         self._write_manifest()
+
+
+def _hook_tensors(
+    hook: str, k: int, values: Tensor | Mapping[str, Tensor], lengths: Tensor
+) -> dict[str, Tensor]:
+    """The tensors of shard ``k``'s file at ``hook``, checked against the shard's sequences."""
+    n_tok, n_seq = int(lengths.sum()), lengths.numel()
+    if isinstance(values, Tensor):
+        values = {"values": values}
+        rows = {"values": n_tok}
+    else:
+        rows = {"features": n_seq, "norms": n_tok}
+    if set(values) != set(rows):
+        raise InputError(f"hook {hook!r}: shard {k} needs {sorted(rows)}, got {sorted(values)}")
+    for name, t in values.items():
+        if t.shape[0] != rows[name]:
+            raise InputError(
+                f"hook {hook!r}: shard {k} has {rows[name]} rows of {name}, got {t.shape[0]}"
+            )
+    return {name: t.detach().cpu().contiguous() for name, t in values.items()}
 
 
 def save(
@@ -419,10 +436,17 @@ def save(
             token_ids=first.token_ids[int(offsets[a]) : int(offsets[b])],
             lengths=first.lengths[a:b],
             labels=None if first.labels is None else first.labels[a:b],
-            values={h: m[a:b].values for h, m in members.items()},
+            values={h: _shard_values(m[a:b]) for h, m in members.items()},
             metas={h: m.meta for h, m in members.items()},
         )
     writer.finish()
+
+
+def _shard_values(acts: Activations) -> Tensor | dict[str, Tensor]:
+    """What a store's file of one hook holds for ``acts``' sequences."""
+    if isinstance(acts, ReducedActivations):
+        return acts.shard_tensors()
+    return acts.values
 
 
 def _check_one_set_of_sequences(members: Mapping[str, Activations]) -> Activations:

@@ -47,6 +47,7 @@ from lensprobe.metrics import (
 )
 from lensprobe.probes import PooledProbe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
+from lensprobe.reduced import ReducedActivations
 from lensprobe.train.budget import MemoryEstimate, check_budget, estimate_training_memory
 from lensprobe.train.checks import check_activations, encode_labels
 from lensprobe.train.config import ProtocolConfig, TrainConfig
@@ -175,6 +176,10 @@ def run_sweep(
     _check_sweep(configs)
     _check_sweep_memory(data, labels, configs, todo, max_memory)
     hooks, labels, classes = _sweep_hooks(data, labels, masks, configs[0])
+    for name, i in todo:  # a reduced capture serves only some kinds: refused before any fit
+        if name in hooks and isinstance(hooks[name].data, ReducedActivations):
+            h = hooks[name]
+            hooks[name].data.check_serves(_probe_config(configs[i], h.d_model, h.n_classes, h.meta))
     streams = {
         name: stream_inputs(
             h.data,
@@ -360,6 +365,8 @@ class _Input:
         None (a padded tensor).
         """
         probe_config = _probe_config(config, hook.d_model, hook.n_classes, hook.meta)
+        if isinstance(hook.data, ReducedActivations):
+            hook.data.check_serves(probe_config)
         if callable(stream):
             stream = stream(hook.data, probe_config)
         x: Tensor | Activations = hook.data if hook.x is None else hook.x

@@ -26,9 +26,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lensprobe.activations import Activations
+from lensprobe.errors import InputError
 from lensprobe.hardware import return_freed_memory
 from lensprobe.probes import PooledProbe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
+from lensprobe.reduced import ReducedActivations, pool_batch, token_norms
 from lensprobe.train.checks import check_finite_chunks
 
 __all__ = ["CHUNK", "Streamed", "stream_inputs"]
@@ -36,16 +38,13 @@ __all__ = ["CHUNK", "Streamed", "stream_inputs"]
 CHUNK = 256
 """Sequences read (and padded) at a time; the same row chunks the in-RAM pooling uses."""
 
-_NORM_ROWS = 32
-"""Sequences whose token norms are taken in float64 at a time (a norm is per token: exact)."""
-
 
 @dataclass(frozen=True)
 class Streamed:
     """What a fit needs of the activations besides its minibatches, read in one pass."""
 
     norms: Float[Tensor, " tokens"]
-    """Float64 norm of every token the probe reads, sequence after sequence."""
+    """Norm of every token the probe reads (float32, taken in float64), sequence after sequence."""
     counts: Int[Tensor, " batch"]
     """Tokens read per sequence (how :attr:`norms` splits into sequences)."""
     d_model: int
@@ -80,39 +79,62 @@ def stream_inputs(
     """Token norms (and pooled features) of ``acts`` for the probe ``config``, in one pass.
 
     Args:
-        acts: The activations, read :data:`CHUNK` sequences at a time.
+        acts: The activations, read :data:`CHUNK` sequences at a time; a reduced capture
+            (:class:`~lensprobe.reduced.ReducedActivations`) gives its stored features and norms.
         config: Which tokens count (:func:`~lensprobe.probes.base.tokens_read`).
         kinds: The probe kinds whose pooled features to keep (default: ``config``'s, when it is
-            pooled); kinds that do not pool are skipped.
+            pooled); kinds that do not pool are skipped, and so are kinds a reduced capture lacks
+            (the protocol refuses those cells before training).
 
     Raises:
-        InputError: A valid token is NaN or infinite (named by row and position).
+        InputError: A valid token (or a reduced capture's feature) is NaN or infinite.
     """
     kinds = [config.kind] if kinds is None else list(dict.fromkeys(kinds))
-    pools = {k: probe_class(k) for k in kinds if issubclass(probe_class(k), PooledProbe)}
+    pooled = [k for k in kinds if issubclass(probe_class(k), PooledProbe)]
+    if isinstance(acts, ReducedActivations):
+        return _stored(acts, config, pooled)
     n = len(acts)
     pos = int(acts.lengths.max())
     check_finite_chunks(_chunks(acts, pos))
-    features: dict[str, list[Tensor]] = {k: [] for k in pools}
+    features: list[Tensor] = []
     norms, counts = [], []
     for _, x, given in _chunks(acts, pos):
         read = tokens_read(config, given)
-        if pools:
-            xf = x.to(torch.float32).masked_fill(~read[..., None], 0.0)
-            for kind, cls in pools.items():
-                features[kind].append(cls.pool(xf, read))  # type: ignore[attr-defined]
-        for i in range(0, x.shape[0], _NORM_ROWS):  # float64 a few rows at a time
-            block = torch.linalg.vector_norm(x[i : i + _NORM_ROWS].double(), dim=-1)
-            norms.append(block[read[i : i + _NORM_ROWS]])
+        if pooled:
+            features.append(pool_batch(x, read, pooled))
+        norms.append(token_norms(x, read))
         counts.append(read.sum(dim=1))
         del x, given, read
         return_freed_memory()  # blocks of varying size: what glibc keeps goes back to the OS
+    stacked = torch.cat(features) if features else torch.empty(n, len(pooled), acts.d_model)
     return Streamed(
         norms=torch.cat(norms),
         counts=torch.cat(counts),
         d_model=acts.d_model,
+        features={k: stacked[:, j : j + 1, :].contiguous() for j, k in enumerate(pooled)},
+    )
+
+
+def _stored(acts: ReducedActivations, config: ProbeConfig, kinds: Sequence[str]) -> Streamed:
+    """What a reduced capture already holds: its features (checked finite) and token norms."""
+    for name, t in (("pooled vector", acts.features), ("token norm", acts.norms)):
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            row = int(bad.reshape(t.shape[0], -1).any(dim=1).nonzero()[0, 0])
+            if t is acts.norms:
+                row = int(torch.searchsorted(acts.offsets, row, right=True)) - 1
+            raise InputError(
+                f"sequence {row} of {acts.meta.hook!r} has a non-finite {name} (NaN or inf): "
+                "the model overflowed in this dtype; capture in float32 or bfloat16"
+            )
+    norms, counts = acts.read_norms(config.exclude_bos)
+    return Streamed(
+        norms=norms,
+        counts=counts,
+        d_model=acts.d_model,
         features={
-            k: torch.cat(v)[:, None, :] if n else torch.empty(0, 1, acts.d_model)
-            for k, v in features.items()
+            k: acts.features[:, acts.kinds.index(k)][:, None, :].contiguous()
+            for k in kinds
+            if k in acts.kinds
         },
     )

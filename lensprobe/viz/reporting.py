@@ -301,6 +301,13 @@ def _entry_section(entry: ReportEntry, k: int, n_tokens: int, batch_size: int) -
         + (" (the test rows)." if rows is not None else ".")
         + "</div>",
     ]
+    if acts.meta.keep != "tokens":  # a reduced capture holds no tokens to show
+        return [
+            *parts,
+            f'<div class="note">This capture kept pooled vectors only (keep='
+            f"'{html.escape(acts.meta.keep)}'), not its tokens: capture with keep='tokens' to "
+            "see the top sequences and the tokens they read.</div>",
+        ]
     top = top_examples(entry.probe, acts, k=k, rows=rows, n_tokens=n_tokens, batch_size=batch_size)
     if isinstance(entry.probe, AttentionProbe):
         ent = attention_entropy(entry.probe, acts, rows=rows, batch_size=batch_size)
