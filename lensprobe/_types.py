@@ -14,8 +14,6 @@ Dimension names (used in every jaxtyping annotation of the package):
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -34,10 +32,4 @@ Labels = Int[Tensor, " batch"]
 ProbeAttention = Float[Tensor, "batch pos probe_head"]
 """Attention of a probe's heads over the positions of each sequence."""
 
-Keep = Literal["tokens", "last", "pooled"]
-"""What a capture stores per text: every token, or pooled vectors (see :mod:`lensprobe.reduced`)."""
-
-KEEPS: tuple[str, ...] = get_args(Keep)
-"""The keep modes, spelled once."""
-
-__all__ = ["KEEPS", "Acts", "Keep", "Labels", "Logits", "Mask", "ProbeAttention"]
+__all__ = ["Acts", "Labels", "Logits", "Mask", "ProbeAttention"]

@@ -25,8 +25,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lensprobe._records import check_keys
-from lensprobe._types import KEEPS, Keep
 from lensprobe.errors import InputError, InputIndexError, InputTypeError, UnknownNameError
+from lensprobe.specs import KEEPS, Keep
 
 __all__ = ["Activations", "ActivationsMeta", "CaptureResult", "CaptureStats"]
 

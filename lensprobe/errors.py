@@ -22,6 +22,7 @@ __all__ = [
     "ModelNotFoundError",
     "OutputPathError",
     "ProbeFileError",
+    "RemoteServiceError",
     "ResultsFileError",
     "StoreCorruptError",
     "StoreError",
@@ -104,6 +105,10 @@ class ResultsFileError(LensprobeError, ValueError):
 
 class MemoryBudgetError(LensprobeError, MemoryError):
     """A run would need more memory than its budget (``max_memory``); raised before any compute."""
+
+
+class RemoteServiceError(LensprobeError, ConnectionError):
+    """A remote service (nnsight's NDIF) could not be reached or did not run the request."""
 
 
 class DiskFullError(LensprobeError, OSError):

@@ -8,13 +8,14 @@ activations at a hook (:func:`edit_activations`; steering and patching build on 
 
 How it works, for every backend:
 
-- *Where*: the backend layer resolves the name (:func:`lensprobe.backends.resolve_hook`): a
-  TransformerLens name to the bridge's ``HookPoint``; on nnsight and Hugging Face models a
-  module's input or output (:mod:`lensprobe.backends.names`; module paths such as
-  ``model.layers.9`` work too). It also installs the reader or editor there
-  (:func:`lensprobe.backends.add_reader`, :func:`~lensprobe.backends.add_editor`): plain PyTorch
-  hooks, registered for the ``with`` block and removed in ``finally``, so they compose with the
-  user's own ``run_with_hooks`` hooks, nnsight traces and ``generate``.
+- *Where*: the model's backend object (:func:`lensprobe.backends.get_backend`) resolves the name
+  (:func:`lensprobe.backends.resolve_hook`): a TransformerLens name to the bridge's
+  ``HookPoint``; on nnsight and Hugging Face models a module's input or output
+  (:mod:`lensprobe.backends.names`; module paths such as ``model.layers.9`` work too). It also
+  installs the reader or editor there (:meth:`~lensprobe.backends.base.Backend.add_reader`,
+  :meth:`~lensprobe.backends.base.Backend.add_editor`): plain PyTorch hooks, registered for the
+  ``with`` block and removed in ``finally``, so they compose with the user's own
+  ``run_with_hooks`` hooks, nnsight traces and ``generate``.
 - *Which tokens are valid*: a pre-hook on the Hugging Face model (the bridge's ``original_model``,
   the module an nnsight wrapper traces) reads the ``attention_mask`` each forward is given, and the
   length of the KV cache. Without a mask every token is valid, except that a TransformerLens bridge
@@ -48,10 +49,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from lensprobe.backends import HookTarget, add_editor, add_reader, resolve_hook
-from lensprobe.backends import hf as hf_backend
-from lensprobe.backends import transformer_lens as tl_backend
-from lensprobe.backends.core import StopForward
+from lensprobe.backends import Backend, HookTarget, backend_named, resolve_hook
+from lensprobe.backends.core import StopForward, cache_length, forward_arguments
 from lensprobe.errors import InputError, InputTypeError, UsageError
 from lensprobe.probes.base import Probe
 
@@ -99,14 +98,17 @@ class _InputTracker:
 
     A forward pre-hook on the model's root reads its token ids (or embeddings), attention mask
     and KV cache; :meth:`info` then tells a hook deeper in the same forward which of the positions
-    it sees are valid and where they sit in the whole sequence.
+    it sees are valid and where they sit in the whole sequence. A pre-hook on the target's
+    wrapper (a TransformerBridge) asks the backend whether that call pads its inputs itself.
     """
 
-    def __init__(self, root: nn.Module | None, bridge: nn.Module | None = None):
-        self.root = root
-        self.bridge = bridge
+    def __init__(self, target: HookTarget, backend: Backend):
+        self.target = target
+        self.backend = backend
+        self.root = target.root
+        self.bridge = target.bridge
         self.current: ForwardInfo | None = None
-        self._pad_from_ids: tuple[str, bool] | None = None
+        self._pad_from_ids: Callable[[Tensor], Tensor] | None = None
 
     def install(self, stack: ExitStack) -> None:
         """Register the hooks; ``stack`` removes them."""
@@ -138,14 +140,14 @@ class _InputTracker:
     # -- hooks ------------------------------------------------------------------------------------
     def _root_pre(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         assert self.root is not None
-        call = hf_backend.forward_arguments(self.root, args, kwargs)
+        call = forward_arguments(self.root, args, kwargs)
         ids, embeds = call.get("input_ids"), call.get("inputs_embeds")
         ref = ids if isinstance(ids, Tensor) else embeds if isinstance(embeds, Tensor) else None
         if ref is None or ref.ndim < 2:
             self.current = None
             return
         batch, new = int(ref.shape[0]), int(ref.shape[1])
-        cached = hf_backend.cache_length(call)
+        cached = cache_length(call)
         mask = call.get("attention_mask")
         if (
             isinstance(mask, Tensor)
@@ -169,7 +171,7 @@ class _InputTracker:
             past = cached or 0
             valid = torch.ones(batch, new, dtype=torch.bool, device=ref.device)
             if self._pad_from_ids is not None and isinstance(ids, Tensor) and past == 0:
-                valid = tl_backend.padding_mask(self.bridge, ids, self._pad_from_ids)  # type: ignore[arg-type]
+                valid = self._pad_from_ids(ids)
         self.current = ForwardInfo(valid, past)
 
     def _root_post(self, *_: Any) -> None:
@@ -179,7 +181,7 @@ class _InputTracker:
         self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         assert self.bridge is not None
-        self._pad_from_ids = tl_backend.text_padding(self.bridge, args, kwargs)
+        self._pad_from_ids = self.backend.call_padding(self.target, args, kwargs)
 
     def _bridge_post(self, *_: Any) -> None:
         self._pad_from_ids = None
@@ -204,7 +206,8 @@ def edit_activations(model: Any, hook: str, fn: EditFn) -> Iterator[HookTarget]:
         The resolved hook. Every hook is removed when the block ends, also on error.
     """
     target = resolve_hook(model, hook)
-    tracker = _InputTracker(target.root, target.bridge)
+    backend = backend_named(target.backend)
+    tracker = _InputTracker(target, backend)
     with ExitStack() as stack:
         tracker.install(stack)
 
@@ -217,7 +220,7 @@ def edit_activations(model: Any, hook: str, fn: EditFn) -> Iterator[HookTarget]:
                 )
             return out
 
-        add_editor(stack, target, apply)
+        backend.add_editor(stack, target, apply)
         yield target
 
 
@@ -434,9 +437,10 @@ def attach(
     elif recorded is not None and recorded != hook:
         logger.warning("probe trained at %r is attached at %r", recorded, hook)
     target = resolve_hook(model, hook)
-    tracker = _InputTracker(target.root, target.bridge)
+    backend = backend_named(target.backend)
+    tracker = _InputTracker(target, backend)
     readout = Readout(probe, hook, stop=stop)
     with ExitStack() as stack:
         tracker.install(stack)
-        add_reader(stack, target, lambda x: readout._observe(x, tracker.info(x)))
+        backend.add_reader(stack, target, lambda x: readout._observe(x, tracker.info(x)))
         yield readout

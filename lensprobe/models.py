@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -188,20 +189,40 @@ def load_model(
     hf.eval()
     if device is not None:
         hf.to(device)
-    if backend == "hf":
-        hf.tokenizer = tok
-        return hf
-    if backend == "nnsight":
-        import nnsight
+    return _WRAPPERS[backend](hf, tok, hub_id)
 
-        # nnsight's language-model wrapper: traces take strings (tokenised and padded by it) as
-        # well as tokenised inputs. Older nnsight has only the generic wrapper.
-        if hasattr(nnsight, "TransformersModel"):
-            return nnsight.TransformersModel(hf, tokenizer=tok)
-        wrapped = nnsight.NNsight(hf)
-        wrapped.tokenizer = tok
-        return wrapped
+
+def _as_hf(hf: Any, tok: Any, hub_id: str) -> Any:
+    """The Hugging Face model itself, its tokenizer attached."""
+    hf.tokenizer = tok
+    return hf
+
+
+def _as_nnsight(hf: Any, tok: Any, hub_id: str) -> Any:
+    """The nnsight language-model wrapper around the Hugging Face model."""
+    import nnsight
+
+    # Traces take strings (tokenised and padded by it) as well as tokenised inputs. Older nnsight
+    # has only the generic wrapper.
+    if hasattr(nnsight, "TransformersModel"):
+        return nnsight.TransformersModel(hf, tokenizer=tok)
+    wrapped = nnsight.NNsight(hf)
+    wrapped.tokenizer = tok
+    return wrapped
+
+
+def _as_transformer_lens(hf: Any, tok: Any, hub_id: str) -> Any:
+    """A TransformerBridge around the Hugging Face model."""
     from transformer_lens.model_bridge import TransformerBridge
 
     # TransformerBridge needs a tokenizer read from disk; one built in memory makes it ask the hub.
     return TransformerBridge.boot_transformers(hub_id, hf_model=hf, tokenizer=tok)
+
+
+_WRAPPERS: dict[str, Callable[[Any, Any, str], Any]] = {
+    "hf": _as_hf,
+    "nnsight": _as_nnsight,
+    "transformer_lens": _as_transformer_lens,
+}
+"""How :func:`load_model` hands a loaded Hugging Face model (and its tokenizer, hub id) to each
+backend."""

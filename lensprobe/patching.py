@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lensprobe.backends import detect_backend, forward_tokens, input_device
+from lensprobe.backends import get_backend
 from lensprobe.batching import token_strings, tokenize
 from lensprobe.errors import InputError
 from lensprobe.hooks import ForwardInfo, attach, edit_activations
@@ -180,9 +180,9 @@ def _positions(positions: Sequence[int] | None, n: int) -> Tensor:
 
 def _read(model: Any, probe: Probe, hook: str, probe_hook: str, ids: Tensor, edit: Any) -> Tensor:
     """The probe's logits on ``ids (batch, pos)`` with ``edit`` at ``hook``; stops at its hook."""
-    backend = detect_backend(model)
+    backend = get_backend(model)
     with edit_activations(model, hook, edit), attach(model, probe, probe_hook, stop=True) as r:
-        forward_tokens(model, backend, ids)
+        backend.forward_tokens(model, ids)
     return r.logits
 
 
@@ -285,7 +285,7 @@ def patch_positions(
     hook, probe_hook = _hook_names(probe, hook, probe_hook)
     if batch_size <= 0:
         raise InputError(f"batch_size must be positive, got {batch_size}")
-    device = input_device(model, detect_backend(model))
+    device = get_backend(model).input_device(model)
     clean_ids, corrupt_ids, strs = _token_pair(model, clean, corrupted, tokenizer, prepend_bos)
     pos = _positions(positions, clean_ids.numel())
     clean_ids, corrupt_ids = clean_ids.to(device), corrupt_ids.to(device)

@@ -13,9 +13,9 @@ of bfloat16 values is no bfloat16 value) and the float32 norm of every token (th
 scale is the median token norm of the training rows, so a reduced store needs the norms to scale
 its inputs as the full store does). The tokens are rounded to the capture's storage dtype
 (``dtype=``) before pooling, exactly as a full store holds them, and pooled by the one function
-the protocol's streaming pass uses (:func:`pool_batch`), so a probe trained on a reduced capture
-equals the probe trained on the full capture (tests/test_reduced.py). :func:`reduce` reduces a
-full capture afterwards.
+the protocol's streaming pass uses (:func:`lensprobe.pooling.pool_all`), so a probe trained on a
+reduced capture equals the probe trained on the full capture (tests/test_reduced.py).
+:func:`reduce` reduces a full capture afterwards.
 
 The BOS rule: mean and max pool without the BOS token when the capture prepended one (the
 protocol's ``bos="auto"``), since a BOS residual is the same for every text and in Gemma dwarfs
@@ -33,22 +33,19 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from lensprobe._types import KEEPS, Keep
 from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, Index, _as_index
 from lensprobe.activations import _row_index as row_index
 from lensprobe.errors import InputError
-from lensprobe.probes.base import without_first_token
+from lensprobe.pooling import pool_all, token_norms, without_first_token
+from lensprobe.specs import KEEPS, Keep
 
 if TYPE_CHECKING:
     from lensprobe.probes import ProbeConfig
 
-__all__ = ["KEEPS", "KEPT_KINDS", "Keep", "ReducedActivations", "pool_batch", "reduce"]
+__all__ = ["KEEPS", "KEPT_KINDS", "Keep", "ReducedActivations", "reduce"]
 
 KEPT_KINDS: dict[str, tuple[str, ...]] = {"last": ("last",), "pooled": ("mean", "max", "last")}
 """Reduced keep mode -> the pooled kinds it stores, in the order of ``features``' kind axis."""
-
-_NORM_ROWS = 32
-"""Sequences whose token norms are taken in float64 at a time (a norm is per token: exact)."""
 
 _CHUNK = 256
 """Sequences :func:`reduce` pads at a time."""
@@ -59,41 +56,6 @@ def check_keep(keep: Any) -> Keep:
     if keep not in KEEPS:
         raise InputError(f"keep must be one of {KEEPS}, got {keep!r}")
     return keep  # type: ignore[no-any-return]
-
-
-def pool_batch(
-    x: Float[Tensor, "batch pos d_model"],
-    mask: Bool[Tensor, "batch pos"],
-    kinds: Sequence[str],
-) -> Float[Tensor, "batch kind d_model"]:
-    """Each sequence's pooled vector per kind (``mean`` / ``last`` / ``max``), in float32.
-
-    ``mask`` is the tokens to pool (the BOS rule already applied); ``x`` may hold anything at the
-    other positions (padding). The one pooling of the capture, :func:`reduce` and the protocol's
-    streaming pass, so their features agree.
-    """
-    from lensprobe.probes import probe_class
-
-    xf = x.to(torch.float32).masked_fill(~mask[..., None], 0.0)
-    pooled = [probe_class(k).pool(xf, mask) for k in kinds]  # type: ignore[attr-defined]
-    if not pooled:
-        return xf.new_zeros(x.shape[0], 0, x.shape[-1])
-    return torch.stack(pooled, dim=1)
-
-
-def token_norms(
-    x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
-) -> Float[Tensor, " tokens"]:
-    """The norm of every token of ``mask`` (in ``x[mask]`` order), taken in float64, as float32.
-
-    Float64 because a float32 sum of squares overflows at entries of ~1e19; float32 after, which
-    holds any such norm and halves what a reduced store keeps per token.
-    """
-    out = [
-        torch.linalg.vector_norm(x[i : i + _NORM_ROWS].double(), dim=-1)[mask[i : i + _NORM_ROWS]]
-        for i in range(0, x.shape[0], _NORM_ROWS)
-    ]
-    return torch.cat(out).float() if out else torch.empty(0)
 
 
 def pooling_mask(mask: Bool[Tensor, "batch pos"], prepend_bos: bool) -> Bool[Tensor, "batch pos"]:
@@ -307,8 +269,8 @@ def reduce(
     features, norms = [], []
     for start in range(0, len(acts), _CHUNK):
         x, mask = acts.pad(torch.arange(start, min(start + _CHUNK, len(acts))), dtype=acts.dtype)
-        features.append(pool_batch(x, pooling_mask(mask, acts.meta.prepend_bos), kinds))
-        norms.append(token_norms(x, mask))
+        features.append(pool_all(x, pooling_mask(mask, acts.meta.prepend_bos), kinds))
+        norms.append(token_norms(x)[mask])
         del x
     d = acts.d_model
     return ReducedActivations(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from lensprobe.errors import InputError
 
@@ -21,9 +21,17 @@ __all__ = [
     "CAPTURE_BATCH_SIZE",
     "CAPTURE_MAX_LENGTH",
     "DEFAULT_PROBES",
+    "KEEPS",
+    "Keep",
     "ProbeSpec",
     "parse_probes",
 ]
+
+Keep = Literal["tokens", "last", "pooled"]
+"""What a capture stores per text: every token, or pooled vectors (see :mod:`lensprobe.reduced`)."""
+
+KEEPS: tuple[str, ...] = get_args(Keep)
+"""The keep modes, spelled once."""
 
 DEFAULT_PROBES: tuple[str, ...] = ("attention-1", "attention-2", "attention-8", "mean", "last")
 """The probes of the study's comparison."""

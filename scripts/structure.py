@@ -23,11 +23,12 @@ PACKAGE = ROOT / "lensprobe"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("_types", "_records", "_progress", "hardware"),
-    ("metrics", "models", "specs"),
+    ("metrics", "models", "specs", "pooling"),
     ("batching",),
     ("activations",),
     ("backends",),
     ("probes",),
+    ("reduced",),
     ("data",),
     ("storage",),
     ("capturing",),

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from lensprobe.analysis.inputs import evaluating, probe_device_dtype
 from lensprobe.errors import InputTypeError
+from lensprobe.pooling import last_index
 from lensprobe.probes import AttentionProbe, LastTokenProbe, MaxProbe, MeanProbe, Probe
 from lensprobe.probes.base import check_inputs
-from lensprobe.probes.pooled import last_index
 
 __all__ = ["head_contributions", "token_contributions"]
 

@@ -1,8 +1,10 @@
 """Model backends: where a hook name reads and edits on TransformerLens, nnsight and Hugging Face models.
 
-This package alone turns a hook name into "where to read / where to edit". :func:`detect_backend`
-tells which adapter runs a model; each adapter module (:mod:`.hf`, :mod:`.nnsight`,
-:mod:`.transformer_lens`) holds that backend's knowledge:
+This package alone turns a hook name into "where to read / where to edit". Each backend is one
+object, a :class:`~.base.Backend`, defined in the module named after it (:mod:`.hf`,
+:mod:`.nnsight`, :mod:`.transformer_lens`; one per name of :data:`lensprobe.models.BACKENDS`).
+:func:`get_backend` picks the one that runs a model, :func:`backend_named` the one a name
+recorded. The functions below are what capture, ``attach``, steering and patching call:
 
 - *capture*: :func:`open_runner` opens a :class:`~.core.Runner` for a list of hook names;
 - *attach / edit*: :func:`resolve_hook` gives a :class:`~.core.HookTarget`, on which
@@ -15,49 +17,84 @@ tells which adapter runs a model; each adapter module (:mod:`.hf`, :mod:`.nnsigh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import importlib
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lensprobe.backends import hf as hf_backend
-from lensprobe.backends import nnsight as nnsight_backend
-from lensprobe.backends import transformer_lens as tl_backend
-from lensprobe.backends.core import BackendName, HookTarget, Runner, StopForward, model_device
-from lensprobe.backends.names import resolve_sites
-from lensprobe.errors import InputTypeError
-from lensprobe.models import display_name
+from lensprobe.backends.base import Backend
+from lensprobe.backends.core import BackendName, HookTarget, Reduction, Runner
+from lensprobe.errors import InputError, InputTypeError
+from lensprobe.models import BACKENDS
 
 __all__ = [
+    "Backend",
     "BackendName",
     "HookTarget",
     "add_editor",
     "add_reader",
+    "backend_named",
     "check_hooks",
+    "context_length",
     "detect_backend",
     "forward_tokens",
+    "get_backend",
     "hf_module",
     "input_device",
     "model_id",
     "open_runner",
+    "registry",
+    "remote_scope",
     "resolve_hook",
+    "weights_fingerprint",
 ]
 
 
-def detect_backend(model: Any) -> BackendName:
-    """Which backend runs ``model``.
+@functools.cache
+def registry() -> Mapping[BackendName, Backend]:
+    """One object per backend, by name, in the order :func:`get_backend` asks them.
+
+    For each name of :data:`lensprobe.models.BACKENDS`, the one :class:`~.base.Backend`
+    subclass defined in ``lensprobe/backends/<name>.py`` (its modules are imported here, on first
+    use).
+
+    Raises:
+        RuntimeError: A backend module defines no such class, several, or one of another name.
+    """
+    found: dict[BackendName, Backend] = {}
+    for name in BACKENDS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        classes = [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type)
+            and issubclass(obj, Backend)
+            and obj.__module__ == module.__name__
+        ]
+        if len(classes) != 1 or classes[0].name != name:
+            raise RuntimeError(
+                f"{module.__name__} must define one Backend subclass named {name!r}, found "
+                f"{[(c.__name__, getattr(c, 'name', None)) for c in classes]}"
+            )
+        found[name] = classes[0]()  # type: ignore[index]
+    ordered = sorted(found.items(), key=lambda item: item[1].detect_order)
+    return MappingProxyType(dict(ordered))
+
+
+def get_backend(model: Any) -> Backend:
+    """The backend that runs ``model`` (each asked in turn whether it :meth:`~.base.Backend.handles` it).
 
     Raises:
         TypeError: For a model no backend understands (the message says what to pass).
     """
-    if nnsight_backend.is_nnsight_model(model):
-        return "nnsight"
-    if tl_backend.is_transformer_lens_model(model):
-        return "transformer_lens"
-    if isinstance(model, nn.Module) and hasattr(getattr(model, "config", None), "model_type"):
-        return "hf"
+    for backend in registry().values():
+        if backend.handles(model):
+            return backend
     raise InputTypeError(
         f"capture() cannot run a {type(model).__module__}.{type(model).__name__}: pass a "
         "TransformerLens TransformerBridge (or HookedRootModule), an nnsight model "
@@ -66,89 +103,79 @@ def detect_backend(model: Any) -> BackendName:
     )
 
 
+def backend_named(name: str) -> Backend:
+    """The backend of a recorded name (``"hf"``, ``"nnsight"``, ``"transformer_lens"``).
+
+    Raises:
+        ValueError: No backend has that name.
+    """
+    backend = registry().get(name)  # type: ignore[call-overload]
+    if backend is None:
+        raise InputError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    return backend
+
+
+def detect_backend(model: Any) -> BackendName:
+    """Which backend runs ``model`` (the name of :func:`get_backend`'s choice).
+
+    Raises:
+        TypeError: For a model no backend understands (the message says what to pass).
+    """
+    return get_backend(model).name
+
+
 def hf_module(model: Any, backend: BackendName) -> nn.Module | None:
     """The Hugging Face module under ``model`` (None for a TransformerLens model without one)."""
-    if backend == "nnsight":
-        return nnsight_backend.underlying_module(model)
-    if backend == "transformer_lens":
-        return tl_backend.underlying_hf(model)
-    return model
+    return backend_named(backend).hf_module(model)
 
 
 def weights_fingerprint(model: Any, backend: BackendName) -> dict[str, str]:
     """What tells this model's weights from others', cheaply (for a store's fingerprint).
 
-    ``compute_dtype``: the dtype of the first floating-point parameter. ``weights_sha256``: a
-    digest of every tensor's name, shape and dtype and of up to 64 evenly spaced entries of each
-    (a fine-tune or another checkpoint in the same folder changes it; reading them costs
-    microseconds; weights a device map offloaded to disk count by name, shape and dtype only).
-    Empty for a model without a torch module.
+    See :meth:`.base.Backend.weights_fingerprint`.
     """
-    import hashlib
-
-    module = hf_module(model, backend)
-    if module is None and isinstance(model, nn.Module):
-        module = model
-    if module is None:
-        return {}
-    h = hashlib.sha256()
-    compute = None
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            if compute is None and t.is_floating_point():
-                compute = str(t.dtype).removeprefix("torch.")
-            flat = t.detach().reshape(-1)  # weights offloaded by a device map are meta: no data
-            if flat.numel() and not flat.is_meta:
-                sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", copy=True)
-                if sample.dtype == torch.bool:
-                    sample = sample.to(torch.uint8)
-                h.update(sample.contiguous().view(torch.uint8).numpy().tobytes())
-    return {"compute_dtype": compute or "none", "weights_sha256": h.hexdigest()}
+    return backend_named(backend).weights_fingerprint(model)
 
 
 def context_length(model: Any, backend: BackendName) -> int | None:
     """The most positions the model was built for (None when its config does not say)."""
-    if backend == "transformer_lens":
-        n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-        if isinstance(n_ctx, int) and n_ctx > 0:
-            return n_ctx
-    config = getattr(hf_module(model, backend), "config", None)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return backend_named(backend).context_length(model)
 
 
 def model_id(model: Any, backend: BackendName) -> str:
     """A short model name for metadata (the checkpoint's name, else the class name)."""
-    module = hf_module(model, backend)
-    path = getattr(getattr(module, "config", None), "name_or_path", "") or ""
-    if not path and backend == "transformer_lens":
-        path = getattr(getattr(model, "cfg", None), "model_name", "") or ""
-    return display_name(str(path)) or type(module or model).__name__
+    return backend_named(backend).model_id(model)
 
 
 def open_runner(
-    model: Any, backend: BackendName, hooks: Sequence[str]
+    model: Any,
+    backend: BackendName,
+    hooks: Sequence[str],
+    *,
+    remote: bool | str = False,
+    reduction: Reduction | None = None,
 ) -> AbstractContextManager[Runner]:
-    """A runner that reads ``hooks`` from ``model`` through its backend's adapter."""
-    if backend == "nnsight":
-        return nnsight_backend.open_runner(model, hooks)
-    if backend == "transformer_lens":
-        return tl_backend.open_runner(model, hooks)
-    return hf_backend.open_runner(model, hooks)
+    """A runner that reads ``hooks`` from ``model`` through its backend.
+
+    ``remote``: run the forwards on a remote service, where ``reduction`` (required then) is
+    computed so only what the capture keeps comes back.
+    """
+    if remote:
+        assert reduction is not None
+        return backend_named(backend).open_remote_runner(model, hooks, remote, reduction)
+    return backend_named(backend).open_runner(model, hooks)
+
+
+def remote_scope(
+    model: Any, backend: BackendName, remote: bool | str
+) -> AbstractContextManager[None]:
+    """The scope of a capture run remotely (see :meth:`.base.Backend.remote_scope`)."""
+    return backend_named(backend).remote_scope(model, remote)
 
 
 def check_hooks(model: Any, backend: BackendName, hooks: Sequence[str]) -> None:
     """Raise :class:`~.names.UnknownHookError` (with the nearest names) for a hook ``model`` lacks."""
-    if backend == "transformer_lens":
-        tl_backend.check_hooks(model, hooks)
-        return
-    module = hf_module(model, backend)
-    assert module is not None
-    resolve_sites(module, hooks)
+    backend_named(backend).check_hooks(model, hooks)
 
 
 def resolve_hook(model: Any, hook: str) -> HookTarget:
@@ -172,12 +199,7 @@ def resolve_hook(model: Any, hook: str) -> HookTarget:
         raise InputTypeError(
             f"hook must be a hook name such as 'blocks.9.hook_resid_post', got {hook!r}"
         )
-    backend = detect_backend(model)
-    if backend == "transformer_lens":
-        return tl_backend.resolve_target(model, hook)
-    if backend == "nnsight":
-        return nnsight_backend.resolve_target(model, hook)
-    return hf_backend.resolve_target(model, hook)
+    return get_backend(model).resolve_hook(model, hook)
 
 
 def add_reader(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], None]) -> None:
@@ -185,10 +207,7 @@ def add_reader(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], None
 
     ``stack`` removes the hooks when it closes.
     """
-    if target.backend == "transformer_lens":
-        tl_backend.add_reader(stack, target.module, fn)
-    else:
-        hf_backend.add_reader(stack, target.module, target.side, fn)
+    backend_named(target.backend).add_reader(stack, target, fn)
 
 
 def add_editor(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], Tensor]) -> None:
@@ -196,17 +215,12 @@ def add_editor(stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], Tens
 
     ``stack`` removes the hooks when it closes.
     """
-    if target.backend == "transformer_lens":
-        tl_backend.add_editor(stack, target.module, fn)
-    else:
-        hf_backend.add_editor(stack, target.module, target.side, fn, name=target.name)
+    backend_named(target.backend).add_editor(stack, target, fn)
 
 
 def input_device(model: Any, backend: BackendName) -> torch.device:
     """Where ``model`` wants its token ids."""
-    module = model if backend == "transformer_lens" else hf_module(model, backend)
-    assert module is not None
-    return model_device(module)
+    return backend_named(backend).input_device(model)
 
 
 def forward_tokens(model: Any, backend: BackendName, ids: Tensor) -> None:
@@ -214,13 +228,4 @@ def forward_tokens(model: Any, backend: BackendName, ids: Tensor) -> None:
 
     A hook that ends it early with :class:`~.core.StopForward` ends it quietly.
     """
-    try:
-        with torch.no_grad():
-            if backend == "transformer_lens":
-                tl_backend.forward_tokens(model, ids)
-            else:
-                module = hf_module(model, backend)
-                assert module is not None
-                hf_backend.forward_tokens(module, ids)
-    except StopForward:
-        pass
+    backend_named(backend).forward_tokens(model, ids)

@@ -5,12 +5,17 @@
 - :func:`first_tensor` / :func:`replace_first` read and replace the activation in a module's
   output; :func:`input_tensor` / :func:`replace_input` in its call's arguments. Capture, readers
   and editors of every backend go through these, so they agree on what a name reads.
+- :func:`forward_arguments` and :func:`cache_length`: what a Hugging Face forward was given (ids,
+  mask, KV cache), from which a readout tells the valid tokens and the cached prefix; every
+  backend's model runs one underneath.
 - :class:`StopForward` ends a forward from inside a hook; :func:`eval_mode` and
   :func:`model_device` are shared by the adapters.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,12 +30,15 @@ from lensprobe.errors import InputTypeError
 from lensprobe.models import Backend
 
 __all__ = [
+    "CACHE_ARGS",
     "BackendName",
     "HookTarget",
     "Runner",
     "StopForward",
+    "cache_length",
     "eval_mode",
     "first_tensor",
+    "forward_arguments",
     "input_tensor",
     "model_device",
     "replace_first",
@@ -51,11 +59,25 @@ class Runner:
     backend: str
     """Backend name recorded in the metadata."""
 
-    run: Callable[[Batch], dict[str, Tensor]]
-    """Runs one batch and returns hook name -> ``(batch, pos, d_model)`` activations."""
+    run: Callable[[Batch], dict[str, Tensor | dict[str, Tensor]]]
+    """Runs one batch and returns hook name -> ``(batch, pos, d_model)`` activations, or (a
+    remote runner) what the capture keeps of them, computed where the model ran
+    (:func:`lensprobe.backends.shipped.reduce_site`)."""
 
     device: torch.device
     """Where the model wants its inputs."""
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What a capture keeps of each hooked activation (see :mod:`lensprobe.reduced`)."""
+
+    kinds: tuple[str, ...]
+    """Pooled kinds to keep per sequence; empty: every token."""
+    drop_first: bool
+    """Pool without each sequence's first token (a prepended BOS; one token alone is kept)."""
+    dtype: torch.dtype
+    """Storage dtype the activations are rounded to (before any pooling)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +173,69 @@ def replace_input(
     if key == 0:
         return (fn(args[0]), *args[1:]), kwargs
     return args, {**kwargs, str(key): fn(kwargs[key])}
+
+
+CACHE_ARGS = ("cache", "past_key_values", "past_key_value")
+"""Names a Hugging Face forward has given its KV cache: ``cache`` (transformers >= 5.2x, which
+deprecates the older ``past_key_values``) and the older spellings."""
+
+
+def cache_length(call: dict[str, Any]) -> int | None:
+    """Tokens in the KV cache before a forward, or ``None`` when the call says nothing about it.
+
+    ``call`` is the forward's bound arguments. The cache is read wherever this transformers
+    version passes it (:data:`CACHE_ARGS`); a ``Cache`` object tells its length, a legacy tuple
+    of per-layer ``(key, value)`` tensors its key length, and ``cache_position`` (older versions)
+    its first position.
+    """
+    for name in CACHE_ARGS:
+        cache = call.get(name)
+        if cache is None:
+            continue
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        try:  # legacy tuple of (key, value) per layer
+            return int(cache[0][0].shape[-2])
+        except (TypeError, IndexError, AttributeError, KeyError):
+            continue
+    position = call.get("cache_position")
+    if isinstance(position, Tensor) and position.numel():
+        return int(position.flatten()[0])
+    return None
+
+
+@functools.cache
+def _forward_signature(cls: type) -> inspect.Signature | None:
+    try:
+        return inspect.signature(cls.forward)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+
+
+def forward_arguments(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """A forward call's arguments by name (``input_ids``, ``attention_mask``, the cache...).
+
+    Bound to the module's ``forward`` signature (``**kwargs`` flattened in); without a usable
+    signature, the keywords and the first positional argument as ``input_ids``.
+    """
+    signature = _forward_signature(type(module))
+    if signature is not None:
+        try:
+            bound = signature.bind_partial(module, *args, **kwargs)
+        except TypeError:
+            pass
+        else:
+            out = dict(bound.arguments)
+            for name, param in signature.parameters.items():
+                if param.kind is inspect.Parameter.VAR_KEYWORD and name in out:
+                    out.update(out.pop(name))
+            return out
+    out = dict(kwargs)
+    if args:
+        out.setdefault("input_ids", args[0])
+    return out
 
 
 def model_device(module: nn.Module) -> torch.device:

@@ -1,17 +1,16 @@
 """Plain Hugging Face models: reading and editing a hook name with PyTorch hooks.
 
-Hook names are translated to module sites by :mod:`lensprobe.backends.names`; a site is a module's
-first input or its output, read and replaced with :mod:`lensprobe.backends.core`'s helpers.
+:class:`HFBackend` is the backend object. Hook names are translated to module sites by
+:mod:`lensprobe.backends.names`; a site is a module's first input or its output, read and replaced
+with :mod:`lensprobe.backends.core`'s helpers.
 
-- *Capture* (:func:`open_runner`): one reader per site (the same :func:`add_reader` that attach
-  uses) stores its tensor; the one that completes the set raises :class:`StopForward`, so nothing
-  after the deepest site runs (in particular not the unembedding). Hooks are registered for the
-  whole capture and removed in ``finally``.
+- *Capture* (:meth:`HFBackend.open_runner`): one reader per site (the same :func:`add_reader`
+  that attach uses) stores its tensor; the one that completes the set raises
+  :class:`StopForward`, so nothing after the deepest site runs (in particular not the
+  unembedding). Hooks are registered for the whole capture and removed in ``finally``.
 - *Attach / edit* (:func:`resolve_target`, :func:`add_reader`, :func:`add_editor`): a name resolves
   to a :class:`HookTarget`, on which a reader or an editor is installed for a ``with`` block.
   The nnsight backend resolves on the module it wraps and reuses all of this.
-- *Forward inputs* (:func:`forward_arguments`, :func:`cache_length`): what a forward was given
-  (ids, mask, KV cache), from which a readout tells the valid tokens and the cached prefix.
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from lensprobe.backends.base import Backend
 from lensprobe.backends.core import (
     BackendName,
     HookTarget,
@@ -42,80 +42,15 @@ from lensprobe.batching import Batch
 from lensprobe.errors import InputTypeError, UsageError
 
 __all__ = [
-    "CACHE_ARGS",
+    "HFBackend",
     "add_editor",
     "add_reader",
-    "cache_length",
-    "forward_arguments",
     "forward_kwargs",
     "forward_tokens",
-    "open_runner",
     "resolve_target",
     "site_hooks",
     "site_order",
 ]
-
-CACHE_ARGS = ("cache", "past_key_values", "past_key_value")
-"""Names a Hugging Face forward has given its KV cache: ``cache`` (transformers >= 5.2x, which
-deprecates the older ``past_key_values``) and the older spellings."""
-
-
-def cache_length(call: dict[str, Any]) -> int | None:
-    """Tokens in the KV cache before a forward, or ``None`` when the call says nothing about it.
-
-    ``call`` is the forward's bound arguments. The cache is read wherever this transformers
-    version passes it (:data:`CACHE_ARGS`); a ``Cache`` object tells its length, a legacy tuple
-    of per-layer ``(key, value)`` tensors its key length, and ``cache_position`` (older versions)
-    its first position.
-    """
-    for name in CACHE_ARGS:
-        cache = call.get(name)
-        if cache is None:
-            continue
-        if hasattr(cache, "get_seq_length"):
-            return int(cache.get_seq_length())
-        try:  # legacy tuple of (key, value) per layer
-            return int(cache[0][0].shape[-2])
-        except (TypeError, IndexError, AttributeError, KeyError):
-            continue
-    position = call.get("cache_position")
-    if isinstance(position, Tensor) and position.numel():
-        return int(position.flatten()[0])
-    return None
-
-
-@functools.cache
-def _forward_signature(cls: type) -> inspect.Signature | None:
-    try:
-        return inspect.signature(cls.forward)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return None
-
-
-def forward_arguments(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    """A forward call's arguments by name (``input_ids``, ``attention_mask``, the cache...).
-
-    Bound to the module's ``forward`` signature (``**kwargs`` flattened in); without a usable
-    signature, the keywords and the first positional argument as ``input_ids``.
-    """
-    signature = _forward_signature(type(module))
-    if signature is not None:
-        try:
-            bound = signature.bind_partial(module, *args, **kwargs)
-        except TypeError:
-            pass
-        else:
-            out = dict(bound.arguments)
-            for name, param in signature.parameters.items():
-                if param.kind is inspect.Parameter.VAR_KEYWORD and name in out:
-                    out.update(out.pop(name))
-            return out
-    out = dict(kwargs)
-    if args:
-        out.setdefault("input_ids", args[0])
-    return out
 
 
 def forward_kwargs(module: nn.Module, batch: Batch) -> dict[str, Any]:
@@ -178,36 +113,6 @@ def site_order(module: nn.Module, sites: Sequence[Site], batch: Batch) -> list[S
     if missing:
         raise UsageError(f"the forward never reached {[s.path for s in missing]}")
     return order
-
-
-@contextmanager
-def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
-    """Hooks on a Hugging Face model for the duration of a capture.
-
-    Args:
-        model: A Hugging Face ``PreTrainedModel`` (or any module with the same forward keywords).
-        hooks: Hook names (TransformerLens names of the model's family, or module paths).
-
-    Yields:
-        A :class:`Runner`.
-    """
-    sites = resolve_sites(model, hooks)
-    distinct = list(dict.fromkeys(sites.values()))
-    with eval_mode(model), site_hooks(model, distinct) as store:
-
-        def run(batch: Batch) -> dict[str, Tensor]:
-            store.clear()
-            with torch.no_grad():
-                try:
-                    model(**forward_kwargs(model, batch))
-                except StopForward:
-                    pass
-            missing = [s.path for s in distinct if s not in store]
-            if missing:
-                raise UsageError(f"the forward never reached {missing}")
-            return {hook: store[site] for hook, site in sites.items()}
-
-        yield Runner(backend="hf", run=run, device=model_device(model))
 
 
 def forward_tokens(module: nn.Module, ids: Tensor) -> None:
@@ -311,3 +216,79 @@ def add_editor(
 
         handle = module.register_forward_hook(edit_output)
     stack.callback(handle.remove)
+
+
+class HFBackend(Backend):
+    """A plain Hugging Face model (``PreTrainedModel``), read and edited with PyTorch hooks."""
+
+    name: ClassVar[BackendName] = "hf"
+    detect_order: ClassVar[int] = 2  # any module with a config: after the wrappers
+
+    @classmethod
+    def handles(cls, model: Any) -> bool:
+        """A torch module with a Hugging Face ``config`` (one that names its ``model_type``)."""
+        return isinstance(model, nn.Module) and hasattr(
+            getattr(model, "config", None), "model_type"
+        )
+
+    def hf_module(self, model: Any) -> nn.Module | None:
+        """The model itself."""
+        return model
+
+    def resolve_hook(self, model: Any, hook: str) -> HookTarget:
+        """Where ``hook`` reads: a site of the Hugging Face module (a table name or a module path).
+
+        Raises:
+            lensprobe.backends.names.UnknownHookError: No such name (nearest names listed).
+        """
+        module = self.hf_module(model)
+        assert module is not None
+        return resolve_target(module, hook, backend=self.name)
+
+    def add_reader(
+        self, stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], None]
+    ) -> None:
+        """A PyTorch hook at the target module's input or output (see :func:`add_reader`)."""
+        add_reader(stack, target.module, target.side, fn)
+
+    def add_editor(
+        self, stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], Tensor]
+    ) -> None:
+        """A PyTorch hook at the target module's input or output (see :func:`add_editor`)."""
+        add_editor(stack, target.module, target.side, fn, name=target.name)
+
+    def forward(self, model: Any, ids: Tensor) -> None:
+        """A forward of the Hugging Face module (see :func:`forward_tokens`)."""
+        module = self.hf_module(model)
+        assert module is not None
+        forward_tokens(module, ids)
+
+    @contextmanager
+    def open_runner(self, model: Any, hooks: Sequence[str]) -> Iterator[Runner]:
+        """Hooks on a Hugging Face model for the duration of a capture.
+
+        Args:
+            model: A Hugging Face ``PreTrainedModel`` (or any module with the same forward
+                keywords).
+            hooks: Hook names (TransformerLens names of the model's family, or module paths).
+
+        Yields:
+            A :class:`Runner`.
+        """
+        sites = resolve_sites(model, hooks)
+        distinct = list(dict.fromkeys(sites.values()))
+        with eval_mode(model), site_hooks(model, distinct) as store:
+
+            def run(batch: Batch) -> dict[str, Tensor]:
+                store.clear()
+                with torch.no_grad():
+                    try:
+                        model(**forward_kwargs(model, batch))
+                    except StopForward:
+                        pass
+                missing = [s.path for s in distinct if s not in store]
+                if missing:
+                    raise UsageError(f"the forward never reached {missing}")
+                return {hook: store[site] for hook, site in sites.items()}
+
+            yield Runner(backend=self.name, run=run, device=model_device(model))

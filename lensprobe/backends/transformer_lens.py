@@ -1,7 +1,7 @@
 """TransformerLens models: a 4.x ``TransformerBridge`` or any ``HookedRootModule``.
 
-A hook name is a ``HookPoint`` of ``model.hook_dict`` (:func:`hook_point`). *Capture*
-(:func:`open_runner`): hooks are added by name through the model's own ``hooks()`` context (so only the requested hook
+:class:`TransformerLensBackend` is the backend object. A hook name is a ``HookPoint`` of
+``model.hook_dict`` (:func:`hook_point`). *Capture* (:meth:`TransformerLensBackend.open_runner`): hooks are added by name through the model's own ``hooks()`` context (so only the requested hook
 points do any work) and removed when the capture ends. The hook that completes the requested set
 ends the forward, so nothing after the deepest hook runs (the same effect as ``stop_at_layer``,
 and it also covers hooks after the last block). ``run_with_cache`` is avoided on purpose: the
@@ -12,21 +12,25 @@ attention.
 PyTorch forward hook on the ``HookPoint`` that sees the value after every other hook (converted
 like the bridge's own hooks); the editor is a hook added through the ``HookPoint``'s own API, like
 a user's. A bridge given a list of texts pads it itself and tells the Hugging Face model nothing
-about it: :func:`text_padding` and :func:`padding_mask` recover that padding.
+about it: :func:`text_padding` and :func:`padding_mask` recover that padding
+(:meth:`TransformerLensBackend.call_padding`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from lensprobe.backends import hf as hf_backend
+from lensprobe.backends.base import Backend
 from lensprobe.backends.core import (
+    BackendName,
     HookTarget,
     Runner,
     StopForward,
@@ -39,13 +43,13 @@ from lensprobe.batching import Batch
 from lensprobe.errors import UsageError
 
 __all__ = [
+    "TransformerLensBackend",
     "add_editor",
     "add_reader",
     "check_hooks",
     "forward_tokens",
     "hook_point",
     "is_transformer_lens_model",
-    "open_runner",
     "padding_mask",
     "resolve_target",
     "text_padding",
@@ -99,60 +103,19 @@ def _call_kwargs(model: nn.Module, batch: Batch) -> dict[str, Any]:
     return kwargs
 
 
-@contextmanager
-def open_runner(model: nn.Module, hooks: Sequence[str]) -> Iterator[Runner]:
-    """Hooks on a TransformerLens model for the duration of a capture.
-
-    Args:
-        model: A ``TransformerBridge`` or another ``HookedRootModule``.
-        hooks: Names from ``model.hook_dict``.
-
-    Yields:
-        A :class:`~lensprobe.backends.core.Runner`.
-    """
-    check_hooks(model, hooks)
-    names = list(dict.fromkeys(hooks))
-    store: dict[str, Tensor] = {}
-
-    def make_hook(name: str) -> Any:
-        def hook_fn(tensor: Any, hook: Any = None) -> None:
-            store[name] = first_tensor(tensor)
-            if len(store) == len(names):
-                raise StopForward
-
-        return hook_fn
-
-    with (
-        eval_mode(model, underlying_hf(model)),
-        model.hooks(fwd_hooks=[(n, make_hook(n)) for n in names]),
-    ):  # type: ignore[operator]
-
-        def run(batch: Batch) -> dict[str, Tensor]:
-            store.clear()
-            with torch.no_grad():
-                try:
-                    model(batch.input_ids, **_call_kwargs(model, batch))
-                except StopForward:
-                    pass
-            missing = [n for n in names if n not in store]
-            if missing:
-                raise UsageError(f"the forward never reached hook points {missing}")
-            return {hook: store[hook] for hook in hooks}
-
-        yield Runner(backend="transformer_lens", run=run, device=model_device(model))
-
-
 def forward_tokens(model: nn.Module, ids: Tensor) -> None:
     """One forward of token ids ``(batch, pos)``: every token valid, no KV cache, no logits."""
     model(ids, return_type=None, use_cache=False)
 
 
-def resolve_target(model: nn.Module, hook: str) -> HookTarget:
+def resolve_target(
+    model: nn.Module, hook: str, backend: BackendName = "transformer_lens"
+) -> HookTarget:
     """The ``HookPoint`` behind ``hook``, and the models whose inputs tell the valid tokens."""
     hf = underlying_hf(model)
     return HookTarget(
         name=hook,
-        backend="transformer_lens",
+        backend=backend,
         module=hook_point(model, hook),
         side="output",
         root=hf,
@@ -218,3 +181,118 @@ def padding_mask(bridge: nn.Module, ids: Tensor, padding: tuple[str, bool]) -> T
     tokenizer = bridge.tokenizer  # type: ignore[union-attr]
     mask = tl_utils.get_attention_mask(tokenizer, ids, prepend_bos=bos, padding_side=side)
     return mask.to(device=ids.device).bool()
+
+
+class TransformerLensBackend(Backend):
+    """A TransformerLens model: hooks through its ``HookPoint``s, by name."""
+
+    name: ClassVar[BackendName] = "transformer_lens"
+    detect_order: ClassVar[int] = 1  # a bridge wraps a Hugging Face model: before "hf"
+
+    @classmethod
+    def handles(cls, model: Any) -> bool:
+        """A ``HookedRootModule`` (:func:`is_transformer_lens_model`)."""
+        return is_transformer_lens_model(model)
+
+    def hf_module(self, model: Any) -> nn.Module | None:
+        """The Hugging Face model a bridge wraps (:func:`underlying_hf`)."""
+        return underlying_hf(model)
+
+    def resolve_hook(self, model: Any, hook: str) -> HookTarget:
+        """The ``HookPoint`` behind ``hook`` (see :func:`resolve_target`).
+
+        Raises:
+            lensprobe.backends.names.UnknownHookError: No such hook point (nearest names listed).
+        """
+        return resolve_target(model, hook, backend=self.name)
+
+    def add_reader(
+        self, stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], None]
+    ) -> None:
+        """A forward hook on the ``HookPoint`` (see :func:`add_reader`)."""
+        add_reader(stack, target.module, fn)
+
+    def add_editor(
+        self, stack: ExitStack, target: HookTarget, fn: Callable[[Tensor], Tensor]
+    ) -> None:
+        """A hook added through the ``HookPoint``'s API (see :func:`add_editor`)."""
+        add_editor(stack, target.module, fn)
+
+    def call_padding(
+        self, target: HookTarget, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Callable[[Tensor], Tensor] | None:
+        """A bridge given a list of texts pads them itself (:func:`text_padding`)."""
+        if target.bridge is None:
+            return None
+        padding = text_padding(target.bridge, args, kwargs)
+        if padding is None:
+            return None
+        return functools.partial(padding_mask, target.bridge, padding=padding)
+
+    def forward(self, model: Any, ids: Tensor) -> None:
+        """A forward of the model itself, without logits (see :func:`forward_tokens`)."""
+        forward_tokens(model, ids)
+
+    def check_hooks(self, model: Any, hooks: Sequence[str]) -> None:
+        """Raise :class:`~.names.UnknownHookError` for a name without a ``HookPoint``."""
+        check_hooks(model, hooks)
+
+    def input_device(self, model: Any) -> torch.device:
+        """The device of the model's first parameter."""
+        return model_device(model)
+
+    def context_length(self, model: Any) -> int | None:
+        """``cfg.n_ctx``, else what the Hugging Face config says."""
+        n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+        if isinstance(n_ctx, int) and n_ctx > 0:
+            return n_ctx
+        return super().context_length(model)
+
+    def _checkpoint_path(self, model: Any) -> str:
+        return (
+            super()._checkpoint_path(model)
+            or getattr(getattr(model, "cfg", None), "model_name", "")
+            or ""
+        )
+
+    @contextmanager
+    def open_runner(self, model: Any, hooks: Sequence[str]) -> Iterator[Runner]:
+        """Hooks on a TransformerLens model for the duration of a capture.
+
+        Args:
+            model: A ``TransformerBridge`` or another ``HookedRootModule``.
+            hooks: Names from ``model.hook_dict``.
+
+        Yields:
+            A :class:`~lensprobe.backends.core.Runner`.
+        """
+        check_hooks(model, hooks)
+        names = list(dict.fromkeys(hooks))
+        store: dict[str, Tensor] = {}
+
+        def make_hook(name: str) -> Any:
+            def hook_fn(tensor: Any, hook: Any = None) -> None:
+                store[name] = first_tensor(tensor)
+                if len(store) == len(names):
+                    raise StopForward
+
+            return hook_fn
+
+        with (
+            eval_mode(model, underlying_hf(model)),
+            model.hooks(fwd_hooks=[(n, make_hook(n)) for n in names]),
+        ):  # type: ignore[operator]
+
+            def run(batch: Batch) -> dict[str, Tensor]:
+                store.clear()
+                with torch.no_grad():
+                    try:
+                        model(batch.input_ids, **_call_kwargs(model, batch))
+                    except StopForward:
+                        pass
+                missing = [n for n in names if n not in store]
+                if missing:
+                    raise UsageError(f"the forward never reached hook points {missing}")
+                return {hook: store[hook] for hook in hooks}
+
+            yield Runner(backend=self.name, run=run, device=model_device(model))

@@ -29,6 +29,11 @@ Details of the arguments:
 - **keep**: ``"tokens"`` stores every valid token; ``"last"`` each text's last token and
   ``"pooled"`` its mean, max and last (float32), with the norm of every token, for the pooled
   probes only, at a few kilobytes per text (:mod:`lensprobe.reduced`).
+- **remote** (nnsight models): each batch is one remote trace (``model.trace(...,
+  remote=...)``) that stops after the deepest hook and saves only what the capture keeps,
+  reduced on the server for ``keep="last"`` / ``"pooled"``; the model's weights are never loaded
+  here. Sites are read in the order their modules are defined. An unreachable service is a
+  :class:`~lensprobe.errors.RemoteServiceError` naming the fix.
 - **shard_tokens**: the default, :func:`lensprobe.storage.auto_shard_tokens`, is 1024 to 65536
   tokens, about a thousandth of the capture, so a killed capture keeps all but the shard in
   progress. A store resumed with the default keeps the size it was started with.
@@ -36,6 +41,7 @@ Details of the arguments:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -45,17 +51,16 @@ import torch
 
 from lensprobe import backends
 from lensprobe._progress import wanted
-from lensprobe._types import Keep
 from lensprobe.activations import CaptureResult
 from lensprobe.backends import detect_backend
 from lensprobe.capturing.inputs import check_capture_out, check_inputs, check_settings, check_texts
 from lensprobe.capturing.job import plan_job
-from lensprobe.capturing.ranks import capture_on_ranks, current_ranks
+from lensprobe.capturing.ranks import Ranks, capture_on_ranks, current_ranks
 from lensprobe.capturing.run import run_capture
 from lensprobe.capturing.sinks import open_sink
 from lensprobe.errors import InputError, UnknownHookError, UsageError
 from lensprobe.models import display_name
-from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH
+from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH, Keep
 from lensprobe.storage import check_store_target, store_lock
 
 __all__ = ["UnknownHookError", "capture", "check_capture_out", "check_texts", "detect_backend"]
@@ -79,6 +84,7 @@ def capture(
     shard_tokens: int | None = None,
     keep_texts: bool = True,
     keep: Keep = "tokens",
+    remote: bool | str = False,
     progress: bool | None = None,
 ) -> CaptureResult:
     """Capture activations at hook names for a list of texts (details: :mod:`lensprobe.capturing`).
@@ -101,6 +107,8 @@ def capture(
         keep_texts: Keep the texts (and per-token strings) with the activations, for widgets.
         keep: What to store per text: ``"tokens"`` (every token), ``"last"`` or ``"pooled"``
             (pooled vectors for the mean / max / last probes; see above).
+        remote: Run the forwards on nnsight's remote service (NDIF): True, a host URL, or
+            ``"local"`` (serialised and run here, as the service would); see above.
         progress: Show a progress bar (sequences, tokens/s); None: in a terminal or a notebook,
             not in a script whose stderr goes to a file.
 
@@ -117,33 +125,45 @@ def capture(
     """
     inputs = check_inputs(texts, hooks, labels, class_names, max_length)
     check_settings(batch_size, max_length, padding_side, dtype, shard_tokens, keep)
+    ranks = _check_out(out, inputs.source)
+    backend = detect_backend(model)
+    with backends.remote_scope(model, backend, remote):  # a remote model's weights stay there
+        tok = _tokenizer(model, tokenizer)
+        backends.check_hooks(model, backend, inputs.hooks)  # fail before tokenising
+        meta = _recorded_meta(model, backend, tok, model_id, dtype, padding_side, max_length)
+        meta["keep"] = keep
+        weights = backends.weights_fingerprint(model, backend) if out is not None else None
+        job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype, weights)
+        job = dataclasses.replace(job, remote=remote)
+        _check_context(job.lengths, backends.context_length(model, backend), max_length)
+        if ranks is not None:
+            assert out is not None
+            return capture_on_ranks(
+                model, backend, job, out, shard_tokens, ranks, progress=wanted(progress)
+            )
+        with nullcontext() if out is None else store_lock(out):  # one capture per store
+            sink = open_sink(job, out, shard_tokens)
+            return sink.finish(run_capture(model, backend, job, sink, progress=wanted(progress)))
+
+
+def _check_out(out: str | os.PathLike[str] | None, source: dict[str, Any]) -> Ranks | None:
+    """The ranks this capture runs on (None: one process), once ``out`` may take it.
+
+    Under torchrun ``out`` is required; a file or a folder of other things is refused before
+    any work (under torchrun, once every rank has finished its own checks).
+    """
     ranks = current_ranks()
     if ranks is not None and out is None:
         raise UsageError(
             f"this capture runs on {ranks.world} ranks (torchrun), which share their work "
             "through a store: pass out=DIR (--out DIR on the command line)"
         )
-    if out is not None:  # a file or a folder of other things: refused before any work
+    if out is not None:
         if ranks is None:
-            check_store_target(out, inputs.source)
-        else:  # before the leader writes anything: every rank has finished its own checks
-            ranks.attempt(lambda: check_store_target(out, inputs.source), leader_only=True)
-    backend = detect_backend(model)
-    tok = _tokenizer(model, tokenizer)
-    backends.check_hooks(model, backend, inputs.hooks)  # fail before tokenising
-    meta = _recorded_meta(model, backend, tok, model_id, dtype, padding_side, max_length)
-    meta["keep"] = keep
-    weights = backends.weights_fingerprint(model, backend) if out is not None else None
-    job = plan_job(tok, inputs, meta, prepend_bos, keep_texts, batch_size, dtype, weights)
-    _check_context(job.lengths, backends.context_length(model, backend), max_length)
-    if ranks is not None:
-        assert out is not None
-        return capture_on_ranks(
-            model, backend, job, out, shard_tokens, ranks, progress=wanted(progress)
-        )
-    with nullcontext() if out is None else store_lock(out):  # one capture per store at a time
-        sink = open_sink(job, out, shard_tokens)
-        return sink.finish(run_capture(model, backend, job, sink, progress=wanted(progress)))
+            check_store_target(out, source)
+        else:
+            ranks.attempt(lambda: check_store_target(out, source), leader_only=True)
+    return ranks
 
 
 def _check_context(lengths: list[int], context: int | None, max_length: int | None) -> None:

@@ -57,6 +57,9 @@ class CaptureJob:
     dtype: torch.dtype
     """Storage dtype of the activations."""
 
+    remote: bool | str = False
+    """Where the model runs: here (False), or nnsight's remote service (``capture(remote=)``)."""
+
     model_fingerprint: dict[str, str] = field(default_factory=dict)
     """The model's compute dtype and a digest of its weights
     (:func:`lensprobe.backends.weights_fingerprint`): part of a store's fingerprint."""

@@ -14,12 +14,13 @@ from torch import Tensor
 from lensprobe import backends
 from lensprobe._progress import progress_bar
 from lensprobe.activations import ActivationsMeta, CaptureStats
-from lensprobe.backends.core import Runner
+from lensprobe.backends.core import Reduction, Runner
+from lensprobe.backends.shipped import reduce_site
 from lensprobe.batching import collate, length_batches
 from lensprobe.capturing.job import CaptureJob
 from lensprobe.capturing.sinks import ShardValues, Sink
 from lensprobe.errors import InputError
-from lensprobe.reduced import KEPT_KINDS, pool_batch, pooling_mask, token_norms
+from lensprobe.reduced import KEPT_KINDS, pooling_mask
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,15 @@ def run_capture(
     try:
         bar.update(sum(size.values()) - sum(size[k] for k in todo))
         if todo:
-            with backends.open_runner(model, backend, job.hooks) as runner:
+            reduction = Reduction(
+                kinds=KEPT_KINDS.get(job.keep, ()),
+                drop_first=bool(job.base_meta["prepend_bos"]),
+                dtype=job.dtype,
+            )
+            opened = backends.open_runner(
+                model, backend, job.hooks, remote=job.remote, reduction=reduction
+            )
+            with opened as runner:
                 for k in todo:
                     start, stop = sink.shards[k]
                     values = _capture_range(runner, job, start, stop, metas, counters)
@@ -135,26 +144,42 @@ def _capture_range(
         rows = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in index])
         rows -= first
         for hook in job.hooks:
-            a = acts[hook]
-            if a.ndim != 3 or a.shape[:2] != mask.shape:
-                raise InputError(
-                    f"hook {hook!r} gives a tensor of shape {tuple(a.shape)}; capture stores "
-                    "(batch, pos, d_model) activations"
-                )
+            kept = _kept(hook, acts[hook], mask, kinds, job)
+            width = kept["features" if kinds else "values"].shape[-1]
             if hook not in buffers:
-                buffers[hook] = _buffers(job, n_rows, stop - start, a.shape[-1], kinds)
-                metas[hook] = _hook_meta(job, hook, a.shape[-1], metas.get(hook))
-            stored = a.to(dtype=job.dtype)  # what a full store holds, which a reduced one pools
+                buffers[hook] = _buffers(job, n_rows, stop - start, width, kinds)
+                metas[hook] = _hook_meta(job, hook, width, metas.get(hook))
             if not kinds:
-                buffers[hook]["values"][rows] = stored[mask].cpu()
+                buffers[hook]["values"][rows] = kept["values"][mask].cpu()
                 continue
-            pool = pooling_mask(mask, job.base_meta["prepend_bos"])
-            buffers[hook]["features"][torch.tensor(index) - start] = pool_batch(
-                stored, pool, kinds
-            ).cpu()
-            buffers[hook]["norms"][rows] = token_norms(stored, mask).cpu()
+            buffers[hook]["features"][torch.tensor(index) - start] = kept["features"].cpu()
+            buffers[hook]["norms"][rows] = kept["norms"][mask].cpu()
         counters.add(time.perf_counter() - t0, batch.input_ids.numel(), len(rows), len(index))
     return {h: b["values"] if not kinds else b for h, b in buffers.items()}
+
+
+def _kept(
+    hook: str,
+    a: Tensor | dict[str, Tensor],
+    mask: Tensor,
+    kinds: tuple[str, ...],
+    job: CaptureJob,
+) -> dict[str, Tensor]:
+    """What the capture keeps of one hook's batch.
+
+    That is its activations in the storage dtype, or their pooled vectors and the norm of every
+    position. A remote runner computed it where the model ran (a dict); a local one returns the
+    activations, reduced here the same way (:func:`~lensprobe.backends.shipped.reduce_site`).
+    """
+    if isinstance(a, dict):
+        return a
+    if a.ndim != 3 or a.shape[:2] != mask.shape:
+        raise InputError(
+            f"hook {hook!r} gives a tensor of shape {tuple(a.shape)}; capture stores "
+            "(batch, pos, d_model) activations"
+        )
+    pool = pooling_mask(mask, job.base_meta["prepend_bos"])
+    return reduce_site(a, "output", pool, kinds, job.dtype)
 
 
 def _buffers(

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from lensprobe._types import Keep
 from lensprobe.cli.parsing import flag
 from lensprobe.models import Backend
-from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH, DEFAULT_PROBES
+from lensprobe.specs import CAPTURE_BATCH_SIZE, CAPTURE_MAX_LENGTH, DEFAULT_PROBES, Keep
 
 __all__ = [
     "DATA_DIR_ENV",

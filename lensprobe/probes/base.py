@@ -17,15 +17,9 @@ from torch import Tensor, nn
 
 from lensprobe._types import Acts, Logits, Mask
 from lensprobe.errors import InputError, InputTypeError
+from lensprobe.pooling import without_first_token
 from lensprobe.probes.config import PROBE_CLASSES, ProbeConfig
 from lensprobe.probes.saving import save_probe
-
-
-def without_first_token(mask: Bool[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
-    """``mask`` with each row's first valid token removed (rows of one valid token unchanged)."""
-    first = mask & (mask.cumsum(dim=-1) == 1)
-    keep_first = mask.sum(dim=-1, keepdim=True) < 2
-    return mask & (~first | keep_first)
 
 
 def tokens_read(config: ProbeConfig, mask: Bool[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:

@@ -14,14 +14,9 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from lensprobe.pooling import POOLINGS, pool
 from lensprobe.probes.base import Probe
 from lensprobe.probes.config import ProbeConfig
-
-
-def last_index(mask: Bool[Tensor, "batch pos"]) -> Tensor:
-    """Index of the last valid token of each row."""
-    positions = torch.arange(mask.shape[-1], device=mask.device)
-    return torch.where(mask, positions, -1).amax(dim=-1)
 
 
 class PooledProbe(Probe):
@@ -56,13 +51,9 @@ class PooledProbe(Probe):
         ``mean``: the mean of the valid tokens; ``last``: the last valid token; ``max``: the
         elementwise maximum over the valid tokens.
         """
-        if cls.kind == "mean":
-            return x.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(x.dtype)
-        if cls.kind == "last":
-            return x[torch.arange(x.shape[0], device=x.device), last_index(mask)]
-        if cls.kind == "max":
-            return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
-        raise NotImplementedError(f"{cls.__name__} names no pooling (kind mean, last or max)")
+        if cls.kind not in POOLINGS:
+            raise NotImplementedError(f"{cls.__name__} names no pooling (kind mean, last or max)")
+        return pool(cls.kind, x, mask)
 
     @classmethod
     def param_shapes(cls, config: ProbeConfig) -> dict[str, tuple[int, ...]]:

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError
+from lensprobe.pooling import token_norms
 from lensprobe.probes import Probe, ProbeConfig, probe_class
-from lensprobe.reduced import token_norms
 from lensprobe.train.adamw import fit_adamw
 from lensprobe.train.checks import check_activations
 from lensprobe.train.config import TrainConfig
@@ -231,8 +231,8 @@ def token_scale(
         keep = mask & keep[:, None]
     # float64 norms (a float32 sum of squares overflows at entries of ~1e19 and underflows at
     # ~1e-23: a scale of inf or 0 would leave such activations untrained), kept as float32 like
-    # the streamed and reduced paths' (lensprobe.reduced.token_norms), so all three agree
-    norms = token_norms(x, keep)
+    # the streamed and reduced paths', so all three agree
+    norms = token_norms(x)[keep]
     scale = float(norms.median()) / x.shape[-1] ** 0.5
     return scale if scale > 0 and math.isfinite(scale) else 1.0
 

@@ -176,10 +176,7 @@ def run_sweep(
     _check_sweep(configs)
     _check_sweep_memory(data, labels, configs, todo, max_memory)
     hooks, labels, classes = _sweep_hooks(data, labels, masks, configs[0])
-    for name, i in todo:  # a reduced capture serves only some kinds: refused before any fit
-        if name in hooks and isinstance(hooks[name].data, ReducedActivations):
-            h = hooks[name]
-            hooks[name].data.check_serves(_probe_config(configs[i], h.d_model, h.n_classes, h.meta))
+    _check_reduced(hooks, configs, todo)
     streams = {
         name: stream_inputs(
             h.data,
@@ -279,6 +276,16 @@ def _check_sweep_memory(
         for name in names:
             estimate = memory_estimate(data[name], labels, config, train, hooks=together)
             check_budget(estimate, max_memory)
+
+
+def _check_reduced(
+    hooks: Mapping[str, _Hook], configs: list[ProtocolConfig], todo: set[tuple[str, int]]
+) -> None:
+    """A reduced capture serves only some probe kinds: the others are refused before any fit."""
+    for name, i in sorted(todo):
+        h = hooks.get(name)
+        if h is not None and isinstance(h.data, ReducedActivations):
+            h.data.check_serves(_probe_config(configs[i], h.d_model, h.n_classes, h.meta))
 
 
 def _sweep_hooks(

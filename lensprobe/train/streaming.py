@@ -28,9 +28,10 @@ from torch import Tensor
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError
 from lensprobe.hardware import return_freed_memory
+from lensprobe.pooling import pool_all, token_norms
 from lensprobe.probes import PooledProbe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
-from lensprobe.reduced import ReducedActivations, pool_batch, token_norms
+from lensprobe.reduced import ReducedActivations
 from lensprobe.train.checks import check_finite_chunks
 
 __all__ = ["CHUNK", "Streamed", "stream_inputs"]
@@ -101,8 +102,8 @@ def stream_inputs(
     for _, x, given in _chunks(acts, pos):
         read = tokens_read(config, given)
         if pooled:
-            features.append(pool_batch(x, read, pooled))
-        norms.append(token_norms(x, read))
+            features.append(pool_all(x, read, pooled))
+        norms.append(token_norms(x)[read])
         counts.append(read.sum(dim=1))
         del x, given, read
         return_freed_memory()  # blocks of varying size: what glibc keeps goes back to the OS
