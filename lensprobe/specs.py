@@ -22,10 +22,31 @@ __all__ = [
     "CAPTURE_MAX_LENGTH",
     "DEFAULT_PROBES",
     "KEEPS",
+    "MAX_PROBE_HEADS",
     "Keep",
     "ProbeSpec",
+    "check_heads",
     "parse_probes",
 ]
+
+MAX_PROBE_HEADS = 1024
+"""The most heads a probe may have. The study uses 1 to 8 and monitors a few dozen; a bound far
+above them turns a typo such as ``attention-99999999`` into an error before anything is
+allocated (its values alone would be 99,999,999 x d_model x outputs floats)."""
+
+
+def check_heads(n_heads: int, what: str) -> None:
+    """Refuse fewer than 1 or more than :data:`MAX_PROBE_HEADS` probe heads (``what`` names it)."""
+    if n_heads < 1:
+        raise InputError(
+            f"{what}: an attention probe needs at least one head (attention-1), got {n_heads}"
+        )
+    if n_heads > MAX_PROBE_HEADS:
+        raise InputError(
+            f"{what}: {n_heads:,} heads is over the bound of {MAX_PROBE_HEADS:,} probe heads "
+            "(the study uses 1 to 8); use fewer heads"
+        )
+
 
 Keep = Literal["tokens", "last", "pooled"]
 """What a capture stores per text: every token, or pooled vectors (see :mod:`lensprobe.reduced`)."""
@@ -67,8 +88,8 @@ class ProbeSpec:
         kind, heads, opt = m.groups()
         if heads is not None and kind != "attention":
             raise InputError(f"{text!r}: only attention probes have heads (e.g. attention-{heads})")
-        if heads is not None and int(heads) < 1:
-            raise InputError(f"{text!r}: an attention probe needs at least one head (attention-1)")
+        if heads is not None:
+            check_heads(int(heads), repr(text))
         return cls(kind=kind, n_heads=int(heads or 1), optimizer=opt or "auto")  # type: ignore[arg-type]
 
     @property

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lensprobe._records import check_keys
 from lensprobe.errors import InputError
+from lensprobe.specs import check_heads
 
 if TYPE_CHECKING:
     from lensprobe.probes.base import Probe
@@ -60,6 +61,7 @@ class ProbeConfig:
             )
         if self.kind != "attention" and self.n_heads != 1:
             raise InputError(f"a {self.kind} probe has no heads; leave n_heads at 1")
+        check_heads(self.n_heads, "n_heads")
         if self.position not in ("last", "first"):
             raise InputError(f"position must be 'last' or 'first', got {self.position!r}")
         if self.class_names is not None:

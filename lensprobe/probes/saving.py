@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lensprobe.errors import MissingFileError, ProbeFileError
-from lensprobe.probes.config import ProbeConfig, build_probe
+from lensprobe.probes.config import ProbeConfig, build_probe, probe_class
 
 if TYPE_CHECKING:
     from lensprobe.probes.base import Probe
@@ -131,20 +131,37 @@ def _read_config(path: Path) -> tuple[ProbeConfig, str | None]:
     return config, digest
 
 
-def _read_weights(path: Path, probe: Probe) -> dict[str, Tensor]:
-    """The tensors of ``path``'s weights file, checked against the shapes ``probe`` has."""
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of ``path``'s weights file (its shapes already checked: :func:`_check_header`)."""
     from safetensors.torch import load_file
 
     try:
-        tensors = load_file(str(path / WEIGHTS_FILE))
+        return load_file(str(path / WEIGHTS_FILE))
     except Exception as err:  # safetensors raises its own error type
-        raise ProbeFileError(
-            f"{path / WEIGHTS_FILE} is not a readable safetensors file ({err}); retrain the "
-            "probe or restore the directory from a copy"
-        ) from None
-    config = probe.config
-    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> ProbeFileError:
+    return ProbeFileError(
+        f"{path / WEIGHTS_FILE} is not a readable safetensors file ({err}); retrain the "
+        "probe or restore the directory from a copy"
+    )
+
+
+def _check_header(path: Path, config: ProbeConfig) -> None:
+    """Compare the shapes the config implies with the weights file's header (nothing allocated).
+
+    A config edited to ``d_model: 1e10`` would otherwise build a probe of tens of gigabytes
+    before its weights are compared with it.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error type
+        raise _unreadable(path, err) from None
+    expected = probe_class(config.kind).param_shapes(config)
     problems = [f"missing {k} {s}" for k, s in expected.items() if k not in found]
     problems += [f"unexpected {k} {s}" for k, s in found.items() if k not in expected]
     problems += [
@@ -155,7 +172,6 @@ def _read_weights(path: Path, probe: Probe) -> dict[str, Tensor]:
     ]
     if problems:
         raise ProbeFileError(f"weights in {path} do not match its config: " + "; ".join(problems))
-    return tensors
 
 
 def _check_digest(
@@ -195,8 +211,9 @@ def load_probe(path: str | Path, *, device: str | torch.device | None = None) ->
                 f"{WEIGHTS_FILE}, written by probe.save(path)"
             )
     config, digest = _read_config(path)
+    _check_header(path, config)  # before the probe's parameters are allocated
     probe = build_probe(config)
-    tensors = _read_weights(path, probe)
+    tensors = _read_weights(path)
     _check_digest(path, config, tensors, digest)
     probe.load_state_dict(tensors)
     probe.eval()

@@ -16,6 +16,7 @@ from lensprobe._records import check_keys
 from lensprobe.errors import InputError
 from lensprobe.hardware import bf16_is_fast
 from lensprobe.probes import ProbeKind, probe_class
+from lensprobe.specs import check_heads
 
 Optimizer = Literal["adamw", "lbfgs"]
 Decay = Literal["decoupled", "l2"]
@@ -204,10 +205,7 @@ class ProtocolConfig:
         probe_class(self.probe)  # validates the kind
         if self.probe != "attention" and self.n_heads != 1:
             raise InputError(f"a {self.probe} probe has no heads; leave n_heads at 1")
-        if self.n_heads < 1:
-            raise InputError(
-                f"an attention probe needs at least one head, got n_heads={self.n_heads}"
-            )
+        check_heads(self.n_heads, "n_heads")
         if self.n_folds < 2:
             raise InputError(f"n_folds must be at least 2, got {self.n_folds}")
         if not 0.0 < self.test_fraction < 1.0:
