@@ -144,14 +144,21 @@ def _iv(row: dict, metric: str) -> str:
     return f"{row[f'{metric}_difference']:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
+def method(args: argparse.Namespace) -> str:
+    """How the paired differences were taken (the end of both fidelity tables' preamble)."""
+    return (
+        f"{args.n} texts per dataset cut at {args.max_length} tokens, {args.seeds} stratified "
+        "splits; bf16 - fp32 per split, mean with its corrected resampled t 95% interval; a "
+        "difference that is the same on every split has no interval and is undecided)."
+    )
+
+
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "# bf16 vs fp32 training: paired test metrics",
         "",
         f"`python benchmarks/bf16_fidelity.py` (Gemma 3 270M, blocks.{args.layer}.hook_resid_post, "
-        f"{args.n} texts per dataset cut at {args.max_length} tokens, {args.seeds} stratified "
-        "splits; bf16 - fp32 per split, mean with its corrected resampled t 95% interval; a "
-        "difference that is the same on every split has no interval and is undecided).",
+        + method(args),
         "",
         *table(rows),
     ]

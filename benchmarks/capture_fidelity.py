@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from bf16_fidelity import DATASETS, fidelity_arguments, paired_row, table, write_results
+from bf16_fidelity import DATASETS, fidelity_arguments, method, paired_row, table, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 PROBES = ("attention-8", "mean", "last")
@@ -101,10 +101,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "# bf16 vs fp32 capture: paired test metrics",
         "",
         f"`python benchmarks/capture_fidelity.py` (Gemma 3 270M computing in bfloat16 or float32, "
-        f"blocks.{args.layer}.hook_resid_post stored in bfloat16, {args.n} texts per dataset cut "
-        f"at {args.max_length} tokens, {args.seeds} stratified splits; bf16 - fp32 per split, "
-        "mean with its corrected resampled t 95% interval; a difference that is the same on "
-        "every split has no interval and is undecided).",
+        f"blocks.{args.layer}.hook_resid_post stored in bfloat16, " + method(args),
         "",
         *table(rows, [("activation error (median / p99)", _error)]),
     ]

@@ -143,8 +143,9 @@ def _capture_range(
         # Destination rows of the batch's valid tokens, in the order mask selection yields them.
         rows = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in index])
         rows -= first
+        pool = pooling_mask(mask, job.base_meta["prepend_bos"]) if kinds else mask
         for hook in job.hooks:
-            kept = _kept(hook, acts[hook], mask, kinds, job)
+            kept = _kept(hook, acts[hook], mask, pool, kinds, job.dtype)
             width = kept["features" if kinds else "values"].shape[-1]
             if hook not in buffers:
                 buffers[hook] = _buffers(job, n_rows, stop - start, width, kinds)
@@ -162,8 +163,9 @@ def _kept(
     hook: str,
     a: Tensor | dict[str, Tensor],
     mask: Tensor,
+    pool: Tensor,
     kinds: tuple[str, ...],
-    job: CaptureJob,
+    dtype: torch.dtype,
 ) -> dict[str, Tensor]:
     """What the capture keeps of one hook's batch.
 
@@ -178,8 +180,7 @@ def _kept(
             f"hook {hook!r} gives a tensor of shape {tuple(a.shape)}; capture stores "
             "(batch, pos, d_model) activations"
         )
-    pool = pooling_mask(mask, job.base_meta["prepend_bos"])
-    return reduce_site(a, "output", pool, kinds, job.dtype)
+    return reduce_site(a, "output", pool, kinds, dtype)
 
 
 def _buffers(
