@@ -214,3 +214,22 @@ def test_the_real_model_reduced_at_capture_trains_the_probes_of_its_full_capture
     for probe in ("mean", "last"):
         kw = dict(KW, probe=probe, train=SHORT)
         _same(lp.run_protocol(reduced[hook], **kw), lp.run_protocol(full[hook], **kw))
+
+
+def test_a_non_finite_reduced_vector_is_named_before_training(tiny_gemma3):
+    texts, labels = _texts(30)
+    acts = capture(tiny_gemma3("hf"), texts, HOOKS[0], labels, keep="pooled")[HOOKS[0]]
+    bad = acts.features.clone()
+    bad[7, 0, 3] = float("nan")
+    broken = ReducedActivations(
+        acts.meta, bad, acts.norms, acts.lengths, acts.token_ids, acts.labels
+    )
+    with pytest.raises(InputError, match=r"sequence 7 .*non-finite pooled vector"):
+        lp.run_protocol(broken, probe="mean", **KW)
+    norms = acts.norms.clone()
+    norms[int(acts.offsets[12]) + 1] = float("inf")
+    broken = ReducedActivations(
+        acts.meta, acts.features, norms, acts.lengths, acts.token_ids, acts.labels
+    )
+    with pytest.raises(InputError, match=r"sequence 12 .*non-finite token norm"):
+        lp.run_protocol(broken, probe="last", **KW)
