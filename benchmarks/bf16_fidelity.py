@@ -106,7 +106,7 @@ def table(rows: list[dict], extra: Sequence[tuple[str, Callable[[dict], str]]] =
 
 def fidelity(name: str, acts, args: argparse.Namespace) -> list[dict]:
     """Each probe of :data:`PROBES` trained in fp32 and in bf16 on the same splits, compared."""
-    from lensprobe.specs import ProbeSpec
+    from lensprobe.probes.spec import ProbeSpec
     from lensprobe.train import ProtocolConfig
     from lensprobe.train.protocol import run_sweep
 

@@ -72,7 +72,7 @@ def relative_error(a, b) -> tuple[float, float]:
 
 def fidelity(name: str, acts: dict, args: argparse.Namespace) -> list[dict]:
     """Each probe of :data:`PROBES` on both captures, the same splits, compared."""
-    from lensprobe.specs import ProbeSpec
+    from lensprobe.probes.spec import ProbeSpec
     from lensprobe.train import ProtocolConfig
     from lensprobe.train.protocol import run_sweep
 

@@ -64,7 +64,7 @@ def synthetic(n: int, device: str, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def sweep(args: argparse.Namespace) -> dict:
-    from lensprobe.specs import ProbeSpec
+    from lensprobe.probes.spec import ProbeSpec
     from lensprobe.train import ProtocolConfig, TrainConfig
     from lensprobe.train.protocol import run_sweep
 

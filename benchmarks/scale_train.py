@@ -47,7 +47,7 @@ import torch
 
 import lensprobe as lp
 from lensprobe.activations import Activations, ActivationsMeta
-from lensprobe.specs import ProbeSpec
+from lensprobe.probes.spec import ProbeSpec
 from lensprobe.train import ProtocolConfig, TrainConfig
 
 BASE = ProtocolConfig(weight_decays=(0.0, 1e-2), n_folds=3)
@@ -295,7 +295,7 @@ def real_texts(args: argparse.Namespace, path: Path) -> None:
 
 def child_attention8(path: str, precision: str, out: str) -> None:
     """The default attention-8 protocol on saved tensors (runs under either checkout)."""
-    from lensprobe.specs import ProbeSpec
+    from lensprobe.probes.spec import ProbeSpec
     from lensprobe.train import ProtocolConfig
 
     saved = torch.load(path)

@@ -55,7 +55,7 @@ PROBES: tuple[str, ...] = (
     "mean-adamw",
     "last-adamw",
 )
-"""The probes of the comparison (specs of ``lensprobe.specs.ProbeSpec``)."""
+"""The probes of the comparison (specs of ``lensprobe.probes.ProbeSpec``)."""
 
 DEFAULT_PROBES: tuple[str, ...] = (
     "attention-1",
@@ -415,7 +415,7 @@ def run_payload(run: Any) -> dict[str, Any]:
 def run_study(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
     import torch
 
-    from lensprobe.specs import parse_probes
+    from lensprobe.probes.spec import parse_probes
     from lensprobe.train import ProtocolConfig, TrainConfig
 
     if args.threads:

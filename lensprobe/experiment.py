@@ -30,7 +30,7 @@ from lensprobe.grid import (
     save_cell,
     with_saved,
 )
-from lensprobe.specs import ProbeSpec
+from lensprobe.probes.spec import ProbeSpec
 from lensprobe.train.compare import Comparison
 from lensprobe.train.config import ProtocolConfig, seed_tuple
 from lensprobe.train.protocol import run_sweep
@@ -105,7 +105,7 @@ def run_grid(
 
     def trained(hook: str, i: int, result: ProtocolResult) -> None:
         cell = Cell(dataset=dataset, hook=hook, probe=specs[i].label, result=result)
-        if entropy and result.probe.config.kind == "attention":
+        if entropy and result.probe.attends:
             from lensprobe.analysis import attention_entropy
 
             ent = attention_entropy(result.probe, activations[hook], rows=result.test_rows)

@@ -370,7 +370,7 @@ class Readout:
         n_out, n_heads = probe.config.n_outputs, probe.config.n_heads
         logits = acts.new_full((acts.shape[0], n_out), float("nan"), dtype=torch.float32)
         attention = None
-        if probe.config.kind == "attention":
+        if probe.attends:
             attention = acts.new_zeros((*acts.shape[:2], n_heads), dtype=torch.float32)
         if bool(rows.any()):
             sub_x, sub_mask = acts[rows], mask[rows]

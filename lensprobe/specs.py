@@ -1,21 +1,16 @@
-"""Probe specs: the short names a grid, the command line and the study give probes.
+"""Defaults and bounds the command line shows without loading torch.
 
-``attention-8`` is an attention probe with 8 heads, ``mean`` the mean-pooled baseline,
-``last-adamw`` the last-token probe trained with AdamW. This module imports nothing heavy, so the
-command line can show its defaults without loading torch.
+The default probes, the capture sizes, the keep modes, the bound on probe heads.
+
+The specs themselves (``attention-8``, ``mean-adamw``) are read by
+:class:`lensprobe.probes.ProbeSpec`, which learns the kinds from their classes.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 from lensprobe.errors import InputError
-
-if TYPE_CHECKING:
-    from lensprobe.train.config import ProtocolConfig
 
 __all__ = [
     "CAPTURE_BATCH_SIZE",
@@ -24,9 +19,7 @@ __all__ = [
     "KEEPS",
     "MAX_PROBE_HEADS",
     "Keep",
-    "ProbeSpec",
     "check_heads",
-    "parse_probes",
 ]
 
 MAX_PROBE_HEADS = 1024
@@ -61,52 +54,3 @@ CAPTURE_MAX_LENGTH = 256
 """Tokens kept per text (BOS included) by default, in ``lp.capture`` and every command."""
 CAPTURE_BATCH_SIZE = 16
 """Texts per forward pass during capture by default, in ``lp.capture`` and every command."""
-
-_SPEC = re.compile(r"^(attention|mean|last|max)(?:-(\d+))?(?:-(adamw|lbfgs))?$")
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    """One probe of a grid: kind, heads and optimizer, written ``attention-8`` or ``mean-adamw``."""
-
-    kind: Literal["attention", "mean", "last", "max"]
-    """Probe kind."""
-    n_heads: int = 1
-    """Heads of an attention probe."""
-    optimizer: Literal["auto", "adamw", "lbfgs"] = "auto"
-    """``auto``: AdamW for attention probes, L-BFGS for pooled ones."""
-
-    @classmethod
-    def parse(cls, text: str) -> ProbeSpec:
-        """Read ``attention-8``, ``attention-2-lbfgs``, ``mean``, ``last-adamw``, ``max``."""
-        m = _SPEC.match(text.strip().lower())
-        if m is None:
-            raise InputError(
-                f"cannot read probe spec {text!r}; write KIND[-HEADS][-OPTIMIZER] with KIND one of "
-                "attention, mean, last, max (e.g. attention-8, mean, last-adamw)"
-            )
-        kind, heads, opt = m.groups()
-        if heads is not None and kind != "attention":
-            raise InputError(f"{text!r}: only attention probes have heads (e.g. attention-{heads})")
-        if heads is not None:
-            check_heads(int(heads), repr(text))
-        return cls(kind=kind, n_heads=int(heads or 1), optimizer=opt or "auto")  # type: ignore[arg-type]
-
-    @property
-    def label(self) -> str:
-        """The spec written back, e.g. ``attention-8`` or ``mean-adamw``."""
-        text = f"{self.kind}-{self.n_heads}" if self.kind == "attention" else self.kind
-        return text if self.optimizer == "auto" else f"{text}-{self.optimizer}"
-
-    def protocol(self, base: ProtocolConfig) -> ProtocolConfig:
-        """``base`` with this spec's probe, heads and optimizer."""
-        return replace(base, probe=self.kind, n_heads=self.n_heads, optimizer=self.optimizer)
-
-
-def parse_probes(specs: str | Sequence[str]) -> list[ProbeSpec]:
-    """Probe specs from a comma-separated string or a list of strings."""
-    if isinstance(specs, str):
-        specs = [s for s in specs.split(",") if s.strip()]
-    if not specs:
-        raise InputError(f"no probes given; e.g. {','.join(DEFAULT_PROBES)}")
-    return [ProbeSpec.parse(s) for s in specs]

@@ -39,7 +39,6 @@ from lensprobe.errors import InputError, InputTypeError
 from lensprobe.hooks import ForwardInfo, edit_activations
 from lensprobe.probes.attention import AttentionProbe
 from lensprobe.probes.base import Probe
-from lensprobe.probes.pooled import PooledProbe
 
 __all__ = [
     "ablate",
@@ -68,13 +67,11 @@ def class_directions(probe: Probe, *, center: bool = False) -> Float[Tensor, "n_
     Returns:
         ``(n_outputs, d_model)``; a binary (one-logit) probe has one row, pointing to class 1.
     """
-    if isinstance(probe, PooledProbe):
-        weight = probe.weight
-    elif isinstance(probe, AttentionProbe):
-        weight = probe.value.sum(dim=1)
-    else:
-        raise InputTypeError(f"no class directions for a {type(probe).__name__}")
-    directions = weight.detach().T.clone()
+    if not isinstance(probe, Probe):
+        raise InputTypeError(
+            f"class_directions needs a lensprobe probe, got {type(probe).__name__}"
+        )
+    directions = probe.class_directions()
     if center:
         if directions.shape[0] < 2:
             raise InputError(
@@ -272,10 +269,8 @@ def ablate(
     Yields:
         The resolved hook; the edit is removed when the block ends, also on error.
     """
-    if isinstance(directions, AttentionProbe):
-        directions = head_directions(directions)
-    elif isinstance(directions, Probe):
-        directions = class_directions(directions)
+    if isinstance(directions, Probe):
+        directions = directions.read_directions()
     basis = orthonormal_basis(directions.detach())
 
     def edit(x: Tensor, info: ForwardInfo) -> Tensor:

@@ -6,7 +6,12 @@ from typing import Any
 
 import torch
 
-from lensprobe.probes import ProbeConfig, build_probe
+from lensprobe.probes import PROBE_CLASSES, ProbeConfig, build_probe, probe_class
+
+
+def builtin_kinds() -> list[str]:
+    """The kinds lensprobe itself defines (not those a test module defines, e.g. a toy kind)."""
+    return [k for k, cls in PROBE_CLASSES.items() if cls.__module__.startswith("lensprobe.")]
 
 
 def random_probe(
@@ -26,7 +31,7 @@ def random_probe(
         kind=kind,
         d_model=d_model,
         n_outputs=n_outputs,
-        n_heads=n_heads if kind == "attention" else 1,
+        n_heads=n_heads if probe_class(kind).has_heads else 1,
         **config,
     )
     probe = build_probe(cfg)

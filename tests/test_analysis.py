@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from probe_helpers import random_probe
+from probe_helpers import builtin_kinds, random_probe
 
 import lensprobe as lp
 from lensprobe.activations import Activations, ActivationsMeta
@@ -164,7 +164,7 @@ def test_entropy_of_a_pooled_probe_names_the_alternative():
 # -- token contributions -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["attention", "mean", "last", "max"])
+@pytest.mark.parametrize("kind", builtin_kinds())
 @pytest.mark.parametrize("n_outputs", [1, 3])
 @pytest.mark.parametrize("exclude_bos", [False, True])
 def test_contributions_sum_to_the_logits_and_ignore_padding(kind, n_outputs, exclude_bos):

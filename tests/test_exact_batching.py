@@ -58,6 +58,8 @@ def assert_same_runs(batched, sequential, *, rtol: float, atol: float) -> None:
         ("last", 3, (0,)),
         ("max", 2, (0,)),
         ("max", 3, (0,)),
+        ("ema", 2, (0,)),
+        ("ema", 3, (0,)),
     ],
 )
 def test_pooled_lbfgs_protocol_is_the_same_batched_and_sequential(probe, k, seeds):
@@ -71,14 +73,23 @@ def test_pooled_lbfgs_protocol_is_the_same_batched_and_sequential(probe, k, seed
     assert_same_runs(batched, sequential, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "lbfgs"])
-def test_attention_protocol_is_the_same_batched_and_sequential(optimizer):
+@pytest.mark.parametrize(
+    ("probe", "optimizer"),
+    [
+        ("attention", "adamw"),
+        ("attention", "lbfgs"),
+        ("multimax", "adamw"),
+        ("rolling", "adamw"),
+    ],
+)
+def test_attention_protocol_is_the_same_batched_and_sequential(probe, optimizer):
     x, mask, y = separable_task(n=50, pos=6, d=12, k=3, seed=5)
     train = ADAMW if optimizer == "adamw" else TrainConfig(lbfgs_max_iter=30)
     kw = dict(
         mask=mask,
-        probe="attention",
+        probe=probe,
         n_heads=2,
+        options={"window": 3} if probe == "rolling" else {},
         optimizer=optimizer,
         weight_decays=DECAYS,
         train=train,

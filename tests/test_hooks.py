@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+from probe_helpers import builtin_kinds
 from probe_helpers import random_probe as _random_probe
 
 from lensprobe.backends import resolve_hook
@@ -66,11 +67,11 @@ def test_live_readout_equals_probe_on_capture(request, backend, family, tiny_tex
     acts = capture(model, tiny_texts, HOOK, dtype=torch.float32, progress=False)[HOOK]
     bos = acts.meta.prepend_bos  # capture follows the tokenizer (GPT-2's adds no BOS)
     x, mask = acts.pad()
-    for kind in ["attention", "mean", "last", "max"]:
+    for kind in builtin_kinds():
         probe = random_probe(kind)
         with torch.no_grad():
             expected = probe(x, mask)
-            expected_attn = probe.attention(x, mask) if kind == "attention" else None
+            expected_attn = probe.attention(x, mask) if probe.attends else None
         with attach(model, probe) as readout:
             forward(model, backend, tiny_texts, prepend_bos=bos)
         assert len(readout) == 1
@@ -120,7 +121,7 @@ def prefix_reference(model, probe, ids, attention_mask):
     return ref.activations, ref.mask
 
 
-@pytest.mark.parametrize("kind", ["attention", "mean", "last"])
+@pytest.mark.parametrize("kind", ["attention", "mean", "last", "multimax", "rolling", "ema"])
 def test_generate_gives_the_running_prediction_over_the_prefix(tiny_gemma3, tiny_texts, kind):
     model = tiny_gemma3("hf")
     tok = model.tokenizer

@@ -10,7 +10,8 @@ import pytest
 import lensprobe as lp
 from lensprobe.errors import InputError, ProbeFileError
 from lensprobe.probes import ProbeConfig, saving
-from lensprobe.specs import MAX_PROBE_HEADS, ProbeSpec
+from lensprobe.probes.spec import ProbeSpec
+from lensprobe.specs import MAX_PROBE_HEADS
 
 
 @pytest.mark.parametrize("heads", [MAX_PROBE_HEADS + 1, 99_999_999])

@@ -8,7 +8,7 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given, settings
-from probe_helpers import random_probe
+from probe_helpers import builtin_kinds, random_probe
 
 from lensprobe.probes import (
     AttentionProbe,
@@ -20,7 +20,7 @@ from lensprobe.probes import (
     probe_class,
 )
 
-KINDS = ["attention", "mean", "last", "max"]
+KINDS = builtin_kinds()  # every kind lensprobe defines, the monitor kinds included
 
 
 randomised = random_probe  # (kind, d_model, n_outputs, n_heads=3, seed=0, ...)
@@ -175,7 +175,7 @@ def test_save_and_load_round_trip(tmp_path, kind):
             kind=kind,
             d_model=12,
             n_outputs=3,
-            n_heads=3 if kind == "attention" else 1,
+            n_heads=3 if probe_class(kind).has_heads else 1,
             hook="blocks.9.hook_resid_post",
             model_id="gemma-3-270m",
             class_names=("a", "b", "c"),
@@ -249,7 +249,7 @@ def test_exclude_bos_ignores_the_first_valid_token(kind):
     )
     torch.testing.assert_close(probe(x, mask), without_bos, rtol=1e-5, atol=1e-5)
     x[:, :, :] = torch.where(mask[..., None], x, 0.0)
-    if kind == "attention":
+    if probe.attends:
         _, attn = probe(x, mask, return_attention=True)
         first = mask.float().argmax(dim=1)
         assert torch.equal(attn[torch.arange(3), first], torch.zeros(3, 3))

@@ -11,6 +11,7 @@ from test_analysis import make_acts
 import lensprobe as lp
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError
+from lensprobe.probes.spec import ProbeSpec
 from lensprobe.storage import load_activations, save
 from lensprobe.train import TrainConfig
 from lensprobe.train.streaming import CHUNK
@@ -35,7 +36,18 @@ def _same(streamed: lp.ProtocolResult, padded: lp.ProtocolResult) -> None:
             assert torch.equal(a.probe.state_dict()[k], w), k
 
 
-PROBES = ["mean", "last", "max", "mean-adamw", "last-adamw", "attention-1", "attention-2"]
+PROBES = [
+    "mean",
+    "last",
+    "max",
+    "mean-adamw",
+    "last-adamw",
+    "attention-1",
+    "attention-2",
+    "ema:halflife=3",
+    "multimax-2",
+    "rolling-2:window=3",
+]
 
 
 @pytest.mark.parametrize("probe", PROBES)
@@ -47,11 +59,16 @@ def test_streamed_probes_equal_the_padded_path(tmp_path, probe, bos, dtype, shar
     if shards is not None:  # shard boundaries fall inside every block and minibatch read
         save(acts, tmp_path / "store", shard_tokens=shards)
         acts = load_activations(tmp_path / "store")
-    kind, _, rest = probe.partition("-")
-    if kind == "attention":
-        kw = dict(KW, probe=kind, n_heads=int(rest), bos=bos, train=SHORT)
-    else:
-        kw = dict(KW, probe=kind, bos=bos, optimizer=rest or "auto", train=SHORT)
+    spec = ProbeSpec.parse(probe)
+    kw = dict(
+        KW,
+        probe=spec.kind,
+        n_heads=spec.n_heads,
+        optimizer=spec.optimizer,
+        options=dict(spec.options),
+        bos=bos,
+        train=SHORT,
+    )
     streamed = lp.run_protocol(acts, **kw)
     x, mask = acts.pad(dtype=dtype)
     padded = lp.run_protocol(x, acts.labels, mask=mask, **kw)

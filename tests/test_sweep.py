@@ -11,7 +11,7 @@ from test_analysis import make_acts
 import lensprobe as lp
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError
-from lensprobe.specs import ProbeSpec
+from lensprobe.probes.spec import ProbeSpec
 from lensprobe.storage import load_activations, save
 from lensprobe.train import ProtocolConfig, TrainConfig
 from lensprobe.train.protocol import run_sweep

@@ -9,6 +9,7 @@ import torch
 from probe_helpers import token_task
 from sklearn.linear_model import LogisticRegression
 
+from lensprobe.pooling import pool
 from lensprobe.probes import AttentionProbe, LastTokenProbe, MaxProbe, MeanProbe, ProbeConfig
 from lensprobe.probes.base import tokens_read
 from lensprobe.train import Members, TrainConfig, fit, fit_members, stratified_split
@@ -138,7 +139,7 @@ def test_lbfgs_matches_scikit_learn_logistic_regression_on_real_text(
         weight_decay=weight_decay,
         train=tc,
     )
-    feats = probe_cls.pool(x.masked_fill(~mask[..., None], 0), mask).double().numpy()
+    feats = pool(probe_cls.kind, x.masked_fill(~mask[..., None], 0), mask).double().numpy()
     n_train = train_rows.numel()
     sk = LogisticRegression(C=1.0 / (n_train * weight_decay), tol=1e-10, max_iter=10_000)
     sk.fit(feats[train_rows], y[train_rows].numpy())
@@ -217,7 +218,7 @@ def test_lbfgs_reaches_the_optimum_when_features_share_a_large_offset(k):
     )
     cfg = ProbeConfig(kind="mean", d_model=32, n_outputs=1 if k == 2 else k)
     r = fit_members(cfg, x, mask, y, members, TrainConfig(optimizer="lbfgs"))
-    feats = MeanProbe.pool(x, mask).double()
+    feats = pool("mean", x, mask).double()
     for i, wd in enumerate(wds[1:], start=1):
         # the same objective: mean log loss + wd / 2 * ||W||^2  <=>  C = 1 / (n_train * wd)
         sk = LogisticRegression(C=1.0 / (240 * wd), tol=1e-12, max_iter=100_000)
@@ -308,7 +309,7 @@ def test_adamw_member_in_a_sweep_is_the_member_alone_for_every_decay(kind, decay
 
 def test_lbfgs_single_member_matches_scikit_learn_multiclass():
     x, mask, y = needle_data(n=90, pos=6, d=12, k=3, seed=10)
-    feats = MaxProbe.pool(x.masked_fill(~mask[..., None], 0), mask).double()
+    feats = pool("max", x.masked_fill(~mask[..., None], 0), mask).double()
     probe = fit(
         MaxProbe(12, 3), x, mask, y, weight_decay=1e-2, train=TrainConfig(optimizer="lbfgs")
     )
@@ -387,7 +388,7 @@ def test_lbfgs_with_fewer_rows_than_features_matches_scikit_learn(k):
     members = grid(50, n_row_sets=2)
     cfg = ProbeConfig(kind="mean", d_model=80, n_outputs=1 if k == 2 else k)
     r = fit_members(cfg, x, mask, y, members, TrainConfig(optimizer="lbfgs", lbfgs_tolerance=1e-9))
-    feats = MeanProbe.pool(x.masked_fill(~mask[..., None], 0), mask).double()
+    feats = pool("mean", x.masked_fill(~mask[..., None], 0), mask).double()
     for i in range(len(members)):
         wd, rows = float(members.weight_decay[i]), members.train[i]
         if wd == 0:

@@ -7,24 +7,21 @@ probe's all on the last token, a max probe's split by which token holds each fea
 
 from __future__ import annotations
 
-import torch
-from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lensprobe.analysis.inputs import evaluating, probe_device_dtype
-from lensprobe.errors import InputTypeError
-from lensprobe.pooling import last_index
-from lensprobe.probes import AttentionProbe, LastTokenProbe, MaxProbe, MeanProbe, Probe
+from lensprobe.probes import Probe
 from lensprobe.probes.base import check_inputs
 
 __all__ = ["head_contributions", "token_contributions"]
 
 
-def head_contributions(
-    probe: AttentionProbe, x: Tensor, mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits, attention ``(b, p, h)`` and per-head token contributions ``(b, p, h, c)``."""
+def head_contributions(probe: Probe, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits, attention ``(b, p, h)`` and per-head token contributions ``(b, p, h, c)``.
+
+    For kinds that attend (:attr:`~lensprobe.probes.base.Probe.attends`).
+    """
     logits, attn = probe(x, mask, return_attention=True)
     values = probe.head_values(x.masked_fill(~mask[..., None], 0.0), mask)
     return logits, attn, attn[..., None] * values
@@ -37,13 +34,16 @@ def token_contributions(
 ) -> Float[Tensor, "batch pos n_outputs"]:
     """Each token's exact share of each logit: ``logits == contributions.sum(1) + probe.bias``.
 
+    Each kind says its own (:meth:`~lensprobe.probes.base.Probe.token_contributions`), e.g.:
+
     - attention probe: ``sum_h attn[t, h] * (x_t @ V_h)``;
     - mean probe: ``(x_t @ W) / n_valid``;
     - last-token probe: ``x_last @ W`` on the last valid token, 0 elsewhere;
     - max probe: feature ``d`` is credited to the token holding the maximum (split evenly between
       tied tokens), so token ``t`` gets ``sum_{d won by t} x[t, d] W[d]``.
 
-    Masked positions get 0. Runs in no_grad and eval mode (the probe's mode is restored).
+    Masked positions (and tokens the probe leaves out, such as BOS) get 0. Runs in no_grad and
+    eval mode (the probe's mode is restored).
 
     Args:
         probe: Any lensprobe probe.
@@ -53,27 +53,7 @@ def token_contributions(
     check_inputs(x, mask, probe.config.d_model)
     _, dtype = probe_device_dtype(probe)
     with evaluating(probe):
-        if isinstance(probe, AttentionProbe):
-            # The probe applies its own effective mask (BOS excluded) to the mask as given.
-            x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
-            _, _, per_head = head_contributions(probe, x, mask)
-            return per_head.sum(dim=2)
         mask = probe.effective_mask(mask)
         x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
-        if isinstance(probe, MeanProbe):
-            n_valid = mask.sum(dim=1).to(dtype)
-            out = einsum(x, probe.weight, "b p d, d c -> b p c") / n_valid[:, None, None]
-        elif isinstance(probe, LastTokenProbe):
-            last = torch.nn.functional.one_hot(last_index(mask), mask.shape[1]).to(dtype)
-            out = einsum(x * last[..., None], probe.weight, "b p d, d c -> b p c")
-        elif isinstance(probe, MaxProbe):
-            filled = x.masked_fill(~mask[..., None], float("-inf"))
-            winner = (filled == filled.amax(dim=1, keepdim=True)).to(dtype)
-            winner = winner / winner.sum(dim=1, keepdim=True)
-            out = einsum(x * winner, probe.weight, "b p d, d c -> b p c")
-        else:
-            raise InputTypeError(
-                f"token_contributions knows attention, mean, last and max probes, got "
-                f"{type(probe).__name__}"
-            )
+        out = probe.token_contributions(x, mask)
         return out.masked_fill(~mask[..., None], 0.0)

@@ -29,7 +29,7 @@ from lensprobe.analysis.inputs import (
 )
 from lensprobe.errors import InputError, InputIndexError
 from lensprobe.metrics import probabilities
-from lensprobe.probes import AttentionProbe, Probe
+from lensprobe.probes import Probe
 
 __all__ = ["Example", "TokenMass", "TopExamples", "class_scores", "explain", "top_examples"]
 
@@ -258,7 +258,7 @@ def _score_rows(
     first_str: dict[int, str] = {}
     with evaluating(probe):
         for x, mask, batch_rows in batches(probe, acts, rows, batch_size):
-            if not isinstance(probe, AttentionProbe):
+            if not probe.attends:
                 logits_parts.append(probe(x, mask).float().cpu())
                 continue
             logits, attn = probe(x, mask, return_attention=True)
@@ -377,7 +377,7 @@ def _details(probe: Probe, acts: Data, rows: Tensor, batch_size: int) -> dict[in
     with evaluating(probe):
         for x, mask, batch_rows in batches(probe, acts, rows, batch_size):
             x = x.masked_fill(~mask[..., None], 0.0)
-            if isinstance(probe, AttentionProbe):
+            if probe.attends:
                 logits, attn, per_head = head_contributions(probe, x, mask)
                 contrib = per_head.sum(dim=2)
             else:

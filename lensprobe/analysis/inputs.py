@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError, InputIndexError, InputTypeError
-from lensprobe.probes import AttentionProbe, Probe
+from lensprobe.probes import Probe
 from lensprobe.probes.base import check_inputs
 
 __all__ = [
@@ -116,11 +116,12 @@ def probe_class_names(probe: Probe, acts: Data) -> tuple[str, ...]:
     return tuple(names)
 
 
-def require_attention(probe: Probe, what: str) -> AttentionProbe:
-    """The probe, if it is an attention probe; a TypeError that says what to use otherwise."""
-    if not isinstance(probe, AttentionProbe):
+def require_attention(probe: Probe, what: str) -> Probe:
+    """The probe, if its kind attends to tokens; a TypeError that says what to use otherwise."""
+    if not probe.attends:
         raise InputTypeError(
-            f"{what} needs an AttentionProbe, got a {probe.config.kind} probe: a mean probe's "
+            f"{what} needs a probe that attends to tokens (e.g. an AttentionProbe), got a "
+            f"{probe.config.kind} probe: a mean probe's "
             "attention is uniform (entropy ratio 1) and a last-token probe's is one-hot (ratio 0); "
             "use lp.analysis.token_contributions to see which tokens a pooled probe reads"
         )

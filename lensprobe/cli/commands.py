@@ -146,7 +146,7 @@ def _demo_expected(options: DemoOptions, hooks: list[str]) -> str:
 def run_demo(options: DemoOptions) -> int:
     """The bundled Gemma 3 270M on the built-in tasks: capture, train, table, reports."""
     from lensprobe.data import load_dataset
-    from lensprobe.specs import parse_probes
+    from lensprobe.probes.spec import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     steps.memory_flag(options.max_memory)
@@ -181,7 +181,7 @@ def run_demo(options: DemoOptions) -> int:
 
 def run_run(options: RunOptions) -> int:
     """Capture a dataset at hooks, train the probes, write results and a report."""
-    from lensprobe.specs import parse_probes
+    from lensprobe.probes.spec import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     steps.memory_flag(options.max_memory)
@@ -232,7 +232,7 @@ def run_capture(options: CaptureOptions) -> int:
 
 def run_train(options: TrainOptions) -> int:
     """Train probes on a stored capture; write results, probes and a report."""
-    from lensprobe.specs import parse_probes
+    from lensprobe.probes.spec import parse_probes
 
     parse_probes(options.probes)  # a bad spec fails before any model is loaded
     steps.memory_flag(options.max_memory)

@@ -125,8 +125,8 @@ class TrainingOptions:
     """Which probes are trained, and how long (``demo``, ``run``, ``train``)."""
 
     probes: tuple[str, ...] = DEFAULT_PROBES
-    """Comma-separated probe specs KIND[-HEADS][-OPTIMIZER]: attention-8, mean, last, max,
-    mean-adamw, ..."""
+    """Comma-separated probe specs KIND[-HEADS][-OPTIMIZER][:NAME=VALUE]: attention-8, mean, last,
+    max, mean-adamw, and the long-context kinds multimax-4, rolling-4:window=16, ema:halflife=16."""
     seeds: str = "1"
     """Splits per probe: a count (3 means seeds 0,1,2) or a list of seeds such as 0,4,7; metrics
     are averaged with a corrected interval."""

@@ -479,7 +479,7 @@ def train_grid(
     trained again. ``test_rows``: the rows of ``--test-split``.
     """
     from lensprobe import experiment
-    from lensprobe.specs import parse_probes
+    from lensprobe.probes.spec import parse_probes
 
     def show(cell: Any) -> None:
         line = experiment.format_row(cell.record())

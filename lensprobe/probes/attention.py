@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from einops import einsum, rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from lensprobe._types import Acts, Mask, ProbeAttention
 from lensprobe.probes.base import Probe, check_inputs
 from lensprobe.probes.config import ProbeConfig
 
@@ -83,6 +82,7 @@ class AttentionProbe(Probe):
         n_heads: Probe heads.
         n_outputs: 1 for a binary task, k for k classes.
         position: Count positions from the ``"last"`` or the ``"first"`` valid token.
+        options: The kind's own options (e.g. ``{"window": 8}`` for a rolling probe).
         hook: Hook name the probe reads (recorded in its config).
         model_id: Model the probe was trained on (recorded).
         class_names: Names of the classes (recorded).
@@ -95,6 +95,8 @@ class AttentionProbe(Probe):
     kind = "attention"
     decay_params = ("query", "value")
     ignores_masked = True
+    has_heads = True
+    attends = True
 
     def __init__(
         self,
@@ -106,12 +108,20 @@ class AttentionProbe(Probe):
         hook: str | None = None,
         model_id: str | None = None,
         class_names: tuple[str, ...] | None = None,
+        options: Mapping[str, Any] | None = None,
         config: ProbeConfig | None = None,
     ):
         super().__init__(
             config
             or self.config_from(
-                d_model, n_outputs, hook, model_id, class_names, n_heads=n_heads, position=position
+                d_model,
+                n_outputs,
+                hook,
+                model_id,
+                class_names,
+                n_heads=n_heads,
+                position=position,
+                options=dict(options or {}),
             )
         )
 
@@ -137,6 +147,44 @@ class AttentionProbe(Probe):
             "value": torch.stack(values),
             "bias": torch.zeros(m, *shapes["bias"]),
         }
+
+    @classmethod
+    def scores_and_values(
+        cls,
+        config: ProbeConfig,
+        params: Mapping[str, Tensor],
+        x: Float[Tensor, "batch pos d_model"],
+        mask: Bool[Tensor, "batch pos"],
+        *,
+        matmul_dtype: torch.dtype | None = None,
+        input_scale: float = 1.0,
+        values: bool = True,
+    ) -> tuple[Float[Tensor, "batch pos k"], Float[Tensor, "batch pos k n_outputs"] | None]:
+        """Every head's score and value at every token, heads of all members on one axis.
+
+        ``k = (member, head)``. Scores are ``x @ Q - w * distance``, ``-inf`` at masked
+        positions; values ``x @ V`` (with ``values``). Both come from one product
+        ``x @ [Q | V]``, in ``matmul_dtype`` (default ``x``'s dtype), returned in the
+        parameters' dtype and divided by ``input_scale``. ``x`` at masked positions is never
+        read. The kinds that weigh tokens by these scores (attention, MultiMax, rolling means)
+        share this.
+        """
+        dt, pt = matmul_dtype or x.dtype, params["query"].dtype
+        query = rearrange(params["query"], "m d h -> d (m h)")
+        k = query.shape[1]
+        weight = query
+        if values:
+            value = rearrange(params["value"], "m d h c -> d (m h c)")
+            weight = torch.cat([query, value], dim=1)
+        both = _products(x, mask, weight, dt, pt)
+        if input_scale != 1.0:
+            both = both / input_scale
+        scores = both[..., :k]
+        slope = rearrange(params["position_weight"], "m h -> (m h)")
+        distance = token_distance(mask, config.position).to(scores.dtype)
+        scores = (scores - distance[..., None] * slope).masked_fill(~mask[..., None], float("-inf"))
+        per_token = both[..., k:].unflatten(-1, (k, -1)) if values else None
+        return scores, per_token
 
     @classmethod
     def forward_members(
@@ -167,25 +215,18 @@ class AttentionProbe(Probe):
         m = params["query"].shape[0]
         n_out = params["value"].shape[-1]
         dt, pt = matmul_dtype or x.dtype, params["query"].dtype
-        query = rearrange(params["query"], "m d h -> d (m h)")
-        k = query.shape[1]
-        slope = rearrange(params["position_weight"], "m h -> (m h)")
-        if n_out == 1:
-            value = rearrange(params["value"], "m d h c -> d (m h c)")
-            both = _products(x, mask, torch.cat([query, value], dim=1), dt, pt)
-            if input_scale != 1.0:
-                both = both / input_scale
-            scores, per_token = both[..., :k], both[..., k:]
-        else:
-            scores = _products(x, mask, query, dt, pt)
-            if input_scale != 1.0:
-                scores = scores / input_scale
-        distance = token_distance(mask, config.position).to(scores.dtype)
-        scores = scores - distance[..., None] * slope
-        scores = scores.masked_fill(~mask[..., None], float("-inf"))
+        scores, per_token = cls.scores_and_values(
+            config,
+            params,
+            x,
+            mask,
+            matmul_dtype=matmul_dtype,
+            input_scale=input_scale,
+            values=n_out == 1,
+        )
         attn = scores.softmax(dim=1)
-        if n_out == 1:
-            out = (attn * per_token).sum(dim=1)  # (batch, k): each head's weighted value
+        if per_token is not None:
+            out = (attn * per_token[..., 0]).sum(dim=1)  # (batch, k): each head's weighted value
             logits = rearrange(out, "b (m h) -> m b h", m=m).sum(dim=-1, keepdim=True)
         else:
             pooled = einsum(attn.to(dt), _zeroed(x, mask).to(dt), "b p k, b p d -> b k d").to(pt)
@@ -197,21 +238,6 @@ class AttentionProbe(Probe):
         logits = logits + params["bias"][:, None, :]
         return logits, rearrange(attn, "b p (m h) -> m b p h", m=m)
 
-    def forward(self, x: Acts, mask: Mask, *, return_attention: bool = False):  # type: ignore[override]
-        """Logits ``(batch, n_outputs)``; with ``return_attention``, also ``(batch, pos, probe_head)``.
-
-        Masked positions get exactly zero attention.
-        """
-        x, mask = self._prepare(x, mask)
-        logits, attn = self.forward_members(self.config, self.member_params(), x, mask)
-        if return_attention:
-            return logits[0], attn[0]
-        return logits[0]
-
-    def attention(self, x: Acts, mask: Mask) -> ProbeAttention:
-        """Attention ``(batch, pos, probe_head)`` of each head over each sequence's tokens."""
-        return self(x, mask, return_attention=True)[1]
-
     @torch.no_grad()
     def head_values(
         self, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
@@ -220,3 +246,11 @@ class AttentionProbe(Probe):
         check_inputs(x, mask, self.config.d_model)
         x = x.to(self.value.dtype)
         return einsum(x, self.value, "b p d, d h c -> b p h c")
+
+    def class_directions(self) -> Float[Tensor, "n_outputs d_model"]:
+        """The values summed over heads, ``sum_h value[:, h, c]`` (each head's weights sum to 1)."""
+        return self.value.detach().sum(dim=1).T.clone()
+
+    def read_directions(self) -> Float[Tensor, "direction d_model"]:
+        """Every head's value direction per output, ``(probe_head * n_outputs, d_model)``."""
+        return self.value.detach().permute(1, 2, 0).reshape(-1, self.config.d_model).clone()

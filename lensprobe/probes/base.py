@@ -3,19 +3,24 @@
 Every probe kind writes its math once, for parameters with a leading ``member`` dimension
 (``forward_members``). A lone probe is the one-member case of the same function, so a probe
 trained inside a batched sweep and the same probe trained alone run identical code.
+
+A kind is one subclass in one file. Its class says everything the rest of lensprobe needs: its
+name (``kind``), whether it has heads, attends or pools, its default optimizer and its own options;
+the spec parser, the protocol, saving, ``attach``, the analyses and the command line read these
+attributes and never list the kinds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from lensprobe._types import Acts, Logits, Mask
+from lensprobe._types import Acts, Logits, Mask, ProbeAttention
 from lensprobe.errors import InputError, InputTypeError
 from lensprobe.pooling import without_first_token
 from lensprobe.probes.config import PROBE_CLASSES, ProbeConfig
@@ -70,6 +75,23 @@ class Probe(nn.Module):
     ignores_masked: ClassVar[bool] = False
     """Whether :meth:`forward_members` never reads ``x`` at masked positions, so callers need not
     zero them (a training minibatch is then not zeroed first)."""
+    has_heads: ClassVar[bool] = False
+    """Whether ``n_heads`` may exceed 1 (a spec then writes them: ``attention-8``)."""
+    attends: ClassVar[bool] = False
+    """Whether :meth:`forward_members` returns each head's weights over the tokens read,
+    ``(member, batch, pos, head)``, summing to 1 per head, with :meth:`head_values` such that
+    ``logits = sum over (pos, head) of weight * value + bias``: ``attach`` records them and the
+    attention entropy, widgets and report show them."""
+    pooled: ClassVar[bool] = False
+    """Whether the probe is linear on one vector per sequence that a classmethod
+    ``pool(config, x, mask)`` computes with no parameters (and that commutes with a positive
+    scale, ``pool(x / s) == pool(x) / s``): training pools once and solves on the pooled
+    vectors, and the protocol's streaming pass computes them while it reads the store."""
+    default_optimizer: ClassVar[Literal["adamw", "lbfgs"]] = "adamw"
+    """What ``optimizer="auto"`` trains the kind with."""
+    option_defaults: ClassVar[Mapping[str, int | float | str]] = {}
+    """The kind's own settings and their defaults (a config holds them in ``options``; a spec
+    writes them as ``KIND:NAME=VALUE``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Record a subclass that names a new ``kind`` in :data:`PROBE_CLASSES` (loading reads it).
@@ -112,6 +134,45 @@ class Probe(nn.Module):
             class_names=class_names,
             **shape,
         )
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` checked against :attr:`option_defaults`, the missing ones at their defaults.
+
+        A value must have its default's type (an integer passes for a float);
+        :meth:`check_option_values` then checks ranges.
+        """
+        unknown = sorted(set(options) - set(cls.option_defaults))
+        if unknown:
+            known = ", ".join(cls.option_defaults) or "none"
+            raise InputError(
+                f"a {cls.kind} probe has no option {unknown[0]!r}; its options: {known}"
+            )
+        out = dict(cls.option_defaults)
+        for name, value in options.items():
+            default = out[name]
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(default, float) and numeric:
+                value = float(value)
+            elif not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(
+                default, bool
+            ):
+                raise InputError(
+                    f"{cls.kind} option {name}={value!r}: expected a {type(default).__name__}, "
+                    f"e.g. {name}={default!r}"
+                )
+            out[name] = value
+        cls.check_option_values(out)
+        return out
+
+    @classmethod
+    def check_option_values(cls, options: Mapping[str, Any]) -> None:
+        """Refuse option values out of range (a subclass with options says which)."""
+
+    @classmethod
+    def floats_per_head_token(cls, n_outputs: int, options: Mapping[str, Any]) -> int:
+        """Numbers a forward keeps per token and head (score, weight, values): memory estimates."""
+        return 2 + n_outputs
 
     # -- the member-batched core, one per subclass ----------------------------------------------
     @classmethod
@@ -177,11 +238,62 @@ class Probe(nn.Module):
         x = x.to(dtype).masked_fill(~mask[..., None], 0.0)
         return x, mask
 
-    def forward(self, x: Acts, mask: Mask) -> Logits:
-        """Logits ``(batch, n_outputs)`` for a padded batch and its valid-token mask."""
+    def forward(
+        self, x: Acts, mask: Mask, *, return_attention: bool = False
+    ) -> Logits | tuple[Logits, ProbeAttention]:
+        """Logits ``(batch, n_outputs)`` for a padded batch and its valid-token mask.
+
+        With ``return_attention`` (kinds that :attr:`attend <attends>`), also each head's weights
+        ``(batch, pos, probe_head)``; masked positions get exactly zero.
+        """
+        if return_attention and not self.attends:
+            raise InputTypeError(
+                f"a {self.kind} probe has no attention over tokens; "
+                "lp.analysis.token_contributions(probe, x, mask) shows which tokens it reads"
+            )
         x, mask = self._prepare(x, mask)
-        logits, _ = self.forward_members(self.config, self.member_params(), x, mask)
+        logits, attn = self.forward_members(self.config, self.member_params(), x, mask)
+        if return_attention:
+            assert attn is not None
+            return logits[0], attn[0]
         return logits[0]
+
+    def attention(self, x: Acts, mask: Mask) -> ProbeAttention:
+        """Each head's weights ``(batch, pos, probe_head)`` over each sequence's tokens."""
+        return self(x, mask, return_attention=True)[1]
+
+    def head_values(
+        self, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos probe_head n_outputs"]:
+        """What each head adds per unit of weight on each token (kinds that attend)."""
+        raise InputTypeError(f"a {self.kind} probe has no heads attending to tokens")
+
+    @torch.no_grad()
+    def token_contributions(
+        self, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos n_outputs"]:
+        """Each token's exact share of each logit: ``logits == out.sum(1) + bias``.
+
+        ``x`` in the probe's dtype, zero where ``mask`` is False; ``mask`` the tokens the probe
+        reads (:meth:`effective_mask`). A kind that attends: ``sum_h weight[t, h] * value[t, h]``;
+        other kinds say their own.
+        """
+        if not self.attends:
+            raise InputTypeError(f"no token contributions defined for a {self.kind} probe")
+        _, attn = self.forward_members(self.config, self.member_params(), x, mask)
+        assert attn is not None
+        return (attn[0][..., None] * self.head_values(x, mask)).sum(dim=2)
+
+    def class_directions(self) -> Float[Tensor, "n_outputs d_model"]:
+        """One residual-space direction per output along which the probe's logit moves (copy)."""
+        raise InputTypeError(f"no class directions for a {self.kind} probe")
+
+    def read_directions(self) -> Float[Tensor, "direction d_model"]:
+        """Directions whose removal leaves the probe reading nothing but its bias (a copy).
+
+        Default: :meth:`class_directions`.
+        """
+        return self.class_directions()
 
     @torch.no_grad()
     def predict_proba(
@@ -200,9 +312,10 @@ class Probe(nn.Module):
     def extra_repr(self) -> str:
         """Shapes and hook, shown in the module's repr."""
         c = self.config
-        heads = f", n_heads={c.n_heads}, position={c.position!r}" if c.kind == "attention" else ""
+        heads = f", n_heads={c.n_heads}, position={c.position!r}" if self.has_heads else ""
+        options = "".join(f", {k}={v!r}" for k, v in c.options.items())
         hook = f", hook={c.hook!r}" if c.hook else ""
-        return f"d_model={c.d_model}, n_outputs={c.n_outputs}{heads}{hook}"
+        return f"d_model={c.d_model}, n_outputs={c.n_outputs}{heads}{options}{hook}"
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

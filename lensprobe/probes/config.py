@@ -1,7 +1,9 @@
 """What a probe is: its kind, shapes and hook (:class:`ProbeConfig`), and each kind's class.
 
 :data:`PROBE_CLASSES` is filled as each :class:`~lensprobe.probes.base.Probe` subclass that names a
-``kind`` is defined, so loading a probe finds its class without importing the kinds here.
+``kind`` is defined, so loading a probe finds its class without importing the kinds here, and a kind
+defined anywhere (a user's module, a test) is known to every part of lensprobe from then on. What a
+kind needs (heads, its own options, its optimizer, whether it pools) is read from its class.
 """
 
 from __future__ import annotations
@@ -17,27 +19,29 @@ from lensprobe.specs import check_heads
 if TYPE_CHECKING:
     from lensprobe.probes.base import Probe
 
-ProbeKind = Literal["attention", "mean", "last", "max"]
-PROBE_KINDS: tuple[str, ...] = ("attention", "mean", "last", "max")
-
 PROBE_CLASSES: dict[str, type[Probe]] = {}
 """Probe kind -> the class implementing it (each subclass of ``Probe`` with a ``kind`` adds itself)."""
+
+
+def probe_kinds() -> tuple[str, ...]:
+    """The kind names known now, in the order their classes were defined."""
+    return tuple(PROBE_CLASSES)
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """Everything needed to rebuild a probe: its kind, its shapes, and where it reads."""
 
-    kind: ProbeKind
-    """Which probe: ``attention``, or a linear probe on ``mean``/``last``/``max`` pooled tokens."""
+    kind: str
+    """Which probe: a name of :func:`probe_kinds`, e.g. ``attention``, ``mean``, ``multimax``."""
     d_model: int
     """Width of the activations the probe reads."""
     n_outputs: int = 1
     """1 for a binary task (one logit), k for a k-class task (k logits)."""
     n_heads: int = 1
-    """Probe heads (attention probes only; 1 for pooled probes)."""
+    """Probe heads (kinds with heads only; 1 for the others)."""
     position: Literal["last", "first"] = "last"
-    """Attention probes: the token positions are counted from, for the learned position bias."""
+    """Kinds with a learned position bias: the token positions are counted from."""
     hook: str | None = None
     """Hook name the probe was trained at, e.g. ``blocks.9.hook_resid_post``."""
     model_id: str | None = None
@@ -50,18 +54,21 @@ class ProbeConfig:
     norm dwarfs the other tokens'. Sequences of one token keep it."""
     capture: dict[str, Any] = field(default_factory=dict)
     """Capture settings of the training activations (dtype, padding side, max length, BOS)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The kind's own settings (e.g. a rolling probe's ``window``), every one filled in: given
+    values checked by the kind's class, the others at its defaults."""
 
     def __post_init__(self) -> None:
-        if self.kind not in PROBE_KINDS:
-            raise InputError(f"unknown probe kind {self.kind!r}; choose one of {PROBE_KINDS}")
+        cls = probe_class(self.kind)
         if self.d_model < 1 or self.n_outputs < 1 or self.n_heads < 1:
             raise InputError(
                 f"d_model, n_outputs and n_heads must be positive, got {self.d_model}, "
                 f"{self.n_outputs}, {self.n_heads}"
             )
-        if self.kind != "attention" and self.n_heads != 1:
+        if not cls.has_heads and self.n_heads != 1:
             raise InputError(f"a {self.kind} probe has no heads; leave n_heads at 1")
         check_heads(self.n_heads, "n_heads")
+        object.__setattr__(self, "options", cls.check_options(self.options))
         if self.position not in ("last", "first"):
             raise InputError(f"position must be 'last' or 'first', got {self.position!r}")
         if self.class_names is not None:
@@ -78,10 +85,17 @@ class ProbeConfig:
         """Number of classes: 2 for a one-logit (binary) probe, else ``n_outputs``."""
         return 2 if self.n_outputs == 1 else self.n_outputs
 
+    @property
+    def aggregation(self) -> str:
+        """The kind with its options, e.g. ``mean`` or ``rolling:window=16`` (its features' key)."""
+        return self.kind + "".join(f":{k}={v}" for k, v in sorted(self.options.items()))
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (``options`` only when the kind has some, as saved before them)."""
         d = asdict(self)
         d["class_names"] = list(self.class_names) if self.class_names is not None else None
+        if not self.options:
+            del d["options"]
         return d
 
     @classmethod
@@ -99,7 +113,10 @@ def probe_class(kind: str) -> type[Probe]:
     try:
         return PROBE_CLASSES[kind]
     except KeyError:
-        raise InputError(f"unknown probe kind {kind!r}; choose one of {PROBE_KINDS}") from None
+        raise InputError(
+            f"unknown probe kind {kind!r}; choose one of {probe_kinds()} (a kind is known once "
+            "its class, a subclass of lensprobe.probes.Probe, is defined)"
+        ) from None
 
 
 def build_probe(config: ProbeConfig) -> Probe:

@@ -8,13 +8,14 @@ looks at masked positions, so padding side and pad length do not change the outp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from lensprobe.pooling import POOLINGS, pool
+from lensprobe.pooling import last_index, pool
 from lensprobe.probes.base import Probe
 from lensprobe.probes.config import ProbeConfig
 
@@ -27,6 +28,8 @@ class PooledProbe(Probe):
     """
 
     decay_params = ("weight",)
+    pooled = True
+    default_optimizer = "lbfgs"
 
     def __init__(
         self,
@@ -36,24 +39,43 @@ class PooledProbe(Probe):
         hook: str | None = None,
         model_id: str | None = None,
         class_names: tuple[str, ...] | None = None,
+        options: Mapping[str, Any] | None = None,
         config: ProbeConfig | None = None,
     ):
         super().__init__(
-            config or self.config_from(d_model, n_outputs, hook, model_id, class_names)
+            config
+            or self.config_from(
+                d_model, n_outputs, hook, model_id, class_names, options=dict(options or {})
+            )
         )
 
     @classmethod
     def pool(
-        cls, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
+        cls,
+        config: ProbeConfig,
+        x: Float[Tensor, "batch pos d_model"],
+        mask: Bool[Tensor, "batch pos"],
     ) -> Float[Tensor, "batch d_model"]:
-        """One vector per sequence from its valid tokens (``x`` is zero where masked).
+        """One vector per sequence from the tokens in ``mask`` (``x`` is zero elsewhere)."""
+        raise NotImplementedError(f"{cls.__name__} does not say how it pools")
 
-        ``mean``: the mean of the valid tokens; ``last``: the last valid token; ``max``: the
-        elementwise maximum over the valid tokens.
-        """
-        if cls.kind not in POOLINGS:
-            raise NotImplementedError(f"{cls.__name__} names no pooling (kind mean, last or max)")
-        return pool(cls.kind, x, mask)
+    @torch.no_grad()
+    def token_contributions(
+        self, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos n_outputs"]:
+        """Each token's share: its weight in the pooled vector times ``x_t @ W``."""
+        weights = self.token_weights(x, mask).to(x.dtype)
+        return einsum(x * weights, self.weight, "b p d, d c -> b p c")
+
+    def token_weights(
+        self, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos #d_model"]:
+        """Each token's weight in the pooled vector (per feature where it differs by feature)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how it weighs tokens")
+
+    def class_directions(self) -> Float[Tensor, "n_outputs d_model"]:
+        """The columns of ``weight``."""
+        return self.weight.detach().T.clone()
 
     @classmethod
     def param_shapes(cls, config: ProbeConfig) -> dict[str, tuple[int, ...]]:
@@ -86,7 +108,7 @@ class PooledProbe(Probe):
         input_scale: float = 1.0,
     ) -> tuple[Float[Tensor, "member batch n_outputs"], None]:
         """Pool, then the linear map of every member (small: in the parameters' dtype)."""
-        pooled = cls.pool(x.to(params["weight"].dtype), mask)
+        pooled = cls.pool(config, x.to(params["weight"].dtype), mask)
         return cls.linear_members(params, pooled / input_scale), None
 
 
@@ -95,14 +117,43 @@ class MeanProbe(PooledProbe):
 
     kind = "mean"
 
+    @classmethod
+    def pool(cls, config: ProbeConfig, x: Tensor, mask: Tensor) -> Tensor:
+        """The mean of the tokens."""
+        return pool("mean", x, mask)
+
+    def token_weights(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``1 / n_valid`` on each token."""
+        return (mask / mask.sum(dim=1, keepdim=True))[..., None]
+
 
 class LastTokenProbe(PooledProbe):
     """Linear probe on the last valid token (whichever side the padding is on)."""
 
     kind = "last"
 
+    @classmethod
+    def pool(cls, config: ProbeConfig, x: Tensor, mask: Tensor) -> Tensor:
+        """The last token."""
+        return pool("last", x, mask)
+
+    def token_weights(self, x: Tensor, mask: Tensor) -> Tensor:
+        """1 on the last token."""
+        return torch.nn.functional.one_hot(last_index(mask), mask.shape[1])[..., None]
+
 
 class MaxProbe(PooledProbe):
     """Linear probe on the elementwise maximum over the valid tokens (max over ``pos``)."""
 
     kind = "max"
+
+    @classmethod
+    def pool(cls, config: ProbeConfig, x: Tensor, mask: Tensor) -> Tensor:
+        """The elementwise maximum over the tokens."""
+        return pool("max", x, mask)
+
+    def token_weights(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Feature ``d`` credited to the token holding its maximum (split evenly between ties)."""
+        filled = x.masked_fill(~mask[..., None], float("-inf"))
+        winner = (filled == filled.amax(dim=1, keepdim=True)).to(x.dtype)
+        return winner / winner.sum(dim=1, keepdim=True)

@@ -133,6 +133,7 @@ def estimate_training_memory(
     streamed_tokens: int = 0,
     eval_batch_size: int = 256,
     hooks: int = 1,
+    per_head_token: int | None = None,
 ) -> MemoryEstimate:
     """The peak memory of one protocol run on ``n`` sequences padded to ``pos`` tokens.
 
@@ -151,6 +152,8 @@ def estimate_training_memory(
         eval_batch_size: Rows per forward when scoring early-stopping and test rows.
         hooks: Hooks whose members train in one fit (``members`` counts all of them): a
             training step holds each hook's minibatch until its backward.
+        per_head_token: Numbers a forward keeps per token and head (default ``2 + n_outputs``,
+            an attention probe's; see :meth:`~lensprobe.probes.base.Probe.floats_per_head_token`).
     """
     parts: dict[str, int] = {}
     if streamed_tokens:
@@ -170,7 +173,8 @@ def estimate_training_memory(
         # per-token scores and values of each head (forward and backward); a training step
         # keeps every hook's read (scoring reads one hook at a time)
         read_rows = min(n, max(batch_size * hooks, eval_batch_size))
-        per_token = 3 * members * n_heads * (2 + n_outputs)
+        per_head = 2 + n_outputs if per_head_token is None else per_head_token
+        per_token = 3 * members * n_heads * per_head
         batch = 4 * pos * (read_rows * 3 * d_model + rows * per_token)
         name = f"largest token batch ({rows} x {pos} tokens, {members} members)"
         if chunk > batch:

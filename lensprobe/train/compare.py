@@ -29,6 +29,7 @@ from lensprobe.metrics import (
     metric_range,
     percentile_interval,
 )
+from lensprobe.probes.spec import ProbeSpec
 from lensprobe.train.result import ProtocolResult, SeedRun, mean_metric
 
 Verdict = Literal["a better", "b better", "undecided"]
@@ -106,9 +107,7 @@ class Comparison:
 
 def probe_name(result: ProtocolResult) -> str:
     """A short name of a result's probe: ``attention-8``, ``mean``, ``last-adamw``."""
-    cfg = result.config
-    text = f"attention-{cfg.n_heads}" if cfg.probe == "attention" else cfg.probe
-    return text if cfg.optimizer == "auto" else f"{text}-{cfg.optimizer}"
+    return ProbeSpec.of(result.config).label
 
 
 def _check_paired(a: Sequence[SeedRun], b: Sequence[SeedRun]) -> None:

@@ -15,7 +15,7 @@ import torch
 from lensprobe._records import check_keys
 from lensprobe.errors import InputError
 from lensprobe.hardware import bf16_is_fast
-from lensprobe.probes import ProbeKind, probe_class
+from lensprobe.probes import probe_class
 from lensprobe.specs import check_heads
 
 Optimizer = Literal["adamw", "lbfgs"]
@@ -154,14 +154,19 @@ SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1", "auroc", "log_lo
 class ProtocolConfig:
     """Settings of :func:`~lensprobe.train.protocol.run_protocol` (defaults: the study's protocol)."""
 
-    probe: ProbeKind = "attention"
-    """Probe kind: ``attention``, ``mean``, ``last`` or ``max``."""
+    probe: str = "attention"
+    """Probe kind: ``attention``, ``mean``, ``last``, ``max`` or any other of
+    :func:`~lensprobe.probes.probe_kinds`."""
     n_heads: int = 1
-    """Attention probe heads."""
+    """Probe heads (kinds that have heads)."""
     position: Literal["last", "first"] = "last"
-    """Attention probes: anchor of the position bias."""
+    """Kinds with a position bias (attention probes): its anchor."""
     optimizer: Literal["auto", "adamw", "lbfgs"] = "auto"
-    """``auto``: AdamW for attention probes, L-BFGS for pooled probes (as in the study)."""
+    """``auto``: the kind's default: AdamW for attention probes, L-BFGS for pooled probes (as in
+    the study)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The kind's own settings (e.g. ``{"window": 8}`` for ``rolling``); the others at their
+    defaults."""
     weight_decays: tuple[float, ...] = (0.0, 1e-3, 1e-2, 1e-1)
     """The grid cross-validation chooses from. Each decay is an L2 penalty ``wd / 2 * ||W||^2``
     on the (normalised) loss for both optimizers by default; AdamW's decoupled decay is
@@ -202,9 +207,10 @@ class ProtocolConfig:
     """Optimiser settings; its ``optimizer`` field is overridden by ``optimizer`` unless auto."""
 
     def __post_init__(self) -> None:
-        probe_class(self.probe)  # validates the kind
-        if self.probe != "attention" and self.n_heads != 1:
+        cls = probe_class(self.probe)  # validates the kind
+        if not cls.has_heads and self.n_heads != 1:
             raise InputError(f"a {self.probe} probe has no heads; leave n_heads at 1")
+        object.__setattr__(self, "options", cls.check_options(self.options))
         check_heads(self.n_heads, "n_heads")
         if self.n_folds < 2:
             raise InputError(f"n_folds must be at least 2, got {self.n_folds}")
@@ -242,7 +248,7 @@ class ProtocolConfig:
         """The train config with the optimizer this protocol uses."""
         opt = self.optimizer
         if opt == "auto":
-            opt = "adamw" if self.probe == "attention" else "lbfgs"
+            opt = probe_class(self.probe).default_optimizer
         return replace(self.train, optimizer=opt)
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,6 +257,8 @@ class ProtocolConfig:
         d["weight_decays"] = list(self.weight_decays)
         d["seeds"] = list(self.seeds)
         d["test_rows"] = None if self.test_rows is None else list(self.test_rows)
+        if not self.options:  # kinds without options: as written before options existed
+            del d["options"]
         return d
 
     @classmethod

@@ -45,8 +45,10 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
     """One probe trained on every row, as a scikit-learn classifier.
 
     Args:
-        kind: Probe kind: ``attention``, ``mean``, ``last`` or ``max``.
-        n_heads: Attention heads (attention probes only).
+        kind: Probe kind: ``attention``, ``mean``, ``last``, ``max``, ``multimax``, ... (any of
+            :func:`~lensprobe.probes.probe_kinds`).
+        n_heads: Probe heads (kinds with heads only).
+        options: The kind's own settings, e.g. ``{"window": 8}`` for ``rolling``.
         weight_decay: The L2 penalty (``wd / 2 * ||W||^2`` on normalised activations).
         optimizer: ``auto`` (AdamW for attention, L-BFGS for pooled probes), ``adamw``,
             ``lbfgs``.
@@ -72,9 +74,11 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         bos: str = "auto",
         train: TrainConfig | None = None,
         seed: int = 0,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.kind = kind
         self.n_heads = n_heads
+        self.options = options
         self.weight_decay = weight_decay
         self.optimizer = optimizer
         self.normalize = normalize
@@ -91,6 +95,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         return ProtocolConfig(
             probe=self.kind,  # type: ignore[arg-type]
             n_heads=self.n_heads,
+            options=dict(self.options or {}),
             optimizer=self.optimizer,  # type: ignore[arg-type]
             normalize=self.normalize,  # type: ignore[arg-type]
             bos=self.bos,  # type: ignore[arg-type]
@@ -181,7 +186,8 @@ class ProbeClassifierCV(ProbeClassifier):
     refit member is the probe. ``cv_results_`` holds one row of CV metrics per decay.
 
     Args:
-        kind, n_heads, optimizer, normalize, bos, train, seed: As :class:`ProbeClassifier`.
+        kind, n_heads, options, optimizer, normalize, bos, train, seed: As
+            :class:`ProbeClassifier`.
         weight_decays: The grid (default: the study's).
         n_folds: Cross-validation folds.
         select_by: The CV metric that picks the decay (``log_loss``: lower is better).
@@ -200,9 +206,11 @@ class ProbeClassifierCV(ProbeClassifier):
         bos: str = "auto",
         train: TrainConfig | None = None,
         seed: int = 0,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.kind = kind
         self.n_heads = n_heads
+        self.options = options
         self.optimizer = optimizer
         self.normalize = normalize
         self.bos = bos

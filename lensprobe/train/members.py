@@ -30,7 +30,6 @@ from lensprobe.errors import InputError
 from lensprobe.hardware import return_freed_memory
 from lensprobe.probes import Probe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
-from lensprobe.probes.pooled import PooledProbe
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ class FitData:
         self.cls = probe_class(config.kind)
         self.matmul_dtype = matmul_dtype
         self.config = config
-        self.pooled = issubclass(self.cls, PooledProbe)
+        self.pooled = self.cls.pooled
         self.x, self.dtype, self.scale = x, dtype, scale
         self.ragged = isinstance(x, Activations)
         self._reads = 0
@@ -317,7 +316,7 @@ def _pooled(data: FitData) -> Tensor:
     if data.given is not None:
         assert isinstance(data.x, Tensor)
         given = data.given
-        key = (data.config.kind, data.config.exclude_bos, data.x._version, given._version)
+        key = (data.config.aggregation, data.config.exclude_bos, data.x._version, given._version)
         if _POOLED:
             (x_ref, mask_ref, *old_key), features = _POOLED[0]
             if x_ref() is data.x and mask_ref() is given and tuple(old_key) == key:
@@ -325,7 +324,7 @@ def _pooled(data: FitData) -> Tensor:
     parts = []
     for i in range(0, data.n, data.chunk):
         x, mask = data._read(slice(i, i + data.chunk), torch.float32, trim=False)
-        parts.append(data.cls.pool(x, mask))  # type: ignore[attr-defined]
+        parts.append(data.cls.pool(data.config, x, mask))  # type: ignore[attr-defined]
     features = torch.cat(parts) if parts else torch.empty(0, data.config.d_model)
     if data.given is not None:
         _POOLED[:] = [((weakref.ref(data.x), weakref.ref(data.given), *key), features)]

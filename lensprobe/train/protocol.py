@@ -45,8 +45,9 @@ from lensprobe.metrics import (
     estimate,
     monitoring_thresholds,
 )
-from lensprobe.probes import PooledProbe, ProbeConfig, probe_class
+from lensprobe.probes import ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
+from lensprobe.probes.spec import ProbeSpec
 from lensprobe.reduced import ReducedActivations
 from lensprobe.train.budget import MemoryEstimate, check_budget, estimate_training_memory
 from lensprobe.train.checks import check_activations, encode_labels
@@ -177,15 +178,7 @@ def run_sweep(
     _check_sweep_memory(data, labels, configs, todo, max_memory)
     hooks, labels, classes = _sweep_hooks(data, labels, masks, configs[0])
     _check_reduced(hooks, configs, todo)
-    streams = {
-        name: stream_inputs(
-            h.data,
-            _probe_config(configs[0], h.d_model, len(classes), h.meta),  # type: ignore[arg-type]
-            [c.probe for i, c in enumerate(configs) if (name, i) in todo],
-        )
-        for name, h in hooks.items()
-        if h.streamed
-    }
+    streams = _streams(hooks, configs, todo, len(classes))
     out: dict[tuple[str, int], ProtocolResult] = {}
     todo_configs = [i for i in range(len(configs)) if any((h, i) in todo for h in hooks)]
     first = 1
@@ -250,7 +243,7 @@ def fit_all_rows(
     probe = probe_class(inp.probe_config.kind).from_member(
         inp.probe_config, {k: v[refit : refit + 1] for k, v in cv.params.items()}, 0
     )
-    pooled = issubclass(probe_class(inp.probe_config.kind), PooledProbe)
+    pooled = probe_class(inp.probe_config.kind).pooled
     return AllRowsFit(
         probe=probe.to(inp.x.device).eval(),
         classes=classes,
@@ -259,6 +252,25 @@ def fit_all_rows(
         input_scale=cv.scale,
         precision=train.precision_on(inp.x.device, pooled=pooled),
     )
+
+
+def _streams(
+    hooks: Mapping[str, _Hook],
+    configs: list[ProtocolConfig],
+    todo: set[tuple[str, int]],
+    n_classes: int,
+) -> dict[str, Streamed]:
+    """One streaming pass per streamed hook: token norms, and the pooled probes' features."""
+    out = {}
+    for name, h in hooks.items():
+        if h.streamed:
+            probes = [
+                _probe_config(c, h.d_model, n_classes, h.meta)
+                for i, c in enumerate(configs)
+                if (name, i) in todo
+            ]
+            out[name] = stream_inputs(h.data, probes[0], probes)  # type: ignore[arg-type]
+    return out
 
 
 def _check_sweep_memory(
@@ -378,8 +390,8 @@ class _Input:
             stream = stream(hook.data, probe_config)
         x: Tensor | Activations = hook.data if hook.x is None else hook.x
         mask = hook.mask
-        if stream is not None and probe_config.kind in stream.features:
-            x = stream.features[probe_config.kind]
+        if stream is not None and probe_config.aggregation in stream.features:
+            x = stream.features[probe_config.aggregation]
             mask = torch.ones(x.shape[:2], dtype=torch.bool)
         return cls(hook, probe_config, x, mask, stream)
 
@@ -435,7 +447,7 @@ def _train_hooks(
                 tables[i] += cv.rows
     finally:
         bar.close()
-    pooled = issubclass(probe_class(inputs[0].probe_config.kind), PooledProbe)
+    pooled = probe_class(inputs[0].probe_config.kind).pooled
     precision = train.precision_on(inputs[0].x.device, pooled=pooled)
     return [
         replace(_protocol_result(config, r, classes, t, 0.0), precision=precision)
@@ -770,13 +782,16 @@ def memory_estimate(
         pos=pos,
         d_model=d,
         streamed_tokens=tokens,
-        pooled=issubclass(cls, PooledProbe),
+        pooled=cls.pooled,
         lbfgs=train.optimizer == "lbfgs",
         members=len(config.weight_decays) * (config.n_folds + 1) * hooks,
         batch_size=train.batch_size,
-        n_heads=config.n_heads if not issubclass(cls, PooledProbe) else 1,
+        n_heads=config.n_heads if not cls.pooled else 1,
         n_outputs=1 if n_classes <= 2 else n_classes,
         hooks=hooks,
+        per_head_token=cls.floats_per_head_token(
+            1 if n_classes <= 2 else n_classes, config.options
+        ),
     )
 
 
@@ -851,6 +866,7 @@ def _probe_config(
         n_outputs=1 if n_classes == 2 else n_classes,
         n_heads=config.n_heads,
         position=config.position,
+        options=config.options,
         hook=meta.get("hook"),
         model_id=meta.get("model_id"),
         class_names=meta.get("class_names"),
@@ -940,9 +956,7 @@ def _fit(
 
 def _label(config: ProtocolConfig) -> str:
     """A config's probe as a spec writes it (``attention-8``, ``mean``, ``last-adamw``)."""
-    name = f"{config.probe}-{config.n_heads}" if config.probe == "attention" else config.probe
-    auto = "adamw" if config.probe == "attention" else "lbfgs"
-    return name if config.optimizer in ("auto", auto) else f"{name}-{config.optimizer}"
+    return ProbeSpec.of(config).label
 
 
 class _StepBar:

@@ -5,7 +5,8 @@ The protocol never needs the padded ``(n, pos, d_model)`` tensor of a capture:
 - :func:`stream_inputs` reads the activations once, a block of :data:`CHUNK` sequences at a time
   (each block padded to the longest sequence of all, exactly as the in-RAM path pads them),
   checks their values, and keeps the norm of every token the probe reads (for the input scale)
-  and, for a pooled probe (mean / last / max), each sequence's raw pooled vector. A pooled fit
+  and, for a pooled probe (mean / last / max, any kind that :attr:`pools
+  <lensprobe.probes.base.Probe.pooled>`), each sequence's raw pooled vector. A pooled fit
   then runs on the features as one-token sequences, which every pooled probe maps to themselves.
 - An attention fit reads its minibatches straight from the storage
   (:class:`~lensprobe.train.members.FitData` pads only the rows of each minibatch, in the stored
@@ -28,8 +29,8 @@ from torch import Tensor
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError
 from lensprobe.hardware import return_freed_memory
-from lensprobe.pooling import pool_all, token_norms
-from lensprobe.probes import PooledProbe, ProbeConfig, probe_class
+from lensprobe.pooling import token_norms
+from lensprobe.probes import ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
 from lensprobe.reduced import ReducedActivations
 from lensprobe.train.checks import check_finite_chunks
@@ -50,8 +51,8 @@ class Streamed:
     """Tokens read per sequence (how :attr:`norms` splits into sequences)."""
     d_model: int
     features: dict[str, Float[Tensor, "batch 1 d_model"]]
-    """Per pooled kind read, each sequence's raw (unscaled) pooled vector in float32, as a
-    one-token sequence."""
+    """Per pooled kind read (keyed by :attr:`ProbeConfig.aggregation`), each sequence's raw
+    (unscaled) pooled vector in float32, as a one-token sequence."""
 
     def token_scale(self, rows: Tensor) -> float:
         """The protocol's input scale on ``rows``: median token norm / sqrt(d_model)."""
@@ -75,7 +76,7 @@ def _chunks(acts: Activations, pos: int) -> Iterator[tuple[int, Tensor, Tensor]]
 
 
 def stream_inputs(
-    acts: Activations, config: ProbeConfig, kinds: Sequence[str] | None = None
+    acts: Activations, config: ProbeConfig, pooled: Sequence[ProbeConfig] | None = None
 ) -> Streamed:
     """Token norms (and pooled features) of ``acts`` for the probe ``config``, in one pass.
 
@@ -83,17 +84,17 @@ def stream_inputs(
         acts: The activations, read :data:`CHUNK` sequences at a time; a reduced capture
             (:class:`~lensprobe.reduced.ReducedActivations`) gives its stored features and norms.
         config: Which tokens count (:func:`~lensprobe.probes.base.tokens_read`).
-        kinds: The probe kinds whose pooled features to keep (default: ``config``'s, when it is
-            pooled); kinds that do not pool are skipped, and so are kinds a reduced capture lacks
+        pooled: The probes whose pooled features to keep (default: ``config``, when it is
+            pooled); probes that do not pool are skipped, and so are kinds a reduced capture lacks
             (the protocol refuses those cells before training).
 
     Raises:
         InputError: A valid token (or a reduced capture's feature) is NaN or infinite.
     """
-    kinds = [config.kind] if kinds is None else list(dict.fromkeys(kinds))
-    pooled = [k for k in kinds if issubclass(probe_class(k), PooledProbe)]
+    wanted = [config] if pooled is None else list(pooled)
+    pools = list({c.aggregation: c for c in wanted if probe_class(c.kind).pooled}.values())
     if isinstance(acts, ReducedActivations):
-        return _stored(acts, config, pooled)
+        return _stored(acts, config, [c.aggregation for c in pools])
     n = len(acts)
     pos = int(acts.lengths.max())
     check_finite_chunks(_chunks(acts, pos))
@@ -101,18 +102,24 @@ def stream_inputs(
     norms, counts = [], []
     for _, x, given in _chunks(acts, pos):
         read = tokens_read(config, given)
-        if pooled:
-            features.append(pool_all(x, read, pooled))
+        if pools:
+            xf = x.to(torch.float32).masked_fill(~read[..., None], 0.0)
+            features.append(
+                torch.stack([probe_class(c.kind).pool(c, xf, read) for c in pools], dim=1)
+            )
+            del xf
         norms.append(token_norms(x)[read])
         counts.append(read.sum(dim=1))
         del x, given, read
         return_freed_memory()  # blocks of varying size: what glibc keeps goes back to the OS
-    stacked = torch.cat(features) if features else torch.empty(n, len(pooled), acts.d_model)
+    stacked = torch.cat(features) if features else torch.empty(n, len(pools), acts.d_model)
     return Streamed(
         norms=torch.cat(norms),
         counts=torch.cat(counts),
         d_model=acts.d_model,
-        features={k: stacked[:, j : j + 1, :].contiguous() for j, k in enumerate(pooled)},
+        features={
+            c.aggregation: stacked[:, j : j + 1, :].contiguous() for j, c in enumerate(pools)
+        },
     )
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from lensprobe.activations import Activations
 from lensprobe.errors import InputError
 from lensprobe.probes import Probe
+from lensprobe.probes.spec import ProbeSpec
 from lensprobe.train import ProtocolResult
 from lensprobe.train.selection import result_record
 
@@ -90,7 +91,7 @@ class ReportEntry:
         """
         cfg = result.probe.config
         if label is None:
-            label = f"attention-{cfg.n_heads}" if cfg.kind == "attention" else cfg.kind
+            label = ProbeSpec(cfg.kind, cfg.n_heads, options=tuple(cfg.options.items())).label
         return cls(
             label=label,
             probe=result.probe,

@@ -36,7 +36,6 @@ import torch
 
 from lensprobe.analysis import TopExamples, attention_entropy, top_examples
 from lensprobe.errors import InputError
-from lensprobe.probes import AttentionProbe
 from lensprobe.train import Comparison, ProtocolResult
 from lensprobe.train.compare import holm
 from lensprobe.train.selection import (
@@ -309,7 +308,7 @@ def _entry_section(entry: ReportEntry, k: int, n_tokens: int, batch_size: int) -
             "see the top sequences and the tokens they read.</div>",
         ]
     top = top_examples(entry.probe, acts, k=k, rows=rows, n_tokens=n_tokens, batch_size=batch_size)
-    if isinstance(entry.probe, AttentionProbe):
+    if entry.probe.attends:
         ent = attention_entropy(entry.probe, acts, rows=rows, batch_size=batch_size)
         props = entropy_props(ent)
         parts += [

@@ -32,7 +32,7 @@ from lensprobe import analysis
 from lensprobe.analysis import AttentionEntropy, Data, Example, TopExamples
 from lensprobe.analysis.inputs import probe_class_names
 from lensprobe.errors import InputTypeError
-from lensprobe.probes import AttentionProbe, Probe
+from lensprobe.probes import Probe
 from lensprobe.viz.props import (
     attention_props,
     class_values,
@@ -114,9 +114,10 @@ def attention_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
     Returns:
         A :class:`Widget` (displays itself in Jupyter; ``.save(path)`` writes a page).
     """
-    if not isinstance(probe, AttentionProbe):
+    if not probe.attends:
         raise InputTypeError(
-            f"attention_widget needs an AttentionProbe, got a {probe.config.kind} probe; "
+            f"attention_widget needs a probe that attends to tokens (e.g. an AttentionProbe), "
+            f"got a {probe.config.kind} probe; "
             "lp.viz.contributions_widget(probe, acts, index) shows which tokens it reads (its "
             "values: lp.analysis.token_contributions)"
         )
