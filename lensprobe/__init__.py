@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "top_examples": "lensprobe.analysis",
     "report": "lensprobe.viz",
     "attach": "lensprobe.hooks",
+    "monitor": "lensprobe.monitoring",
     "edit_activations": "lensprobe.hooks",
     "steer": "lensprobe.steering",
     "ablate": "lensprobe.steering",
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lensprobe.grid import load_results
     from lensprobe.hooks import attach, edit_activations
     from lensprobe.models import load_model
+    from lensprobe.monitoring import monitor
     from lensprobe.patching import patch_positions
     from lensprobe.probes import (
         AttentionProbe,

@@ -58,12 +58,13 @@ def run_grid(
     on_row: Callable[[Cell], None] | None = None,
     progress: bool | None = None,
     max_memory: int | float | str | None = None,
+    controls: Mapping[str, Any] | None = None,
 ) -> list[Cell]:
     """Run the protocol for every hook and probe in one sweep; with ``out``, save and resume.
 
-    The cells train through :func:`lensprobe.train.protocol.run_sweep`: every cell on each seed's
-    same split, each hook read once, the AdamW members of every hook of a probe spec in one
-    batched fit. Each cell equals :func:`~lensprobe.train.protocol.run_protocol` on it alone.
+    The cells train through :func:`lensprobe.train.protocol.run_sweep` (each hook read once, every
+    cell on each seed's same split); each equals :func:`~lensprobe.train.protocol.run_protocol`
+    on it alone.
 
     Args:
         activations: Hook name -> ``Activations`` (with labels), e.g. from ``lp.capture``.
@@ -74,13 +75,11 @@ def run_grid(
             (:func:`lensprobe.grid.save_cell`; a probe spec's hooks finish together); a cell
             already there is read back instead of trained (``cell.resumed``), after checking it
             was trained with the same settings on the same data.
-        entropy: Add ``entropy_ratio`` (mean attention entropy / uniform on the test rows) to
-            attention cells.
+        entropy: Add ``entropy_ratio`` (attention entropy / uniform, test rows) to cells.
         on_row: Called with each finished (or resumed: those first) cell.
-        progress: Show a progress bar over each fit's optimisation steps (None: in a terminal
-            or a notebook only).
-        max_memory: Most memory a cell may hold (bytes or e.g. ``"4GB"``; default 80% of the
-            memory available); every cell is checked against it before the first one trains.
+        progress: Show a progress bar per fit (None: in a terminal or a notebook only).
+        max_memory: Most memory a cell may hold (``"4GB"``; default 80% of what is available).
+        controls: Hook name -> control negatives (:func:`sweep`).
 
     Returns:
         One :class:`~lensprobe.grid.Cell` per (hook, probe), hooks in the given order.
@@ -125,6 +124,7 @@ def run_grid(
             progress=progress,
             max_memory=max_memory,
             on_result=trained,
+            controls=controls,
         )
     return [done[h, i] for h in activations for i in range(len(specs))]
 
@@ -140,6 +140,7 @@ def sweep(
     entropy: bool = False,
     progress: bool | None = None,
     max_memory: int | float | str | None = None,
+    controls: Mapping[str, Any] | None = None,
 ) -> Grid:
     """Train every probe at every hook in one pass and compare them: the typed grid result.
 
@@ -162,6 +163,9 @@ def sweep(
         entropy: Add each attention cell's entropy ratio on its test rows.
         progress: Show a progress bar per probe (None: in a terminal or a notebook only).
         max_memory: Most memory a fit may hold (default 80% of the memory available).
+        controls: Binary tasks: hook name -> negatives (e.g. ordinary chat) at that hook on
+            which each cell's 1% / 5% / 0.1% FPR thresholds are fixed, instead of the training
+            part's out-of-fold logits.
 
     Example:
         >>> acts = lp.capture(model, texts, hooks=[f"blocks.{i}.hook_resid_post" for i in
@@ -181,6 +185,7 @@ def sweep(
         entropy=entropy,
         progress=progress,
         max_memory=max_memory,
+        controls=controls,
     )
     if out is None:
         return Grid.build(cells)

@@ -64,6 +64,7 @@ __all__ = [
     "StopForward",
     "attach",
     "edit_activations",
+    "read_activations",
     "resolve_hook",
 ]
 
@@ -86,6 +87,9 @@ class ForwardInfo:
     past: int
     """Tokens already in the KV cache before this forward (0 without a cache); the forward's
     first position is token ``past`` of each (padded) sequence."""
+
+    ids: Int[Tensor, "batch pos"] | None = None
+    """The token ids of the positions computed, when the forward was given ids."""
 
     @property
     def positions(self) -> Int[Tensor, " pos"]:
@@ -135,7 +139,9 @@ class _InputTracker:
                 f"{tuple(cur.mask.shape)} (batch, pos) tokens; lensprobe hooks need hooks whose "
                 "activations are (batch, pos, d_model), such as the residual stream"
             )
-        return cur if cur.mask.device == x.device else ForwardInfo(cur.mask.to(x.device), cur.past)
+        if cur.mask.device == x.device:
+            return cur
+        return ForwardInfo(cur.mask.to(x.device), cur.past, cur.ids)
 
     # -- hooks ------------------------------------------------------------------------------------
     def _root_pre(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -172,7 +178,7 @@ class _InputTracker:
             valid = torch.ones(batch, new, dtype=torch.bool, device=ref.device)
             if self._pad_from_ids is not None and isinstance(ids, Tensor) and past == 0:
                 valid = self._pad_from_ids(ids)
-        self.current = ForwardInfo(valid, past)
+        self.current = ForwardInfo(valid, past, ids if isinstance(ids, Tensor) else None)
 
     def _root_post(self, *_: Any) -> None:
         self.current = None
@@ -221,6 +227,26 @@ def edit_activations(model: Any, hook: str, fn: EditFn) -> Iterator[HookTarget]:
             return out
 
         backend.add_editor(stack, target, apply)
+        yield target
+
+
+@contextmanager
+def read_activations(
+    model: Any, hook: str, fn: Callable[[Tensor, ForwardInfo], None]
+) -> Iterator[HookTarget]:
+    """Call ``fn(x, info)`` with the activations at a hook during every forward in the block.
+
+    As :func:`edit_activations`, but ``fn`` only reads (after every edit at that hook point).
+
+    Yields:
+        The resolved hook. Every hook is removed when the block ends, also on error.
+    """
+    target = resolve_hook(model, hook)
+    backend = backend_named(target.backend)
+    tracker = _InputTracker(target, backend)
+    with ExitStack() as stack:
+        tracker.install(stack)
+        backend.add_reader(stack, target, lambda x: fn(x, tracker.info(x)))
         yield target
 
 
@@ -385,6 +411,31 @@ class Readout:
             raise StopForward
 
 
+def probe_hook(probe: Probe, hook: str | None, verb: str) -> str:
+    """The hook a probe is attached at: ``hook``, or the one its config records.
+
+    Raises:
+        InputTypeError: ``probe`` is not a lensprobe probe.
+        InputError: No hook given and none recorded.
+    """
+    if not isinstance(probe, Probe):
+        raise InputTypeError(
+            f"{verb}() needs a lensprobe probe (lp.AttentionProbe, lp.MeanProbe, ...), got "
+            f"{type(probe).__name__}"
+        )
+    recorded = probe.config.hook
+    if hook is None:
+        if recorded is None:
+            raise InputError(
+                f"the probe records no hook name; pass one: {verb}(model, probe, "
+                "'blocks.9.hook_resid_post')"
+            )
+        return recorded
+    if recorded is not None and recorded != hook:
+        logger.warning("probe trained at %r is attached at %r", recorded, hook)
+    return hook
+
+
 @contextmanager
 def attach(
     model: Any, probe: Probe, hook: str | None = None, *, stop: bool = False
@@ -421,26 +472,7 @@ def attach(
         ValueError: No hook given and none recorded in the probe.
         lensprobe.backends.names.UnknownHookError: The model has no such hook.
     """
-    if not isinstance(probe, Probe):
-        raise InputTypeError(
-            f"attach() needs a lensprobe probe (lp.AttentionProbe, lp.MeanProbe, ...), got "
-            f"{type(probe).__name__}"
-        )
-    recorded = probe.config.hook
-    if hook is None:
-        if recorded is None:
-            raise InputError(
-                "the probe records no hook name; pass one: attach(model, probe, "
-                "'blocks.9.hook_resid_post')"
-            )
-        hook = recorded
-    elif recorded is not None and recorded != hook:
-        logger.warning("probe trained at %r is attached at %r", recorded, hook)
-    target = resolve_hook(model, hook)
-    backend = backend_named(target.backend)
-    tracker = _InputTracker(target, backend)
+    hook = probe_hook(probe, hook, "attach")
     readout = Readout(probe, hook, stop=stop)
-    with ExitStack() as stack:
-        tracker.install(stack)
-        backend.add_reader(stack, target, lambda x: readout._observe(x, tracker.info(x)))
+    with read_activations(model, hook, readout._observe):
         yield readout

@@ -42,11 +42,20 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 """Metrics of every task."""
 
-BINARY_METRIC_NAMES: tuple[str, ...] = ("ece", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr")
+BINARY_METRIC_NAMES: tuple[str, ...] = (
+    "ece",
+    "tpr_at_1pct_fpr",
+    "tpr_at_5pct_fpr",
+    "tpr_at_0.1pct_fpr",
+)
 """Metrics only binary (one-logit) tasks have."""
 
-MONITORING_FPRS: dict[str, float] = {"tpr_at_1pct_fpr": 0.01, "tpr_at_5pct_fpr": 0.05}
-"""The false-positive rate behind each TPR metric."""
+MONITORING_FPRS: dict[str, float] = {
+    "tpr_at_1pct_fpr": 0.01,
+    "tpr_at_5pct_fpr": 0.05,
+    "tpr_at_0.1pct_fpr": 0.001,
+}
+"""The false-positive rate behind each TPR metric (0.1% needs 1,000 negatives to fix)."""
 
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "ece", "top_label_ece"})
 """Metrics where smaller is better (every other metric: larger is better)."""
@@ -261,7 +270,7 @@ def fpr_threshold(
     needed = math.ceil(1.0 / fpr - 1e-9)
     if neg.numel() < needed:
         raise InsufficientNegatives(
-            f"{neg.numel()} negative (class 0) rows cannot fix a threshold at {fpr:.0%} FPR: "
+            f"{neg.numel()} negative (class 0) rows cannot fix a threshold at {fpr * 100:g}% FPR: "
             f"it needs at least {needed}; collect more negatives (or report a larger FPR)"
         )
     allowed = math.floor(fpr * neg.numel() * (1 + 1e-12))
@@ -331,7 +340,7 @@ def unavailable_reason(name: str, n_negatives: int) -> str | None:
     if fpr is None or n_negatives >= math.ceil(1.0 / fpr - 1e-9):
         return None
     return (
-        f"{name}: {n_negatives} training negatives, a {fpr:.0%} FPR threshold needs "
+        f"{name}: {n_negatives} training negatives, a {fpr * 100:g}% FPR threshold needs "
         f"{math.ceil(1.0 / fpr - 1e-9)}"
     )
 

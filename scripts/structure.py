@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hooks",),
     ("train",),
     ("analysis",),
-    ("steering", "patching"),
+    ("steering", "patching", "monitoring"),
     ("viz",),
     ("grid",),
     ("experiment",),

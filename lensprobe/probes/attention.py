@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lensprobe.probes.base import Probe, check_inputs
 from lensprobe.probes.config import ProbeConfig
+from lensprobe.probes.stream import TokenStream
 
 
 def token_distance(
@@ -74,6 +75,58 @@ def _zeroed(x: Tensor, mask: Tensor) -> Tensor:
     return x.masked_fill(~mask[..., None], 0.0)
 
 
+class HeadStream(TokenStream):
+    """Running state of the kinds that weigh tokens by per-head scores: new scores and values.
+
+    A new token's score is ``x @ Q + w * rank`` (anchor ``last``) or ``x @ Q - w * rank``
+    (``first``), ``rank`` its index among the tokens read. With anchor ``last`` the probe's
+    ``x @ Q - w * distance`` is this minus ``w * (n - 1)``, the same for every token of the
+    sequence, which no softmax, argmax or window softmax sees; so no score changes as tokens
+    arrive.
+    """
+
+    def __init__(self, probe: Probe, batch: int):
+        super().__init__(probe, batch)
+        self.sign = 1.0 if self.config.position == "last" else -1.0
+        self.heads, self.n_out = self.config.n_heads, self.config.n_outputs
+        self.params = {k: v.detach() for k, v in probe.named_parameters()}
+
+    def score_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores ``(batch, head)`` and values ``(batch, head, n_outputs)`` of new tokens."""
+        rank = self.count.to(self.dtype)[:, None]
+        scores = x @ self.params["query"] + self.sign * rank * self.params["position_weight"]
+        return scores, einsum(x, self.params["value"], "b d, d h c -> b h c")
+
+    def blank(self, fill: float, *shape: int) -> Tensor:
+        """A ``(batch, heads, *shape)`` tensor of ``fill``."""
+        size = (self.count.shape[0], self.heads, *shape)
+        return torch.full(size, fill, dtype=self.dtype, device=self.device)
+
+
+class AttentionStream(HeadStream):
+    """Each head's running softmax: the top score, the sum of weights and of weighted values."""
+
+    def __init__(self, probe: Probe, batch: int):
+        super().__init__(probe, batch)
+        self.top = self.blank(float("-inf"))
+        self.total = self.blank(0.0)
+        self.weighted = self.blank(0.0, self.n_out)
+
+    def _push(self, x: Tensor, valid: Tensor) -> None:
+        scores, values = self.score_value(x)
+        top = torch.maximum(self.top, scores)
+        old, new = torch.exp(self.top - top), torch.exp(scores - top)
+        keep = valid[:, None]
+        self.total = torch.where(keep, self.total * old + new, self.total)
+        weighted = self.weighted * old[..., None] + new[..., None] * values
+        self.weighted = torch.where(keep[..., None], weighted, self.weighted)
+        self.top = torch.where(keep, top, self.top)
+
+    def _logits(self) -> Tensor:
+        total = torch.where(self.total > 0, self.total, 1.0)[..., None]
+        return (self.weighted / total).sum(dim=1) + self.params["bias"]
+
+
 class AttentionProbe(Probe):
     """Multi-head attention probe: learned query, position bias, per-head values to logits.
 
@@ -97,6 +150,7 @@ class AttentionProbe(Probe):
     ignores_masked = True
     has_heads = True
     attends = True
+    stream_class = AttentionStream
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from lensprobe.errors import InputError, InputTypeError
 from lensprobe.pooling import without_first_token
 from lensprobe.probes.config import PROBE_CLASSES, ProbeConfig
 from lensprobe.probes.saving import save_probe
+from lensprobe.probes.stream import FirstTokenAside, PrefixStream, TokenStream
 
 
 def tokens_read(config: ProbeConfig, mask: Bool[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
@@ -92,6 +93,9 @@ class Probe(nn.Module):
     option_defaults: ClassVar[Mapping[str, int | float | str]] = {}
     """The kind's own settings and their defaults (a config holds them in ``options``; a spec
     writes them as ``KIND:NAME=VALUE``)."""
+    stream_class: ClassVar[type[TokenStream]] = PrefixStream
+    """The running state a live monitor keeps over the tokens read (:meth:`stream`); the
+    default keeps the prefix and reruns the probe, O(prefix) per token."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Record a subclass that names a new ``kind`` in :data:`PROBE_CLASSES` (loading reads it).
@@ -283,6 +287,18 @@ class Probe(nn.Module):
         _, attn = self.forward_members(self.config, self.member_params(), x, mask)
         assert attn is not None
         return (attn[0][..., None] * self.head_values(x, mask)).sum(dim=2)
+
+    def stream(self, batch: int) -> TokenStream:
+        """A running state over ``batch`` sequences fed one token at a time (a live monitor).
+
+        Its logits after each token equal this probe's forward on the tokens so far, BOS rule
+        included (see :mod:`lensprobe.probes.stream`).
+        """
+        if self.config.exclude_bos:
+            return FirstTokenAside(
+                self, self.stream_class(self, batch), self.stream_class(self, batch)
+            )
+        return self.stream_class(self, batch)
 
     def class_directions(self) -> Float[Tensor, "n_outputs d_model"]:
         """One residual-space direction per output along which the probe's logit moves (copy)."""

@@ -57,6 +57,14 @@ class ProbeConfig:
     options: dict[str, Any] = field(default_factory=dict)
     """The kind's own settings (e.g. a rolling probe's ``window``), every one filled in: given
     values checked by the kind's class, the others at its defaults."""
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    """Binary probes trained by the protocol: the logit threshold of each operating point
+    (``tpr_at_1pct_fpr`` -> the logit above which a text is flagged at 1% FPR), fixed on
+    training data or a control set (:attr:`fixed_on`); None where there were too few negatives
+    to fix it. ``lp.monitor(model, probe, threshold="tpr_at_1pct_fpr")`` reads it."""
+    fixed_on: str | None = None
+    """What :attr:`thresholds` were fixed on, e.g. ``out-of-fold logits of the training part
+    (320 rows, 160 negatives)``."""
 
     def __post_init__(self) -> None:
         cls = probe_class(self.kind)
@@ -91,11 +99,12 @@ class ProbeConfig:
         return self.kind + "".join(f":{k}={v}" for k, v in sorted(self.options.items()))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``options`` only when the kind has some, as saved before them)."""
+        """A JSON-ready dict (``options``, ``thresholds``, ``fixed_on`` only when set)."""
         d = asdict(self)
         d["class_names"] = list(self.class_names) if self.class_names is not None else None
-        if not self.options:
-            del d["options"]
+        for key in ("options", "thresholds", "fixed_on"):  # as saved before these existed
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod

@@ -61,6 +61,12 @@ class EMAProbe(PooledProbe):
         weights = ema_weights(mask, float(config.options["halflife"]), x.dtype)
         return torch.einsum("bp,bpd->bd", weights, x)
 
+    @classmethod
+    def pool_step(cls, config: ProbeConfig, pooled: Tensor, count: Tensor, x: Tensor) -> Tensor:
+        """``a * f + (1 - a) * x``; the first token starts the average."""
+        a = 0.5 ** (1.0 / float(config.options["halflife"]))
+        return torch.where((count == 0)[:, None], x, a * pooled + (1.0 - a) * x)
+
     def token_weights(self, x: Tensor, mask: Tensor) -> Tensor:
         """Each token's weight in the average."""
         return ema_weights(mask, float(self.config.options["halflife"]), x.dtype)[..., None]

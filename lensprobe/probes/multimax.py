@@ -22,17 +22,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from lensprobe.probes.attention import AttentionProbe
+from lensprobe.probes.attention import AttentionProbe, HeadStream
 from lensprobe.probes.config import ProbeConfig
 
 QUERY_SEED_OFFSET = 1_000_003
 """Added to a member's seed for its query's generator, so that query and values differ."""
+
+
+class MultiMaxStream(HeadStream):
+    """Each head's best score so far and its token's value (a later tie does not replace it)."""
+
+    def __init__(self, probe: Any, batch: int):
+        super().__init__(probe, batch)
+        self.best = self.blank(float("-inf"))
+        self.value = self.blank(0.0, self.n_out)
+
+    def _push(self, x: Tensor, valid: Tensor) -> None:
+        scores, values = self.score_value(x)
+        better = valid[:, None] & (scores > self.best)
+        self.best = torch.where(better, scores, self.best)
+        self.value = torch.where(better[..., None], values, self.value)
+
+    def _logits(self) -> Tensor:
+        return self.value.sum(dim=1) + self.params["bias"]
 
 
 class MultiMaxProbe(AttentionProbe):
@@ -43,6 +62,7 @@ class MultiMaxProbe(AttentionProbe):
     """
 
     kind = "multimax"
+    stream_class = MultiMaxStream
 
     @classmethod
     def init_members(cls, config: ProbeConfig, seeds: list[int]) -> dict[str, Tensor]:

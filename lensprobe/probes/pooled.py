@@ -18,6 +18,24 @@ from torch import Tensor
 from lensprobe.pooling import last_index, pool
 from lensprobe.probes.base import Probe
 from lensprobe.probes.config import ProbeConfig
+from lensprobe.probes.stream import TokenStream
+
+
+class PooledStream(TokenStream):
+    """The pooled vector so far, updated by the kind's :meth:`PooledProbe.pool_step`."""
+
+    def __init__(self, probe: Probe, batch: int):
+        super().__init__(probe, batch)
+        d = self.config.d_model
+        self.pooled = torch.zeros(batch, d, dtype=self.dtype, device=self.device)
+        self.params = {k: v.detach() for k, v in probe.named_parameters()}
+
+    def _push(self, x: Tensor, valid: Tensor) -> None:
+        step = type(self.probe).pool_step(self.config, self.pooled, self.count, x)  # type: ignore[attr-defined]
+        self.pooled = torch.where(valid[:, None], step, self.pooled)
+
+    def _logits(self) -> Tensor:
+        return self.pooled @ self.params["weight"] + self.params["bias"]
 
 
 class PooledProbe(Probe):
@@ -30,6 +48,7 @@ class PooledProbe(Probe):
     decay_params = ("weight",)
     pooled = True
     default_optimizer = "lbfgs"
+    stream_class = PooledStream
 
     def __init__(
         self,
@@ -58,6 +77,17 @@ class PooledProbe(Probe):
     ) -> Float[Tensor, "batch d_model"]:
         """One vector per sequence from the tokens in ``mask`` (``x`` is zero elsewhere)."""
         raise NotImplementedError(f"{cls.__name__} does not say how it pools")
+
+    @classmethod
+    def pool_step(
+        cls,
+        config: ProbeConfig,
+        pooled: Float[Tensor, "batch d_model"],
+        count: Tensor,
+        x: Float[Tensor, "batch d_model"],
+    ) -> Float[Tensor, "batch d_model"]:
+        """The pooled vector after one more token ``x`` (``count`` tokens pooled before it)."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to pool one more token")
 
     @torch.no_grad()
     def token_contributions(
@@ -122,6 +152,11 @@ class MeanProbe(PooledProbe):
         """The mean of the tokens."""
         return pool("mean", x, mask)
 
+    @classmethod
+    def pool_step(cls, config: ProbeConfig, pooled: Tensor, count: Tensor, x: Tensor) -> Tensor:
+        """The running mean."""
+        return pooled + (x - pooled) / (count + 1).to(x.dtype)[:, None]
+
     def token_weights(self, x: Tensor, mask: Tensor) -> Tensor:
         """``1 / n_valid`` on each token."""
         return (mask / mask.sum(dim=1, keepdim=True))[..., None]
@@ -137,6 +172,11 @@ class LastTokenProbe(PooledProbe):
         """The last token."""
         return pool("last", x, mask)
 
+    @classmethod
+    def pool_step(cls, config: ProbeConfig, pooled: Tensor, count: Tensor, x: Tensor) -> Tensor:
+        """The newest token."""
+        return x
+
     def token_weights(self, x: Tensor, mask: Tensor) -> Tensor:
         """1 on the last token."""
         return torch.nn.functional.one_hot(last_index(mask), mask.shape[1])[..., None]
@@ -151,6 +191,11 @@ class MaxProbe(PooledProbe):
     def pool(cls, config: ProbeConfig, x: Tensor, mask: Tensor) -> Tensor:
         """The elementwise maximum over the tokens."""
         return pool("max", x, mask)
+
+    @classmethod
+    def pool_step(cls, config: ProbeConfig, pooled: Tensor, count: Tensor, x: Tensor) -> Tensor:
+        """The running elementwise maximum."""
+        return torch.where((count == 0)[:, None], x, torch.maximum(pooled, x))
 
     def token_weights(self, x: Tensor, mask: Tensor) -> Tensor:
         """Feature ``d`` credited to the token holding its maximum (split evenly between ties)."""

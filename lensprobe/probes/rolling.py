@@ -29,8 +29,41 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lensprobe.errors import InputError
-from lensprobe.probes.attention import AttentionProbe
+from lensprobe.probes.attention import AttentionProbe, HeadStream
 from lensprobe.probes.config import ProbeConfig
+
+
+class RollingStream(HeadStream):
+    """The last ``window`` tokens' scores and values, and each output's best full window so far.
+
+    O(window) per token: the window's mean is recomputed from the kept tokens.
+    """
+
+    def __init__(self, probe: Any, batch: int):
+        super().__init__(probe, batch)
+        self.window = int(self.config.options["window"])
+        self.scores = self.blank(float("-inf"), self.window)
+        self.values = self.blank(0.0, self.window, self.n_out)
+        self.best = self.blank(float("-inf"), self.n_out)
+
+    def _push(self, x: Tensor, valid: Tensor) -> None:
+        s, v = self.score_value(x)
+        scores = torch.cat([self.scores[..., 1:], s[..., None]], dim=-1)
+        values = torch.cat([self.values[:, :, 1:], v[:, :, None]], dim=2)
+        self.scores = torch.where(valid[:, None, None], scores, self.scores)
+        self.values = torch.where(valid[:, None, None, None], values, self.values)
+        full = valid & (self.count + 1 >= self.window)
+        best = torch.maximum(self.best, self._mean())
+        self.best = torch.where(full[:, None, None], best, self.best)
+
+    def _mean(self) -> Tensor:
+        """Each head's softmax-weighted mean over the kept tokens ``(batch, head, n_outputs)``."""
+        weights = self.scores.softmax(dim=-1).nan_to_num(0.0)  # rows without a token: 0
+        return (weights[..., None] * self.values).sum(dim=2)
+
+    def _logits(self) -> Tensor:
+        full = (self.count >= self.window)[:, None, None]
+        return torch.where(full, self.best, self._mean()).sum(dim=1) + self.params["bias"]
 
 
 class RollingMeanProbe(AttentionProbe):
@@ -42,6 +75,7 @@ class RollingMeanProbe(AttentionProbe):
     """
 
     kind = "rolling"
+    stream_class = RollingStream
     option_defaults: ClassVar[Mapping[str, int | float | str]] = {"window": 16}
 
     @classmethod

@@ -45,7 +45,7 @@ from lensprobe.metrics import (
     estimate,
     monitoring_thresholds,
 )
-from lensprobe.probes import ProbeConfig, probe_class
+from lensprobe.probes import Probe, ProbeConfig, probe_class
 from lensprobe.probes.base import tokens_read
 from lensprobe.probes.spec import ProbeSpec
 from lensprobe.reduced import ReducedActivations
@@ -75,6 +75,7 @@ def run_protocol(
     config: ProtocolConfig | None = None,
     progress: bool | str | None = None,
     max_memory: int | float | str | None = None,
+    control: Any = None,
     **overrides: Any,
 ) -> ProtocolResult:
     """Train and evaluate one probe kind on one hook's activations, as the study does.
@@ -106,6 +107,10 @@ def run_protocol(
             80% of the memory available when it starts); a run estimated above it
             (:func:`lensprobe.train.budget.estimate_training_memory`) raises
             :class:`~lensprobe.errors.MemoryBudgetError` before any compute.
+        control: Binary tasks: a separate set of negative texts at the same hook (e.g. ordinary
+            chat), ``Activations`` or a padded tensor (or an ``(x, mask)`` pair), on which each
+            seed's operating points are fixed instead of the training part's out-of-fold
+            logits (Apollo Research's protocol). Every row counts as a negative.
         **overrides: Fields of :class:`ProtocolConfig` to replace, e.g.
             ``run_protocol(acts, probe="attention", n_heads=8)``.
 
@@ -118,6 +123,7 @@ def run_protocol(
     config = config or ProtocolConfig()
     check_budget(memory_estimate(data, labels, config, config.resolved_train), max_memory)
     hook, labels, classes = _prepare(data, labels, mask, config)
+    _check_control(control, hook.d_model, len(classes), None)
     # Activations are never padded whole: one streaming pass reads the token norms (and a pooled
     # probe's features, trained on as one-token sequences); attention minibatches are padded
     # from the storage as they are read
@@ -125,7 +131,7 @@ def run_protocol(
     label = (
         progress if isinstance(progress, str) else (_label(config) if wanted(progress) else None)
     )
-    (result,) = _train_hooks([inputs], config, labels, classes, label)
+    (result,) = _train_hooks([inputs], config, labels, classes, label, [control])
     return replace(result, seconds=time.perf_counter() - start)
 
 
@@ -139,6 +145,7 @@ def run_sweep(
     progress: bool | None = None,
     max_memory: int | float | str | None = None,
     on_result: Callable[[str, int, ProtocolResult], None] | None = None,
+    controls: Mapping[str, Any] | None = None,
 ) -> dict[tuple[str, int], ProtocolResult]:
     """:func:`run_protocol` for every hook x config, in one pass over the hooks.
 
@@ -162,6 +169,8 @@ def run_sweep(
             cells it trains (``cells 4-6 of 15``); None: in a terminal or a notebook only.
         max_memory: As :func:`run_protocol`; every cell is checked before any compute.
         on_result: Called with (hook, config index, result) as each cell finishes.
+        controls: Hook name -> a control set of negatives at that hook (see
+            :func:`run_protocol`'s ``control``); every hook needs one when given.
 
     Returns:
         ``(hook, config index) -> ProtocolResult``.
@@ -178,6 +187,8 @@ def run_sweep(
     _check_sweep_memory(data, labels, configs, todo, max_memory)
     hooks, labels, classes = _sweep_hooks(data, labels, masks, configs[0])
     _check_reduced(hooks, configs, todo)
+    for name, h in hooks.items():
+        _check_control(_control(controls, name), h.d_model, len(classes), name)
     streams = _streams(hooks, configs, todo, len(classes))
     out: dict[tuple[str, int], ProtocolResult] = {}
     todo_configs = [i for i in range(len(configs)) if any((h, i) in todo for h in hooks)]
@@ -193,7 +204,9 @@ def run_sweep(
             cells = f"cell {first}" if last == first else f"cells {first}-{last}"
             label = f"{cells} of {len(todo)}: {_label(config)} at {len(names)} hook(s)"
         first += len(names)
-        results = _train_hooks(inputs, config, labels, classes, label)
+        results = _train_hooks(
+            inputs, config, labels, classes, label, [_control(controls, h) for h in names]
+        )
         seconds = (time.perf_counter() - start) / len(results)
         for name, result in zip(names, results, strict=True):
             out[name, i] = replace(result, seconds=seconds)
@@ -424,12 +437,25 @@ def _prepare(
     return _Hook(data, padded, mask, d_model, len(classes), meta), ids, classes
 
 
+def _control(controls: Mapping[str, Any] | None, hook: str) -> Any:
+    """The control set of a hook (None without controls)."""
+    if controls is None:
+        return None
+    if hook not in controls:
+        raise InputError(
+            f"controls has no control set for hook {hook!r}; give one per hook (same hooks as "
+            "the activations), or none"
+        )
+    return controls[hook]
+
+
 def _train_hooks(
     inputs: list[_Input],
     config: ProtocolConfig,
     labels: Tensor,
     classes: tuple[Any, ...],
     label: str | None,
+    controls: list[Any],
 ) -> list[ProtocolResult]:
     """Steps 1-4 of every seed for one config on several hooks (their fits batched)."""
     train = config.resolved_train
@@ -443,7 +469,9 @@ def _train_hooks(
             for i, (inp, cv) in enumerate(zip(inputs, cvs, strict=True)):
                 chosen = _choose_decay(cv.summary, config.select_by)
                 device = inp.x.device
-                runs[i].append(_refit_and_test(inp.probe_config, cv, chosen, labels, device))
+                runs[i].append(
+                    _refit_and_test(inp.probe_config, cv, chosen, labels, device, controls[i])
+                )
                 tables[i] += cv.rows
     finally:
         bar.close()
@@ -645,24 +673,49 @@ def _choose_decay(summary: list[dict[str, float]], select_by: str) -> float:
 
 
 def _refit_and_test(
-    probe_config: ProbeConfig, cv: _SeedCV, chosen: float, labels: Tensor, device: torch.device
+    probe_config: ProbeConfig,
+    cv: _SeedCV,
+    chosen: float,
+    labels: Tensor,
+    device: torch.device,
+    control: Any = None,
 ) -> SeedRun:
     """Step 4: the chosen decay's refit member as the seed's probe, scored once on the test part.
 
-    Binary tasks fix their TPR-at-FPR thresholds on the out-of-fold logits of the training part
-    at the chosen decay (training data only), then apply them to the test logits.
+    Binary tasks fix their operating points (the TPR-at-FPR thresholds) on the out-of-fold
+    logits of the training part at the chosen decay, or on the refit probe's logits on the
+    ``control`` negatives (training-side data either way), apply them to the test logits, and
+    store them in the probe's config with what they were fixed on.
     """
     split = cv.split
     cv_logits = _out_of_fold(cv, chosen)[split.train_rows]
-    thresholds: dict[str, float] = {}
-    if probe_config.n_outputs == 1:
-        thresholds = monitoring_thresholds(cv_logits, labels[split.train_rows])
     refit = cv.keys.index((chosen, -1))
     test_logits = cv.logits[refit, split.test_rows]
     test_labels = labels[split.test_rows]
     probe = probe_class(probe_config.kind).from_member(
         probe_config, {k: v[refit : refit + 1] for k, v in cv.params.items()}, 0
     )
+    probe = probe.to(device).eval()
+    thresholds: dict[str, float] = {}
+    if probe_config.n_outputs == 1:
+        if control is None:
+            train_labels = labels[split.train_rows]
+            thresholds = monitoring_thresholds(cv_logits, train_labels)
+            n_neg = int((train_labels == 0).sum())
+            fixed_on = (
+                f"out-of-fold logits of the training part ({len(train_labels)} rows, "
+                f"{n_neg} negatives)"
+            )
+        else:
+            control_logits = _control_logits(probe, control)
+            negatives = torch.zeros(len(control_logits), dtype=torch.long)
+            thresholds = monitoring_thresholds(control_logits, negatives)
+            fixed_on = f"control set ({len(control_logits)} rows, all negatives)"
+        probe.config = replace(
+            probe.config,
+            thresholds={k: None if math.isnan(v) else v for k, v in thresholds.items()},
+            fixed_on=fixed_on,
+        )
     return SeedRun(
         seed=cv.seed,
         split_seed=split.split_seed,
@@ -676,8 +729,68 @@ def _refit_and_test(
         cv_logits=cv_logits,
         thresholds=thresholds,
         input_scale=cv.scale,
-        probe=probe.to(device).eval(),
+        probe=probe,
     )
+
+
+CONTROL_BATCH = 64
+"""Control sequences scored at a time."""
+
+
+def _check_control(control: Any, d_model: int, n_classes: int, hook: str | None) -> None:
+    """Refuse a control set that cannot fix thresholds, before any compute."""
+    if control is None:
+        return
+    where = f" for {hook!r}" if hook else ""
+    if n_classes != 2:
+        raise InputError(
+            f"a control set fixes the thresholds of a binary probe; this task has {n_classes} "
+            "classes: drop control="
+        )
+    if isinstance(control, Activations):
+        n, width = len(control), control.d_model
+    elif isinstance(control, tuple) and len(control) == 2 and isinstance(control[0], Tensor):
+        n, width = control[0].shape[0], control[0].shape[-1]
+    elif isinstance(control, Tensor) and control.ndim == 3:
+        n, width = control.shape[0], control.shape[-1]
+    else:
+        raise InputTypeError(
+            f"control{where} must be Activations, a padded (batch, pos, d_model) tensor or an "
+            f"(x, mask) pair, got {type(control).__name__}"
+        )
+    if n == 0:
+        raise InputError(f"the control set{where} is empty; pass negatives of the same hook")
+    if width != d_model:
+        raise InputError(
+            f"the control set{where} has width {width} but the activations have {d_model}: "
+            "capture the control texts at the same hook"
+        )
+
+
+@torch.no_grad()
+def _control_logits(probe: Probe, control: Any) -> Float[Tensor, "n_control n_outputs"]:
+    """The probe's logits on every row of a control set, a batch at a time."""
+    if isinstance(control, Activations):
+        n = len(control)
+        parts = []
+        for start in range(0, n, CONTROL_BATCH):
+            x, mask = control.pad(torch.arange(start, min(start + CONTROL_BATCH, n)))
+            parts.append(probe(x, mask).float().cpu())
+        return torch.cat(parts) if parts else torch.empty(0, probe.config.n_outputs)
+    if isinstance(control, tuple) and len(control) == 2:
+        x, mask = control
+    elif isinstance(control, Tensor) and control.ndim == 3:
+        x, mask = control, torch.ones(control.shape[:2], dtype=torch.bool)
+    else:
+        raise InputTypeError(
+            f"control must be Activations, a padded (batch, pos, d_model) tensor or an (x, mask) "
+            f"pair, got {type(control).__name__}"
+        )
+    parts = [
+        probe(x[i : i + CONTROL_BATCH], mask[i : i + CONTROL_BATCH]).float().cpu()
+        for i in range(0, x.shape[0], CONTROL_BATCH)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, probe.config.n_outputs)
 
 
 def _out_of_fold(cv: _SeedCV, chosen: float) -> Float[Tensor, "batch n_outputs"]:

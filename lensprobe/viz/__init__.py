@@ -28,6 +28,7 @@ from lensprobe.viz.widgets import (
     attention_widget,
     contributions_widget,
     entropy_widget,
+    monitor_widget,
     top_examples_widget,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "contributions_widget",
     "entropy_props",
     "entropy_widget",
+    "monitor_widget",
     "page",
     "render_report",
     "report",

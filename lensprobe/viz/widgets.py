@@ -12,6 +12,7 @@ function of :mod:`lensprobe.viz.props` that returns plain JSON-ready ``dict`` pr
   share of each logit, for any probe kind.
 - :func:`top_examples_props` / :func:`top_examples_widget`: the top-k sequences per class or per head
   (circuitsvis ``TopkSamples``), each led by an uncoloured tag ``#row label=... pred=... score=...``.
+- :func:`monitor_widget`: a live monitor's score after each token of a sequence.
 - :func:`entropy_props` / :func:`entropy_widget`: mean attention entropy per head against the uniform
   baseline (a plain HTML table with bars; circuitsvis has no chart).
 
@@ -31,7 +32,8 @@ from torch import Tensor
 from lensprobe import analysis
 from lensprobe.analysis import AttentionEntropy, Data, Example, TopExamples
 from lensprobe.analysis.inputs import probe_class_names
-from lensprobe.errors import InputTypeError
+from lensprobe.errors import InputError, InputTypeError
+from lensprobe.monitoring import Monitor
 from lensprobe.probes import Probe
 from lensprobe.viz.props import (
     attention_props,
@@ -149,6 +151,53 @@ def contributions_widget(probe: Probe, acts: Data, index: int = 0) -> Widget:
         token_values_props(example.tokens, columns, [f"to {n}" for n in names]),
         component="ColoredTokensMulti",
         header=_example_header(example, names, f"token contributions ({probe.config.kind} probe)"),
+    )
+
+
+def monitor_widget(monitor: Monitor, row: int = 0, tokenizer: Any = None) -> Widget:
+    """A monitored sequence's tokens coloured by the probe's score after each token.
+
+    Args:
+        monitor: A :class:`~lensprobe.monitoring.Monitor` after its block.
+        row: Which sequence of the batch.
+        tokenizer: Turns the recorded token ids into strings (e.g. ``model.tokenizer``); without
+            one, the ids are shown.
+
+    The columns: the logit after each token (one-logit probes; each class logit otherwise) and,
+    with a threshold, the logit minus the threshold (so the colour turns where the monitor
+    flags).
+    """
+    logits, mask = monitor.logits, monitor.mask
+    if not 0 <= row < logits.shape[0]:
+        raise InputError(f"row {row} is outside the monitored batch of {logits.shape[0]}")
+    valid = mask[row]
+    values = logits[row][valid]
+    labels = ["logit"] if values.shape[1] == 1 else [f"logit {c}" for c in range(values.shape[1])]
+    if monitor.threshold is not None:
+        values = torch.cat([values, values[:, :1] - monitor.threshold], dim=1)
+        labels.append(f"logit - threshold ({monitor.threshold:.3g})")
+    ids = monitor.token_ids
+    if ids is None:
+        tokens = [f"[{i}]" for i in range(int(valid.sum()))]
+    else:
+        row_ids = ids[row][valid].tolist()
+        tokens = (
+            tokenizer.convert_ids_to_tokens(row_ids) if tokenizer else [str(i) for i in row_ids]
+        )
+    flag = next((f for f in monitor.flags if f.row == row), None)
+    facts = [f"row {row}", f"{len(tokens)} tokens", f"hook {monitor.hook}"]
+    if monitor.threshold is not None:
+        where = "not flagged" if flag is None else f"flagged at position {flag.position}"
+        facts.append(where)
+    header = (
+        f'<div style="font-size:13px;color:#333"><b>{html.escape(monitor.probe.config.kind)} '
+        "monitor, score after each token</b> · " + " · ".join(html.escape(f) for f in facts)
+    ) + "</div>"
+    return Widget(
+        "monitor",
+        token_values_props(tokens, values, labels),
+        component="ColoredTokensMulti",
+        header=header,
     )
 
 
