@@ -93,7 +93,10 @@ class Monitor:
 
     @property
     def logits(self) -> Float[Tensor, "batch pos n_outputs"]:
-        """The probe's logits over each prefix (NaN at padding and before a row's first token)."""
+        """The probe's logits over each prefix (NaN at padding and at a BOS the probe leaves out).
+
+        A prefix of that BOS alone has no token the probe reads, so it has no score.
+        """
         self._require()
         return torch.stack(self._logits, dim=1)
 
@@ -149,7 +152,10 @@ class Monitor:
         for j in range(x.shape[1]):
             valid = info.mask[:, j].to(self._stream.device)
             self._stream.push(x[:, j].detach(), valid)
-            logits = self._stream.logits().float().masked_fill(~valid[:, None], float("nan"))
+            # a prefix holding only the BOS that the probe leaves out has no score: the probe
+            # would read BOS itself (a one-token rule for offline use), far outside its training
+            blank = ~valid | (self._stream.count == 1) if self.probe.config.exclude_bos else ~valid
+            logits = self._stream.logits().float().masked_fill(blank[:, None], float("nan"))
             self._logits.append(logits.cpu())
             self._mask.append(valid.cpu())
             self._ids.append(None if info.ids is None else info.ids[:, j].cpu())

@@ -22,6 +22,7 @@ EXPECTED = (
     "01_quickstart_transformer_lens.ipynb",
     "02_nnsight.ipynb",
     "03_compose_attach_steer_patch.ipynb",
+    "04_monitor.ipynb",
 )
 CELL_TIMEOUT_S = 300
 
@@ -30,7 +31,7 @@ def _ids(paths: list[Path]) -> list[str]:
     return [p.stem for p in paths]
 
 
-def test_the_three_notebooks_are_there():
+def test_the_notebooks_are_there():
     names = {p.name for p in NOTEBOOKS}
     missing = [n for n in EXPECTED if n not in names]
     assert not missing, f"notebooks/ lacks {missing}"

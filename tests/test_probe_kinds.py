@@ -277,3 +277,19 @@ def test_a_kind_defined_in_a_test_attaches_to_a_model(tiny_gemma3, tiny_texts):
         model(**enc)
     assert not math.isnan(float(readout.logits.sum()))
     torch.testing.assert_close(readout.logits, probe(readout.activations, readout.mask))
+
+
+def test_the_command_line_trains_the_monitor_kinds(tiny_gemma3_dir, tmp_path, capsys):
+    from lensprobe.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "--model", str(tiny_gemma3_dir), "--backend", "hf", "--dataset", "topics"]
+    args += ["--hooks", "blocks.1.hook_resid_post", "--n", "40", "--max-steps", "10"]
+    assert main([*args, "--probes", "multimax-2,ema:halflife=4", "--out", str(out)]) == 0
+    grid = lp.load_results(out)
+    assert [c.probe for c in grid.cells] == ["multimax-2", "ema:halflife=4.0"]
+    assert grid.cells[1].result.probe.config.options == {"halflife": 4.0}
+    bad = tmp_path / "bad"
+    assert main([*args, "--probes", "rolling-2:window=0", "--out", str(bad)]) == 1
+    assert "rolling window must be at least 1 token" in capsys.readouterr().err
+    assert not bad.exists()
