@@ -211,22 +211,17 @@ def edit_activations(model: Any, hook: str, fn: EditFn) -> Iterator[HookTarget]:
     Yields:
         The resolved hook. Every hook is removed when the block ends, also on error.
     """
-    target = resolve_hook(model, hook)
-    backend = backend_named(target.backend)
-    tracker = _InputTracker(target, backend)
-    with ExitStack() as stack:
-        tracker.install(stack)
 
-        def apply(x: Tensor) -> Tensor:
-            out = fn(x, tracker.info(x))
-            if not isinstance(out, Tensor) or out.shape != x.shape:
-                raise InputError(
-                    f"the edit at {hook!r} must return a tensor of shape {tuple(x.shape)}, got "
-                    f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}"
-                )
-            return out
+    def apply(x: Tensor, info: ForwardInfo) -> Tensor:
+        out = fn(x, info)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            raise InputError(
+                f"the edit at {hook!r} must return a tensor of shape {tuple(x.shape)}, got "
+                f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}"
+            )
+        return out
 
-        backend.add_editor(stack, target, apply)
+    with _at_hook(model, hook, apply, edit=True) as target:
         yield target
 
 
@@ -241,12 +236,25 @@ def read_activations(
     Yields:
         The resolved hook. Every hook is removed when the block ends, also on error.
     """
+    with _at_hook(model, hook, fn, edit=False) as target:
+        yield target
+
+
+@contextmanager
+def _at_hook(
+    model: Any, hook: str, fn: Callable[[Tensor, ForwardInfo], Any], *, edit: bool
+) -> Iterator[HookTarget]:
+    """Run ``fn(x, info)`` at a hook in every forward of the block, as an editor or a reader.
+
+    An editor's result replaces ``x``. The tracker of valid tokens is installed beside it.
+    """
     target = resolve_hook(model, hook)
     backend = backend_named(target.backend)
     tracker = _InputTracker(target, backend)
     with ExitStack() as stack:
         tracker.install(stack)
-        backend.add_reader(stack, target, lambda x: fn(x, tracker.info(x)))
+        add = backend.add_editor if edit else backend.add_reader
+        add(stack, target, lambda x: fn(x, tracker.info(x)))
         yield target
 
 

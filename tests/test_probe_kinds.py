@@ -285,10 +285,12 @@ def test_the_command_line_trains_the_monitor_kinds(tiny_gemma3_dir, tmp_path, ca
     out = tmp_path / "run"
     args = ["run", "--model", str(tiny_gemma3_dir), "--backend", "hf", "--dataset", "topics"]
     args += ["--hooks", "blocks.1.hook_resid_post", "--n", "40", "--max-steps", "10"]
-    assert main([*args, "--probes", "multimax-2,ema:halflife=4", "--out", str(out)]) == 0
+    probes = "multimax-2,ema:halflife=4,toyfirst:gain=2"  # the kind defined in this file too
+    assert main([*args, "--probes", probes, "--out", str(out)]) == 0
     grid = lp.load_results(out)
-    assert [c.probe for c in grid.cells] == ["multimax-2", "ema:halflife=4.0"]
+    assert [c.probe for c in grid.cells] == ["multimax-2", "ema:halflife=4.0", "toyfirst:gain=2.0"]
     assert grid.cells[1].result.probe.config.options == {"halflife": 4.0}
+    assert type(grid.cells[2].result.probe) is ToyFirstProbe
     bad = tmp_path / "bad"
     assert main([*args, "--probes", "rolling-2:window=0", "--out", str(bad)]) == 1
     assert "rolling window must be at least 1 token" in capsys.readouterr().err

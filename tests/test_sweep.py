@@ -19,7 +19,18 @@ from lensprobe.train.protocol import run_sweep
 BASE = ProtocolConfig(
     seeds=(0, 1), weight_decays=(0.0, 0.1), n_folds=3, train=TrainConfig(max_steps=40)
 )
-SPECS = ["attention-1", "attention-2", "mean", "last", "max", "mean-adamw"]
+SPECS = [
+    "attention-1",
+    "attention-2",
+    "mean",
+    "last",
+    "max",
+    "mean-adamw",
+    "multimax-2",
+    "rolling-2:window=3",
+    "ema",
+    "ema:halflife=2",  # two poolings of one kind in one streaming pass, keyed apart
+]
 
 
 def _hooks(n=48, n_hooks=3, dtype=torch.float32, n_classes=2):
