@@ -247,12 +247,22 @@ def check_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
                 f"{out} holds a study of other settings ({changes}); pass another --out, or "
                 f"delete {out}/grid, {out}/acts and {path} to start over"
             )
-        commands = old.setdefault("commands", [])
-        if settings["commands"][0] not in commands:
-            commands.append(settings["commands"][0])
+        for key in ("commands", "machines"):
+            seen = old.setdefault(key, [])
+            seen += [v for v in settings[key] if v not in seen]
         settings = old
     write_json(path, settings)
     return settings
+
+
+def machine() -> str:
+    """This machine in words, for the cost lines (the cells' wall times are its)."""
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), {gpu}"
 
 
 def add_cost(out: Path, dataset: str, part: str, seconds: float) -> None:
@@ -537,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {k: getattr(args, k) for k in SETTINGS_KEYS}
     settings["commands"] = [shlex.join(["python", "benchmarks/study.py", *raw])]
     if not args.report_only:
+        settings["machines"] = [machine()]
         settings = check_settings(out, settings)
         t = time.perf_counter()
         run_study(args, out)

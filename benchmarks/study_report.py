@@ -323,6 +323,30 @@ def claim_verdict(claim: Claim, low: float, high: float, rows: Sequence[dict[str
     return {"a better": "holds", "b better": "does not hold"}.get(v, "undecided")
 
 
+def summary_row(claim: Claim, family: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One claim across datasets from its per-dataset rows: counts, t interval, raw verdict."""
+    mean, low, high, p = over_datasets([r["difference"] for r in rows])
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("a better", "b better")}
+    return {
+        "family": family,
+        "claim": claim.text,
+        "a": claim.a,
+        "b": claim.b,
+        "metric": claim.metric,
+        "datasets": len(rows),
+        "a_better": counts["a better"],
+        "b_better": counts["b better"],
+        "undecided": len(rows) - sum(counts.values()),
+        "difference": mean,
+        "low": low,
+        "high": high,
+        "p_value": p,
+        "verdict": claim_verdict(claim, low, high, rows),
+        "_claim": claim,
+        "_rows": rows,
+    }
+
+
 def claims(data: Data) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per-dataset comparisons and one row per claim, each family Holm-adjusted."""
     star = {t.name for t in TASKS if t.star}
@@ -332,27 +356,7 @@ def claims(data: Data) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         sets = [d for d in data.datasets if d in star or not claim.star_only]
         rows = [r for d in sets if (r := paired(data, claim, d)) is not None]
         per += rows
-        mean, low, high, p = over_datasets([r["difference"] for r in rows])
-        counts = {v: sum(r["verdict"] == v for r in rows) for v in ("a better", "b better")}
-        summary.append(
-            {
-                "claim": claim.text,
-                "a": claim.a,
-                "b": claim.b,
-                "metric": claim.metric,
-                "datasets": len(rows),
-                "a_better": counts["a better"],
-                "b_better": counts["b better"],
-                "undecided": len(rows) - sum(counts.values()),
-                "difference": mean,
-                "low": low,
-                "high": high,
-                "p_value": p,
-                "verdict": claim_verdict(claim, low, high, rows),
-                "_claim": claim,
-                "_rows": rows,
-            }
-        )
+        summary.append(summary_row(claim, "claim", rows))
     for fam in (per, summary):
         for r, rejected in zip(fam, holm_flags([r["p_value"] for r in fam]), strict=True):
             r["holm_rejects"] = rejected
@@ -405,6 +409,20 @@ def tfidf_comparisons(data: Data) -> list[dict[str, Any]]:
         r["holm_rejects"] = rejected
         r["holm_verdict"] = r["verdict"] if rejected else "undecided"
     return rows
+
+
+def tfidf_summary(versus: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Across datasets: each probe against the TF-IDF control (t over the per-dataset mean
+    differences), Holm-adjusted over the probes; rows shaped like :func:`claims`' summary."""
+    summary = []
+    for probe in dict.fromkeys(r["a"] for r in versus):
+        claim = Claim(f"{probe} > TF-IDF (beyond surface words)", probe, TFIDF, ">")
+        summary.append(summary_row(claim, "control", [r for r in versus if r["a"] == probe]))
+    for s, rejected in zip(summary, holm_flags([s["p_value"] for s in summary]), strict=True):
+        s["holm_rejects"] = rejected
+        s["holm_verdict"] = s["verdict"] if rejected else "undecided"
+        s["holm_family"] = len(summary)
+    return summary
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -530,11 +548,13 @@ def write_outputs(out: Path, settings: dict[str, Any], args: Any) -> None:
     data.entropy = entropy_rows(data, out)
     per, summary = claims(data)
     versus = tfidf_comparisons(data)
+    beyond = tfidf_summary(versus)
     write_csv(out / "results.csv", split_rows(data))
     write_csv(out / "comparisons.csv", per + versus)
-    write_csv(out / "claims.csv", summary)
+    write_csv(out / "claims.csv", summary + beyond)
     planned = list(dict.fromkeys([*getattr(args, "probes", PROBES), *data.probes]))
-    write_atomic(out / "results.md", markdown(data, settings, per, summary, versus, planned))
+    page = markdown(data, settings, per, summary, versus, beyond, planned)
+    write_atomic(out / "results.md", page)
     plot_picks(data, out / "study.png")
     plot_layers(data, out / "study_layers.png")
     log.info("wrote %s/results.{csv,md}, claims.csv, comparisons.csv, entropy.csv, plots", out)

@@ -134,7 +134,8 @@ def main_table(data: Data) -> list[str]:
     return _table(header, rows)
 
 
-def claims_section(summary: list[dict[str, Any]], per: list[dict[str, Any]]) -> list[str]:
+def claims_table(summary: list[dict[str, Any]]) -> list[str]:
+    """One row per claim: per-dataset counts, the interval over datasets, raw and Holm verdicts."""
     rows = [
         [
             s["claim"],
@@ -158,7 +159,11 @@ def claims_section(summary: list[dict[str, Any]], per: list[dict[str, Any]]) -> 
         "verdict",
         f"Holm ({len(summary)})",
     ]
-    lines = _table(header, rows)
+    return _table(header, rows)
+
+
+def claims_section(summary: list[dict[str, Any]], per: list[dict[str, Any]]) -> list[str]:
+    lines = claims_table(summary)
     n_per = len(per)
     holm_decided = sum(r["holm_verdict"] != "undecided" for r in per)
     raw_decided = sum(r["verdict"] != "undecided" for r in per)
@@ -258,6 +263,7 @@ def head(data: Data, settings: dict[str, Any], planned: list[str]) -> list[str]:
     train_s = sum(c[1] for c in totals)
     control_s = sum(c[2] for c in totals)
     star = ", ".join(t.name for t in TASKS if t.star)
+    machines = "; ".join(settings.get("machines") or ["a machine the settings do not name"])
     return [
         "# The attention-probes study on Gemma 3 270M, at a size that decides",
         "",
@@ -281,8 +287,7 @@ def head(data: Data, settings: dict[str, Any], planned: list[str]) -> list[str]:
         "",
         f"Cost so far: capture {capture_s / 60:.1f} min, training {train_s / 60:.1f} min, "
         f"controls {control_s / 60:.1f} min (wall time of the runs that wrote the cells, on "
-        "the machine named in the closing note). ★: the MOSAIC-style sets of the mean-vs-last "
-        f"claim ({star}).",
+        f"{machines}). ★: the MOSAIC-style sets of the mean-vs-last claim ({star}).",
         "",
     ]
 
@@ -293,9 +298,11 @@ def markdown(
     per: list[dict[str, Any]],
     summary: list[dict[str, Any]],
     versus: list[dict[str, Any]],
+    beyond: list[dict[str, Any]],
     planned: list[str],
 ) -> str:
-    """The results page (``planned``: the probes the study is to run)."""
+    """The results page (``versus``/``beyond``: the TF-IDF comparisons per dataset and across
+    datasets; ``planned``: the probes the study is to run)."""
     lines = [
         *head(data, settings, planned),
         "## Test accuracy at each split's CV-chosen layer",
@@ -329,7 +336,11 @@ def markdown(
         f"splits: {sum(r['holm_verdict'] == 'a better' for r in versus)} probe better, "
         f"{sum(r['holm_verdict'] == 'b better' for r in versus)} TF-IDF better, "
         f"{sum(r['holm_verdict'] == 'undecided' for r in versus)} undecided of {len(versus)} "
-        "(Holm; rows in `comparisons.csv`).",
+        "(Holm; rows in `comparisons.csv`). Across datasets (t over the per-dataset mean "
+        "differences, Holm over the probes), what reading the residual stream adds beyond "
+        "surface words:",
+        "",
+        *(claims_table(beyond) if beyond else ["No TF-IDF comparison yet."]),
         "",
         "## Every per-dataset comparison",
         "",

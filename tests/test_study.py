@@ -143,8 +143,12 @@ def test_results_files_hold_every_cell_and_split_with_intervals(study_mod, finis
     ):
         assert all(r[key] != "" for r in probes), key
     assert sum(r["picked"] == "True" for r in probes) == 7 * 3 * 2  # one pick per probe and split
-    claims = _rows(finished / "claims.csv")
+    rows = _rows(finished / "claims.csv")
+    claims = [r for r in rows if r["family"] == "claim"]
     assert len(claims) == 10
+    beyond = [r for r in rows if r["family"] == "control"]  # one dataset: no interval yet
+    assert {r["a"] for r in beyond} == {"attention-8", "mean"}
+    assert all(r["datasets"] == "1" and r["verdict"] == "undecided" for r in beyond)
     entropy = {r["claim"]: r for r in claims if r["metric"] == "entropy_ratio"}
     assert entropy and all(r["datasets"] == "1" for r in entropy.values())
     ent = _rows(finished / "entropy.csv")
@@ -165,3 +169,20 @@ def test_holm_and_the_claim_verdicts(study_mod):
     both = [{"verdict": "a better"}, {"verdict": "b better"}]
     assert report.claim_verdict(mixed, -0.01, 0.02, both) == "holds"
     assert report.claim_verdict(mixed, 0.01, 0.02, both[:1]) == "does not hold"
+
+
+def test_tfidf_across_datasets(study_mod):
+    """The control across datasets: decided where every dataset's difference is positive, Holm
+    over the probes, the per-dataset verdicts counted."""
+    _, report = study_mod
+
+    def row(probe: str, d: float, verdict: str) -> dict[str, object]:
+        return {"a": probe, "difference": d, "verdict": verdict}
+
+    versus = [row("attention-8", d, "a better") for d in (0.10, 0.12, 0.08, 0.11)]
+    versus += [row("mean", d, "undecided") for d in (0.05, -0.04, 0.02, -0.03)]
+    att, mean = report.tfidf_summary(versus)
+    assert (att["a"], att["datasets"], att["a_better"]) == ("attention-8", 4, 4)
+    assert att["low"] > 0 and att["verdict"] == att["holm_verdict"] == "holds"
+    assert mean["low"] < 0 < mean["high"] and mean["holm_verdict"] == "undecided"
+    assert att["holm_family"] == 2
