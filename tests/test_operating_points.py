@@ -73,6 +73,18 @@ def test_a_control_set_fixes_the_thresholds_instead():
     torch.testing.assert_close(plain.runs[0].test_logits, run.test_logits)
 
 
+def test_a_bare_padded_control_counts_every_position():
+    x, mask, y = _task()
+    xc, _, _ = _task(n=100, seed=9)  # more rows than one control batch
+    run = lp.run_protocol(x, y, mask=mask, control=xc, **KW).runs[0]
+    with torch.no_grad():
+        logits = run.probe(xc, torch.ones(xc.shape[:2], dtype=torch.bool))
+    negatives = torch.zeros(100, dtype=torch.long)
+    assert run.thresholds["tpr_at_5pct_fpr"] == pytest.approx(
+        fpr_threshold(logits, negatives, 0.05), abs=1e-6
+    )
+
+
 def test_too_few_control_negatives_are_said_and_the_monitor_refuses_them():
     x, mask, y = _task()
     xc, mc, _ = _task(n=50, seed=9)

@@ -737,6 +737,25 @@ CONTROL_BATCH = 64
 """Control sequences scored at a time."""
 
 
+def _control_rows(
+    control: Any, where: str = ""
+) -> tuple[int, int, Callable[[int, int], tuple[Tensor, Tensor]]]:
+    """A control set's rows, width and a reader of rows ``[start, stop)`` as (x, mask)."""
+    if isinstance(control, Activations):
+        acts = control
+        return len(acts), acts.d_model, lambda a, b: acts.pad(torch.arange(a, b))
+    if isinstance(control, tuple) and len(control) == 2 and isinstance(control[0], Tensor):
+        x, mask = control
+    elif isinstance(control, Tensor) and control.ndim == 3:
+        x, mask = control, torch.ones(control.shape[:2], dtype=torch.bool)
+    else:
+        raise InputTypeError(
+            f"control{where} must be Activations, a padded (batch, pos, d_model) tensor or an "
+            f"(x, mask) pair, got {type(control).__name__}"
+        )
+    return x.shape[0], x.shape[-1], lambda a, b: (x[a:b], mask[a:b])
+
+
 def _check_control(control: Any, d_model: int, n_classes: int, hook: str | None) -> None:
     """Refuse a control set that cannot fix thresholds, before any compute."""
     if control is None:
@@ -747,17 +766,7 @@ def _check_control(control: Any, d_model: int, n_classes: int, hook: str | None)
             f"a control set fixes the thresholds of a binary probe; this task has {n_classes} "
             "classes: drop control="
         )
-    if isinstance(control, Activations):
-        n, width = len(control), control.d_model
-    elif isinstance(control, tuple) and len(control) == 2 and isinstance(control[0], Tensor):
-        n, width = control[0].shape[0], control[0].shape[-1]
-    elif isinstance(control, Tensor) and control.ndim == 3:
-        n, width = control.shape[0], control.shape[-1]
-    else:
-        raise InputTypeError(
-            f"control{where} must be Activations, a padded (batch, pos, d_model) tensor or an "
-            f"(x, mask) pair, got {type(control).__name__}"
-        )
+    n, width, _ = _control_rows(control, where)
     if n == 0:
         raise InputError(f"the control set{where} is empty; pass negatives of the same hook")
     if width != d_model:
@@ -770,25 +779,9 @@ def _check_control(control: Any, d_model: int, n_classes: int, hook: str | None)
 @torch.no_grad()
 def _control_logits(probe: Probe, control: Any) -> Float[Tensor, "n_control n_outputs"]:
     """The probe's logits on every row of a control set, a batch at a time."""
-    if isinstance(control, Activations):
-        n = len(control)
-        parts = []
-        for start in range(0, n, CONTROL_BATCH):
-            x, mask = control.pad(torch.arange(start, min(start + CONTROL_BATCH, n)))
-            parts.append(probe(x, mask).float().cpu())
-        return torch.cat(parts) if parts else torch.empty(0, probe.config.n_outputs)
-    if isinstance(control, tuple) and len(control) == 2:
-        x, mask = control
-    elif isinstance(control, Tensor) and control.ndim == 3:
-        x, mask = control, torch.ones(control.shape[:2], dtype=torch.bool)
-    else:
-        raise InputTypeError(
-            f"control must be Activations, a padded (batch, pos, d_model) tensor or an (x, mask) "
-            f"pair, got {type(control).__name__}"
-        )
+    n, _, rows = _control_rows(control)
     parts = [
-        probe(x[i : i + CONTROL_BATCH], mask[i : i + CONTROL_BATCH]).float().cpu()
-        for i in range(0, x.shape[0], CONTROL_BATCH)
+        probe(*rows(a, min(a + CONTROL_BATCH, n))).float().cpu() for a in range(0, n, CONTROL_BATCH)
     ]
     return torch.cat(parts) if parts else torch.empty(0, probe.config.n_outputs)
 
