@@ -24,6 +24,7 @@ from lensprobe.grid import (
     cell_path,
     check_folder,
     check_resumable,
+    control_fingerprint,
     data_fingerprint,
     load_cell,
     save,
@@ -93,12 +94,13 @@ def run_grid(
     base = protocol or ProtocolConfig()
     configs = [spec.protocol(base) for spec in specs]
     fingerprint = ""
+    control = {h: control_fingerprint((controls or {}).get(h)) for h in activations}
     if out is not None and activations:
         fingerprint = data_fingerprint(next(iter(activations.values())))
         check_folder(out, dataset, base, fingerprint)  # before any training
     done: dict[tuple[str, int], Cell] = {}
     if out is not None:  # every saved cell is read and checked before any training
-        done = _saved_cells(out, dataset, list(activations), specs, configs, fingerprint)
+        done = _saved_cells(out, dataset, specs, configs, fingerprint, control)
     for cell in done.values():
         _finished(cell, on_row)
 
@@ -110,6 +112,7 @@ def run_grid(
             ent = attention_entropy(result.probe, activations[hook], rows=result.test_rows)
             cell.extra["entropy_ratio"] = float(ent.summary()["mean_ratio"])
         cell.fingerprint = fingerprint
+        cell.control_fingerprint = control[hook]
         if out is not None:
             save_cell(cell, out)
         done[hook, i] = cell
@@ -197,19 +200,22 @@ def sweep(
 def _saved_cells(
     out: str | Path,
     dataset: str,
-    hooks: list[str],
     specs: list[ProbeSpec],
     configs: list[ProtocolConfig],
     fingerprint: str,
+    control: Mapping[str, str],
 ) -> dict[tuple[str, int], Cell]:
-    """The cells of this grid an earlier run saved in ``out``, each checked to be resumable."""
+    """The cells of this grid an earlier run saved in ``out``, each checked to be resumable.
+
+    ``control``: hook -> this run's control set fingerprint there ("" for none).
+    """
     done = {}
-    for hook in hooks:
+    for hook in control:
         for i, spec in enumerate(specs):
             path = cell_path(out, dataset, hook, spec.label)
             if (path / CELL_JSON).is_file():
                 done[hook, i] = cell = load_cell(path)
-                check_resumable(cell, configs[i], fingerprint, path)
+                check_resumable(cell, configs[i], fingerprint, path, control[hook])
     return done
 
 

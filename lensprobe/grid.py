@@ -102,6 +102,9 @@ class Cell:
     """Further columns, e.g. ``entropy_ratio`` (attention entropy / uniform, test rows)."""
     fingerprint: str = ""
     """:func:`data_fingerprint` of the activations it was trained on ("" when not recorded)."""
+    control_fingerprint: str = ""
+    """:func:`control_fingerprint` of the control set its thresholds were fixed on ("": none,
+    they were fixed on the training part's out-of-fold logits)."""
     resumed: bool = field(default=False, compare=False)
     """Read back from a results folder rather than trained in this run."""
     _summary: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -239,6 +242,16 @@ def data_fingerprint(acts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def control_fingerprint(control: Any) -> str:
+    """:func:`data_fingerprint` of a control set ("" for none; an ``(x, mask)`` pair, whole)."""
+    if control is None:
+        return ""
+    if isinstance(control, tuple):
+        parts = "".join(data_fingerprint(c) for c in control)
+        return hashlib.sha256(parts.encode()).hexdigest()[:16]
+    return data_fingerprint(control)
+
+
 # --- one cell on disk ------------------------------------------------------------------------------
 
 
@@ -294,6 +307,7 @@ def save_cell(cell: Cell, out: str | Path) -> Path:
         "hook": cell.hook,
         "probe": cell.probe,
         "fingerprint": cell.fingerprint,
+        "control_fingerprint": cell.control_fingerprint,
         "extra": cell.extra,
         "result": cell.result.to_dict(),
     }
@@ -364,6 +378,7 @@ def load_cell(path: str | Path) -> Cell:
             result=result,
             extra=_floats(d.get("extra") or {}),
             fingerprint=str(d.get("fingerprint") or ""),
+            control_fingerprint=str(d.get("control_fingerprint") or ""),
             resumed=True,
         )
     except ResultsFileError:
@@ -506,11 +521,16 @@ def _saved_order(out: Path) -> dict[tuple[str, str, str], int]:
     return {k: i for i, k in enumerate(keys)}
 
 
-def check_resumable(cell: Cell, config: ProtocolConfig, fingerprint: str, where: Path) -> None:
-    """Refuse a saved cell that another setting or other data would have produced.
+def check_resumable(
+    cell: Cell, config: ProtocolConfig, fingerprint: str, where: Path, control: str = ""
+) -> None:
+    """Refuse a saved cell that other settings, data or control set would have produced.
+
+    ``control`` is this run's :func:`control_fingerprint` at the cell's hook.
 
     Raises:
-        OutputPathError: The saved cell's protocol settings or data differ from this run's.
+        OutputPathError: The saved cell's protocol settings, data or control set differ from
+            this run's.
     """
     saved = cell.result.config.to_dict()
     wanted = config.to_dict()
@@ -525,6 +545,13 @@ def check_resumable(cell: Cell, config: ProtocolConfig, fingerprint: str, where:
         raise OutputPathError(
             f"{where} holds {cell.probe} at {cell.hook} of {cell.dataset!r} trained on other data "
             "(other texts, labels or model); pass another --out or another dataset name"
+        )
+    if cell.control_fingerprint != control:
+        saved = "another control set" if cell.control_fingerprint else "its training logits"
+        wanted = "this control set" if control else "the training logits"
+        raise OutputPathError(
+            f"{where} holds {cell.probe} at {cell.hook} with thresholds fixed on {saved}, not "
+            f"{wanted}; pass another --out, or delete that folder to retrain the cell"
         )
 
 

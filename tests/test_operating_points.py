@@ -9,7 +9,8 @@ import torch
 from probe_helpers import token_task
 
 import lensprobe as lp
-from lensprobe.errors import InputError
+from lensprobe.errors import InputError, OutputPathError
+from lensprobe.grid import control_fingerprint
 from lensprobe.metrics import MONITORING_FPRS, false_positive_rate, fpr_threshold, tpr_at_fpr
 from lensprobe.monitoring import operating_threshold
 from lensprobe.train import TrainConfig
@@ -127,3 +128,29 @@ def test_a_sweep_fixes_each_hooks_thresholds_on_its_own_control():
         assert "control set (30 rows" in cell.result.probe.config.fixed_on
     with pytest.raises(InputError, match="no control set for hook 'b'"):
         lp.sweep(acts, ["mean"], protocol=protocol, controls={"a": controls["a"]})
+
+
+def test_a_resumed_cell_keeps_to_the_control_set_its_thresholds_were_fixed_on(tmp_path):
+    from test_analysis import make_acts
+
+    acts = {"a": make_acts(n=60, seed=1), "b": make_acts(n=60, seed=2)}
+    controls = {"a": make_acts(n=30, seed=3), "b": make_acts(n=30, seed=4)}
+    other = {"a": controls["a"], "b": make_acts(n=30, seed=5)}
+    protocol = lp.ProtocolConfig(weight_decays=(0.0,), n_folds=3)
+    first = lp.sweep(acts, ["mean"], protocol=protocol, controls=controls, out=tmp_path / "c")
+    again = lp.sweep(acts, ["mean"], protocol=protocol, controls=controls, out=tmp_path / "c")
+    assert all(cell.resumed for cell in again.cells)
+    assert [c.result.runs[0].thresholds for c in again.cells] == [
+        c.result.runs[0].thresholds for c in first.cells
+    ]
+    with pytest.raises(OutputPathError, match="at b with thresholds fixed on another control"):
+        lp.sweep(acts, ["mean"], protocol=protocol, controls=other, out=tmp_path / "c")
+    with pytest.raises(OutputPathError, match="another control set, not the training logits"):
+        lp.sweep(acts, ["mean"], protocol=protocol, out=tmp_path / "c")
+    lp.sweep(acts, ["mean"], protocol=protocol, out=tmp_path / "plain")
+    with pytest.raises(OutputPathError, match="its training logits, not this control set"):
+        lp.sweep(acts, ["mean"], protocol=protocol, controls=controls, out=tmp_path / "plain")
+    x, mask, _ = _task(n=20, seed=9)
+    assert control_fingerprint((x, mask)) == control_fingerprint((x.clone(), mask.clone()))
+    assert control_fingerprint((x, mask)) != control_fingerprint((x, ~mask))
+    assert control_fingerprint(None) == ""
