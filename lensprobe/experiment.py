@@ -75,7 +75,7 @@ def run_grid(
         out: A results folder. Each cell is written there atomically as soon as it finishes
             (:func:`lensprobe.grid.save_cell`; a probe spec's hooks finish together); a cell
             already there is read back instead of trained (``cell.resumed``), after checking it
-            was trained with the same settings on the same data.
+            was trained with the same settings on the same data (and control set).
         entropy: Add ``entropy_ratio`` (attention entropy / uniform, test rows) to cells.
         on_row: Called with each finished (or resumed: those first) cell.
         progress: Show a progress bar per fit (None: in a terminal or a notebook only).
