@@ -159,7 +159,7 @@ class CaptureStats:
         return ", ".join(parts)
 
 
-def _as_index(idx: Index, n: int) -> Tensor:
+def as_index(idx: Index, n: int) -> Tensor:
     """Normalise any sequence selector to an int64 tensor of positions in ``[0, n)``."""
     if isinstance(idx, bool):
         raise InputTypeError("a bool is not a sequence index; pass an int, slice, list or tensor")
@@ -190,7 +190,7 @@ def _as_index(idx: Index, n: int) -> Tensor:
     return torch.where(idx < 0, idx + n, idx)
 
 
-def _row_index(starts: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+def row_index(starts: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """Rows ``starts[i] .. starts[i] + lengths[i]`` for every i, and the sequence of each row."""
     seq = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
     first = torch.cumsum(lengths, 0) - lengths
@@ -463,7 +463,7 @@ class Activations:
             self._ensure([0])
             return self._segments[0]
         lengths = self._lengths[idx]
-        rows, seq = _row_index(self._starts[idx], lengths)
+        rows, seq = row_index(self._starts[idx], lengths)
         if not self._segments:
             return torch.empty(0, self.d_model, dtype=self.dtype)
         if len(self._segments) == 1:
@@ -507,8 +507,8 @@ class Activations:
 
     def __getitem__(self, idx: Index) -> Activations:
         """A subset of sequences (activations are re-indexed, not copied)."""
-        sel = _as_index(idx, len(self))
-        token_rows, _ = _row_index(self._offsets[:-1][sel], self._lengths[sel])
+        sel = as_index(idx, len(self))
+        token_rows, _ = row_index(self._offsets[:-1][sel], self._lengths[sel])
         return Activations.from_segments(
             self.meta,
             self._segments,
@@ -607,7 +607,7 @@ class Activations:
         """
         if padding_side not in ("left", "right"):
             raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        sel = torch.arange(len(self)) if idx is None else _as_index(idx, len(self))
+        sel = torch.arange(len(self)) if idx is None else as_index(idx, len(self))
         lengths = self._lengths[sel]
         pos = int(lengths.max()) if lengths.numel() else 0
         if device is None:

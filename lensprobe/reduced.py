@@ -33,8 +33,14 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from lensprobe.activations import Activations, ActivationsMeta, CaptureResult, Index, _as_index
-from lensprobe.activations import _row_index as row_index
+from lensprobe.activations import (
+    Activations,
+    ActivationsMeta,
+    CaptureResult,
+    Index,
+    as_index,
+    row_index,
+)
 from lensprobe.errors import InputError
 from lensprobe.pooling import pool_all, token_norms, without_first_token
 from lensprobe.specs import KEEPS, Keep
@@ -184,7 +190,7 @@ class ReducedActivations(Activations):
 
     def __getitem__(self, idx: Index) -> ReducedActivations:
         """A subset of sequences."""
-        sel = _as_index(idx, len(self))
+        sel = as_index(idx, len(self))
         rows, _ = row_index(self.offsets[:-1][sel], self.lengths[sel])
         return ReducedActivations(
             self.meta,
