@@ -8,14 +8,16 @@ dequantized safetensors checkpoint in the lensprobe cache directory (``$LENSPROB
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from lensprobe._progress import wanted
 from lensprobe.errors import InputError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -183,13 +185,29 @@ def load_model(
         offload = cache_dir() / "offload" / display_name(str(path)).replace("/", "_")
         placement = {"device_map": device_map, "offload_folder": str(offload)}
         device_kind = "cuda" if torch.cuda.is_available() else None  # where a map puts compute
-    hf = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=compute_dtype(dtype, device or device_kind), **placement
-    )
+    with _quiet_loading():
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=compute_dtype(dtype, device or device_kind), **placement
+        )
     hf.eval()
     if device is not None:
         hf.to(device)
     return _WRAPPERS[backend](hf, tok, hub_id)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide Hugging Face's weight-loading bar where no one watches (scripts, logs)."""
+    from transformers.utils import logging as hf_logging
+
+    if wanted(None) or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _as_hf(hf: Any, tok: Any, hub_id: str) -> Any:

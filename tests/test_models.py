@@ -110,3 +110,17 @@ def test_cuda_under_torchrun_is_each_ranks_own_gpu(monkeypatch: pytest.MonkeyPat
     assert rank_device("cuda:0") == "cuda:0" and rank_device("cpu") == "cpu"
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert rank_device("cuda") == "cuda"
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_the_weight_loading_bar_shows_only_where_someone_watches(
+    watched: bool, tiny_gemma3_dir: Path, monkeypatch: pytest.MonkeyPatch, capfd
+):
+    from transformers.utils import logging as hf_logging
+
+    import lensprobe.models
+
+    monkeypatch.setattr(lensprobe.models, "wanted", lambda progress: watched)
+    load_model(str(tiny_gemma3_dir), backend="hf")
+    assert ("Loading weights" in capfd.readouterr().err) == watched
+    assert hf_logging.is_progress_bar_enabled()  # the user's setting is restored
