@@ -149,8 +149,10 @@ class Monitor:
             )
         assert self._stream is not None and self._flagged is not None
         crossed: list[Flag] = []
+        finite = torch.isfinite(x).all(dim=-1).to(self._stream.device)
         for j in range(x.shape[1]):
             valid = info.mask[:, j].to(self._stream.device)
+            self._refuse_non_finite(valid & ~finite[:, j])
             self._stream.push(x[:, j].detach(), valid)
             # a prefix holding only the BOS that the probe leaves out has no score: the probe
             # would read BOS itself (a one-token rule for offline use), far outside its training
@@ -163,6 +165,24 @@ class Monitor:
                 crossed += self._check(logits[:, 0].cpu(), len(self) - 1)
         if crossed and self.stop:
             raise MonitorStop(f"the monitor at {self.hook!r} flagged {len(crossed)} sequence(s)")
+
+    def _refuse_non_finite(self, bad: Tensor) -> None:
+        """Refuse an inf or NaN token that the probe reads: it would silence the score for good.
+
+        A first token that the probe leaves out (``exclude_bos``) is not read once a second
+        follows, and a BOS-only prefix has no score: its overflow (Gemma's BOS in float16) is
+        let through.
+        """
+        assert self._stream is not None
+        if self.probe.config.exclude_bos:
+            bad = bad & (self._stream.count > 0)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            raise InputError(
+                f"the activations at {self.hook!r} are not finite at position {len(self)} of "
+                f"sequence(s) {rows}: the model overflows in its dtype; load it in bfloat16 or "
+                "float32"
+            )
 
     def _start(self, batch: int) -> None:
         """New sequences: fresh running state and flags."""

@@ -176,6 +176,42 @@ def test_monitor_errors_name_the_fix(tiny_gemma3):
         mon.logits  # noqa: B018
 
 
+@pytest.mark.parametrize("exclude_bos", [True, False])
+def test_an_overflowing_activation_is_refused_not_a_silent_score(
+    tiny_gemma3, tiny_texts, exclude_bos
+):
+    model = tiny_gemma3("hf")
+    enc = model.tokenizer(tiny_texts[:2], return_tensors="pt", padding=True)
+    probe = random_probe("attention", n_outputs=1, exclude_bos=exclude_bos)
+    position = [0]
+
+    def overflow(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden[1, position[0], 0] = float("inf")
+
+    handle = model.model.layers[1].register_forward_hook(overflow)
+    try:
+        # the first token: read only where the probe keeps it (Gemma's BOS overflows in float16)
+        with lp.monitor(model, probe) as mon, torch.no_grad():
+            if not exclude_bos:
+                with pytest.raises(
+                    InputError, match=r"not finite at position 0 of sequence\(s\) \[1\]"
+                ):
+                    model(**enc)
+            else:
+                model(**enc)
+        if exclude_bos:
+            read = mon.mask.clone()
+            read[:, 0] = False  # a BOS-only prefix has no score
+            assert bool(torch.isfinite(mon.scores[read]).all())
+        position[0] = 2
+        with lp.monitor(model, probe), torch.no_grad():
+            with pytest.raises(InputError, match=r"position 2 .* load it in bfloat16 or float32"):
+                model(**enc)
+    finally:
+        handle.remove()
+
+
 def test_monitor_widget_colours_the_tokens_by_score(tiny_gemma3, tiny_texts):
     model = tiny_gemma3("hf")
     tok = model.tokenizer
