@@ -176,13 +176,15 @@ def test_monitor_errors_name_the_fix(tiny_gemma3):
         mon.logits  # noqa: B018
 
 
-@pytest.mark.parametrize("exclude_bos", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "exclude_bos"), [(k, True) for k in builtin_kinds()] + [("attention", False)]
+)
 def test_an_overflowing_activation_is_refused_not_a_silent_score(
-    tiny_gemma3, tiny_texts, exclude_bos
+    tiny_gemma3, tiny_texts, kind, exclude_bos
 ):
     model = tiny_gemma3("hf")
     enc = model.tokenizer(tiny_texts[:2], return_tensors="pt", padding=True)
-    probe = random_probe("attention", n_outputs=1, exclude_bos=exclude_bos)
+    probe = random_probe(kind, n_outputs=1, exclude_bos=exclude_bos)
     position = [0]
 
     def overflow(module, args, output):
