@@ -121,6 +121,12 @@ def test_the_weight_loading_bar_shows_only_where_someone_watches(
     import lensprobe.models
 
     monkeypatch.setattr(lensprobe.models, "wanted", lambda progress: watched)
-    load_model(str(tiny_gemma3_dir), backend="hf")
-    assert ("Loading weights" in capfd.readouterr().err) == watched
-    assert hf_logging.is_progress_bar_enabled()  # the user's setting is restored
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # whatever the environment says
+    try:
+        load_model(str(tiny_gemma3_dir), backend="hf")
+        assert ("Loading weights" in capfd.readouterr().err) == watched
+        assert hf_logging.is_progress_bar_enabled()  # the user's setting is restored
+    finally:
+        if not was:
+            hf_logging.disable_progress_bar()
