@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lensprobe.analysis import attention_entropy
 from lensprobe.errors import InputError
 from lensprobe.grid import (
     CELL_JSON,
@@ -88,7 +89,7 @@ def run_grid(
     Raises:
         MemoryBudgetError: A cell would need more than ``max_memory`` (before any training).
         OutputPathError: ``out`` holds cells of this dataset split otherwise, or a cell of this
-            grid trained with other settings or on other data (before any training).
+            grid trained with other settings, data or control set (before any training).
     """
     specs = [p if isinstance(p, ProbeSpec) else ProbeSpec.parse(p) for p in probes]
     base = protocol or ProtocolConfig()
@@ -107,12 +108,9 @@ def run_grid(
     def trained(hook: str, i: int, result: ProtocolResult) -> None:
         cell = Cell(dataset=dataset, hook=hook, probe=specs[i].label, result=result)
         if entropy and result.probe.attends:
-            from lensprobe.analysis import attention_entropy
-
             ent = attention_entropy(result.probe, activations[hook], rows=result.test_rows)
             cell.extra["entropy_ratio"] = float(ent.summary()["mean_ratio"])
-        cell.fingerprint = fingerprint
-        cell.control_fingerprint = control[hook]
+        cell.fingerprint, cell.control_fingerprint = fingerprint, control[hook]
         if out is not None:
             save_cell(cell, out)
         done[hook, i] = cell
