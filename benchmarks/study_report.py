@@ -248,6 +248,14 @@ def holm_flags(p_values: Sequence[float], alpha: float = ALPHA) -> list[bool]:
     return rejected
 
 
+def holm_mark(rows: list[dict[str, Any]]) -> None:
+    """Holm over the rows' p-values: each row's ``holm_rejects``, and its raw verdict as its
+    ``holm_verdict`` where rejected ("undecided" elsewhere)."""
+    for r, rejected in zip(rows, holm_flags([r["p_value"] for r in rows]), strict=True):
+        r["holm_rejects"] = rejected
+        r["holm_verdict"] = r["verdict"] if rejected else "undecided"
+
+
 def _verdict(low: float, high: float) -> str:
     if math.isnan(low) or math.isnan(high) or low <= 0 <= high:
         return "undecided"
@@ -357,18 +365,13 @@ def claims(data: Data) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         rows = [r for d in sets if (r := paired(data, claim, d)) is not None]
         per += rows
         summary.append(summary_row(claim, "claim", rows))
-    for fam in (per, summary):
-        for r, rejected in zip(fam, holm_flags([r["p_value"] for r in fam]), strict=True):
-            r["holm_rejects"] = rejected
-    for r in per:
-        r["holm_verdict"] = r["verdict"] if r["holm_rejects"] else "undecided"
+    holm_mark(per)
+    holm_mark(summary)
     for s in summary:
         if s["_claim"].expect == "mixed":
             adjusted = [dict(r, verdict=r["holm_verdict"]) for r in s["_rows"]]
             low, high = (s["low"], s["high"]) if s["holm_rejects"] else (math.nan, math.nan)
             s["holm_verdict"] = claim_verdict(s["_claim"], low, high, adjusted)
-        else:
-            s["holm_verdict"] = s["verdict"] if s["holm_rejects"] else "undecided"
         s["holm_family"] = len(summary)
     return per, summary
 
@@ -405,9 +408,7 @@ def tfidf_comparisons(data: Data) -> list[dict[str, Any]]:
                     "picks_b": "text",
                 }
             )
-    for r, rejected in zip(rows, holm_flags([r["p_value"] for r in rows]), strict=True):
-        r["holm_rejects"] = rejected
-        r["holm_verdict"] = r["verdict"] if rejected else "undecided"
+    holm_mark(rows)
     return rows
 
 
@@ -418,9 +419,8 @@ def tfidf_summary(versus: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for probe in dict.fromkeys(r["a"] for r in versus):
         claim = Claim(f"{probe} > TF-IDF (beyond surface words)", probe, TFIDF, ">")
         summary.append(summary_row(claim, "control", [r for r in versus if r["a"] == probe]))
-    for s, rejected in zip(summary, holm_flags([s["p_value"] for s in summary]), strict=True):
-        s["holm_rejects"] = rejected
-        s["holm_verdict"] = s["verdict"] if rejected else "undecided"
+    holm_mark(summary)
+    for s in summary:
         s["holm_family"] = len(summary)
     return summary
 
